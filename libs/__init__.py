@@ -1,0 +1,1 @@
+"""Code shared by every ccaa process: transport, config, logging, metrics, HTTP."""

@@ -1,0 +1,240 @@
+"""Configuration: pydantic models mirroring the seed's SystemConfig plus agent_hierarchy.
+
+Each setting is declared once here, with its type, default and help text. Sources, lowest
+to highest precedence: defaults < one TOML file < ``CCAA_*`` environment variables <
+CLI flags (``--set section.key=value`` and the service's own flags).
+
+Environment variables name a setting by its path with ``__`` between levels, e.g.
+``CCAA_COMMUNICATION__HUB_PORT=6000`` or ``CCAA_AGENT_HIERARCHY__WORKER__COUNT=3``; the
+value is parsed as TOML when it can be (numbers, booleans, arrays) and taken as a string
+otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CommunicationConfig(_Section):
+    hub_host: str = Field("127.0.0.1", description="address peers connect to (and the hub binds)")
+    hub_port: int = Field(5555, ge=0, le=65535, description="hub ROUTER port (request/reply)")
+    pub_port: int = Field(5556, ge=0, le=65535, description="hub XSUB port (publishers)")
+    sub_port: int = Field(5557, ge=0, le=65535, description="hub XPUB port (subscribers)")
+    router_endpoint: str = Field("", description="full ROUTER endpoint, overrides host/port")
+    pub_endpoint: str = Field("", description="full XSUB endpoint, overrides host/port")
+    sub_endpoint: str = Field("", description="full XPUB endpoint, overrides host/port")
+    heartbeat_interval: float = Field(1.0, gt=0, description="seconds between heartbeats")
+    liveness: int = Field(3, ge=1, description="heartbeats missed before a peer is lost")
+    message_timeout: float = Field(10.0, gt=0, description="seconds a request waits for reply")
+
+    def router(self) -> str:
+        return self.router_endpoint or f"tcp://{self.hub_host}:{self.hub_port}"
+
+    def pub(self) -> str:
+        return self.pub_endpoint or f"tcp://{self.hub_host}:{self.pub_port}"
+
+    def sub(self) -> str:
+        return self.sub_endpoint or f"tcp://{self.hub_host}:{self.sub_port}"
+
+
+class OrchestratorConfig(_Section):
+    max_parallel_tasks: int = Field(4, ge=1, description="tasks running at once, all sessions")
+    task_timeout: float = Field(600.0, gt=0, description="seconds one attempt may run")
+    retry_attempts: int = Field(2, ge=0, description="retries after a failed attempt")
+    retry_backoff: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
+    result_resend_interval: float = Field(2.0, gt=0, description="agent resends unacked results")
+    reconcile_interval: float = Field(2.0, gt=0, description="seconds between agent checks")
+
+
+class DistributionConfig(_Section):
+    strategy: Literal["capability_based", "load_balanced", "performance_based", "round_robin"] = (
+        "load_balanced"
+    )
+    load_balancing_algorithm: Literal["least_loaded"] = "least_loaded"
+
+
+class ResourceLimits(_Section):
+    max_agents_total: int = Field(16, ge=1, description="agents one controller may run")
+    max_memory_mb: int = Field(0, ge=0, description="per-agent RSS limit, 0 = unlimited")
+
+
+class ReportingConfig(_Section):
+    real_time_updates: bool = True
+    report_retention_hours: float = Field(24.0, gt=0)
+    dashboard_refresh_interval: float = Field(2.0, gt=0)
+    http_port: int = Field(8780, ge=0, le=65535,
+                           description="reporter HTTP port: /api/summary and /metrics")
+
+
+class AutoScalingConfig(_Section):
+    enabled: bool = False
+    min_agents_per_type: dict[str, int] = {}
+    max_agents_per_type: dict[str, int] = {}
+
+
+class MetricsConfig(_Section):
+    host: str = Field("127.0.0.1", description="address each service's /metrics binds")
+    ports: dict[str, int] = Field(
+        default_factory=lambda: {
+            "hub": 9450,
+            "commands": 9451,
+            "orchestrator": 9452,
+            "distributor": 9453,
+            "controller": 9455,
+        },
+        description="per-service /metrics port (0 = ephemeral); agents always use 0",
+    )
+
+
+class RoleConfig(_Section):
+    """One tier of agent_hierarchy (architect, manager, worker, utility)."""
+
+    count: int = Field(0, ge=0, description="agents of this role the controller starts")
+    capacity: int = Field(1, ge=1, description="tasks one agent runs at once")
+    capabilities: list[str] = []
+    executor: Literal["command", "claude"] = "command"
+    command: list[str] = Field(
+        default_factory=lambda: ["bash", "-c", "{prompt}"],
+        description="command executor template; {prompt} and {cwd} are substituted",
+    )
+    model: str = "sonnet"
+    temperature: float | None = None
+    max_tokens: int | None = None
+    system_prompts: list[str] = []
+    max_turns: int | None = None
+    max_budget_usd: float | None = None
+    allowed_tools: list[str] = []
+    disallowed_tools: list[str] = []
+    permission_mode: str = "acceptEdits"
+
+
+def _default_hierarchy() -> dict[str, RoleConfig]:
+    return {
+        "architect": RoleConfig(model="opus"),
+        "manager": RoleConfig(model="opus"),
+        "worker": RoleConfig(count=2),
+        "utility": RoleConfig(),
+    }
+
+
+class SystemConfig(_Section):
+    data_dir: str = Field("~/.ccaa", description="state database, logs and runtime files")
+    communication: CommunicationConfig = CommunicationConfig()
+    orchestrator: OrchestratorConfig = OrchestratorConfig()
+    distribution: DistributionConfig = DistributionConfig()
+    resources: ResourceLimits = ResourceLimits()
+    reporting: ReportingConfig = ReportingConfig()
+    auto_scaling: AutoScalingConfig = AutoScalingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    agent_hierarchy: dict[str, RoleConfig] = Field(default_factory=_default_hierarchy)
+
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    def role(self, name: str) -> RoleConfig:
+        try:
+            return self.agent_hierarchy[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown role {name!r}; agent_hierarchy has {sorted(self.agent_hierarchy)}"
+            ) from None
+
+
+class ConfigError(Exception):
+    """A config file, variable or flag that cannot be used; the message says which and why."""
+
+
+ENV_PREFIX = "CCAA_"
+CONFIG_ENV = "CCAA_CONFIG"
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if path:
+            _set_path(tree, path, _parse_scalar(value))
+    return tree
+
+
+def flag_overrides(assignments: list[str]) -> dict[str, Any]:
+    """``["communication.hub_port=6000", ...]`` -> nested dict."""
+    tree: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        _set_path(tree, [p.strip() for p in key.split(".")], _parse_scalar(value.strip()))
+    return tree
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SystemConfig:
+    """Build the effective config. ``path`` falls back to ``$CCAA_CONFIG``, then none."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV) or None
+    tree: dict[str, Any] = {}
+    if path:
+        file = Path(path).expanduser()
+        try:
+            tree = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    tree = _merge(tree, env_overrides(environ))
+    if overrides:
+        tree = _merge(tree, overrides)
+    if "agent_hierarchy" in tree:
+        # roles named in the file/env extend the default hierarchy instead of replacing it
+        defaults = {k: v.model_dump() for k, v in _default_hierarchy().items()}
+        tree["agent_hierarchy"] = _merge(defaults, tree["agent_hierarchy"])
+    try:
+        return SystemConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

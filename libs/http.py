@@ -1,0 +1,98 @@
+"""A small asyncio HTTP/1.1 server for /metrics and JSON APIs, run on the service's own loop.
+
+Routes map a path to a handler returning ``(status, content_type, body_bytes)``. Only GET
+is served; anything else gets 405, unknown paths 404, oversize or garbled requests 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+Response = tuple[int, str, bytes]
+Handler = Callable[[dict[str, str]], Response | Awaitable[Response]]
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error"}
+_MAX_REQUEST_LINE = 8192
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return status, "application/json", json.dumps(obj, default=str).encode()
+
+
+def metrics_route(registry: CollectorRegistry) -> Handler:
+    def handler(_query: dict[str, str]) -> Response:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+
+    return handler
+
+
+class HttpServer:
+    def __init__(self, routes: dict[str, Handler], host: str = "127.0.0.1", port: int = 0):
+        self.routes = routes
+        self.host = host
+        self.port = port
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, ctype, body = await asyncio.wait_for(self._handle(reader), timeout=10)
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError, ValueError):
+            status, ctype, body = 400, "text/plain", b"bad request\n"
+        try:
+            head = (
+                f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader) -> Response:
+        line = await reader.readline()
+        if not line or len(line) > _MAX_REQUEST_LINE:
+            return 400, "text/plain", b"bad request\n"
+        while True:  # skip headers
+            header = await reader.readline()
+            if header in (b"\r\n", b"\n", b""):
+                break
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3:
+            return 400, "text/plain", b"bad request\n"
+        method, target, _ = parts
+        if method != "GET":
+            return 405, "text/plain", b"only GET is served\n"
+        path, _, query = target.partition("?")
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        handler = self.routes.get(path)
+        if handler is None:
+            return 404, "text/plain", f"no route {path}\n".encode()
+        try:
+            result = handler(params)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result  # type: ignore[return-value]
+        except Exception as exc:  # a handler bug must not kill the server
+            return 500, "text/plain", f"internal error: {exc}\n".encode()

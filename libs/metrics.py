@@ -1,0 +1,39 @@
+"""Prometheus metrics: a registry per process (injected, so tests read exact values)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class PeerMetrics:
+    """What every bus peer counts about its own traffic."""
+
+    def __init__(self, registry: CollectorRegistry, service: str):
+        self.registry = registry
+        labels = {"service": service}
+        self.received = Counter(
+            "ccaa_messages_received_total", "messages received, by type",
+            ["type"], registry=registry,
+        )
+        self.sent = Counter(
+            "ccaa_messages_sent_total", "messages sent, by type", ["type"], registry=registry
+        )
+        self.protocol_errors = Counter(
+            "ccaa_protocol_errors_total",
+            "bad input received or error replies received, by code and direction",
+            ["code", "direction"], registry=registry,
+        )
+        self.reconnects = Counter(
+            "ccaa_hub_reconnects_total", "times this peer reconnected to the hub",
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "ccaa_request_seconds", "request round-trip time", ["type"], registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
+        )
+        self.up = Gauge("ccaa_up", "1 while the process serves", ["service"], registry=registry)
+        self.up.labels(**labels).set(1)
+
+
+def new_registry() -> CollectorRegistry:
+    return CollectorRegistry()

@@ -1,0 +1,315 @@
+"""A bus peer: one DEALER to the hub that registers, heartbeats, detects a silent hub,
+reconnects and re-registers, correlates requests with replies under deadlines, and
+dispatches every other message to a handler per type.
+
+Services, agents and CLI clients are all peers. A handler receives the decoded
+``Message`` and may return a body, which is sent back as the reply; if it raises, the
+sender gets an ``error`` reply (a ``ProtocolError`` keeps its code, anything else is
+``internal``) and the peer keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket as pysocket
+import time
+from typing import Any, Awaitable, Callable
+
+import zmq
+from prometheus_client import CollectorRegistry
+
+from libs.config import CommunicationConfig
+from libs.log import EventLogger, get_logger
+from libs.metrics import PeerMetrics
+from libs.zmqio import Pump, context, socket
+from protocols import ErrorCode, Message, ProtocolError, decode, encode, make_header
+from protocols.codec import peek_header
+from protocols.base import Body
+from protocols.header import HUB
+from protocols.peer import (
+    Error,
+    PeerDisconnect,
+    PeerHeartbeat,
+    PeerKind,
+    PeerRegister,
+    PeerRegistered,
+)
+
+Handler = Callable[[Message], Awaitable[Body | None]]
+
+
+class RequestFailed(Exception):
+    """The other side answered a request with an ``error`` message."""
+
+    def __init__(self, code: str, reason: str, details: dict[str, Any] | None = None):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.details = details or {}
+
+
+class RequestTimeout(Exception):
+    """No reply arrived before the request's deadline."""
+
+
+class RegistrationRefused(Exception):
+    """The hub refused this peer's registration (e.g. the name is taken)."""
+
+
+class Peer:
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: PeerKind,
+        comm: CommunicationConfig,
+        role: str = "",
+        capabilities: list[str] | None = None,
+        capacity: int = 1,
+        metrics_url: str = "",
+        registry: CollectorRegistry | None = None,
+        log: EventLogger | None = None,
+        ctx: zmq.Context | None = None,
+    ):
+        self.name = name
+        self.kind = kind
+        self.comm = comm
+        self.role = role
+        self.capabilities = capabilities or []
+        self.capacity = capacity
+        self.metrics_url = metrics_url
+        self.log = log or get_logger(name)
+        self.metrics = PeerMetrics(registry or CollectorRegistry(), name)
+        self._ctx = ctx or context()
+        self._handlers: dict[str, Handler] = {}
+        self._pending: dict[str, asyncio.Future[Message]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pump: Pump | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._last_hub = time.monotonic()
+        self._stop = asyncio.Event()
+        self._registered = asyncio.Event()
+        self._reregister = False
+        self.hub_id = ""
+        self.heartbeat_body: Callable[[], PeerHeartbeat] = PeerHeartbeat
+        self.on_registered: list[Callable[[], Any]] = []
+
+    # ---- public API -----------------------------------------------------------------
+
+    def on(self, type_: str, handler: Handler) -> None:
+        self._handlers[type_] = handler
+
+    def send(self, dst: str, body: Body, corr: str = "") -> str:
+        """Send a one-way message (or a reply when ``corr`` is set); returns its id."""
+        header = make_header(body.TYPE, self.name, dst, corr)
+        self._send_frames(encode(header, body))
+        self.metrics.sent.labels(body.TYPE).inc()
+        return header.id
+
+    def reply(self, msg: Message, body: Body) -> None:
+        self.send(msg.header.src, body, corr=msg.header.id)
+
+    def reply_error(
+        self, msg: Message, code: ErrorCode, reason: str, details: dict[str, Any] | None = None
+    ) -> None:
+        self.reply(msg, Error(code=code, reason=reason, details=details or {}))
+
+    async def request(self, dst: str, body: Body, timeout: float | None = None) -> Message:
+        """Send and wait for the reply. Raises RequestFailed or RequestTimeout."""
+        timeout = self.comm.message_timeout if timeout is None else timeout
+        header = make_header(body.TYPE, self.name, dst)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[header.id] = future
+        started = time.perf_counter()
+        try:
+            self._send_frames(encode(header, body))
+            self.metrics.sent.labels(body.TYPE).inc()
+            reply = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(
+                f"no reply to {body.TYPE} from {dst!r} within {timeout:.1f}s"
+            ) from None
+        finally:
+            self._pending.pop(header.id, None)
+        self.metrics.request_seconds.labels(body.TYPE).observe(time.perf_counter() - started)
+        if isinstance(reply.body, Error):
+            raise RequestFailed(reply.body.code.value, reply.body.reason, reply.body.details)
+        return reply
+
+    async def wait_registered(self, timeout: float) -> None:
+        await asyncio.wait_for(self._registered.wait(), timeout)
+
+    @property
+    def registered(self) -> bool:
+        return self._registered.is_set()
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run a coroutine owned by this peer (kept referenced, cancelled on stop)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    async def run(self) -> None:
+        """Connect, register and heartbeat until ``stop()``; reconnect when the hub is silent."""
+        interval = self.comm.heartbeat_interval
+        while not self._stop.is_set():
+            self._connect()
+            try:
+                await self._register()
+            except RegistrationRefused:
+                self._disconnect_socket()
+                raise
+            if self._stop.is_set():
+                break
+            while not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._stop.wait(), interval)
+                    break
+                except asyncio.TimeoutError:
+                    pass
+                if self._reregister:
+                    self._reregister = False
+                    self._registered.clear()
+                    await self._register()
+                    continue
+                silent = time.monotonic() - self._last_hub
+                if silent > interval * self.comm.liveness:
+                    self.log.warning("hub.silent", seconds=round(silent, 2), hub=self.comm.router())
+                    self.metrics.reconnects.inc()
+                    break
+                self.send(HUB, self.heartbeat_body())
+            self._registered.clear()
+            if not self._stop.is_set():
+                self._disconnect_socket()
+        # stop(): the socket is closed there
+
+    async def stop(self, reason: str = "shutdown") -> None:
+        if self._pump is not None and self._registered.is_set():
+            try:
+                self.send(HUB, PeerDisconnect(reason=reason))
+                await asyncio.sleep(0.05)  # let the pump flush the goodbye; linger is 0
+            except Exception:
+                pass
+        self._stop.set()
+        for task in list(self._tasks):
+            task.cancel()
+        self._disconnect_socket()
+
+    # ---- internals --------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        sock = socket(self._ctx, zmq.DEALER)
+        sock.connect(self.comm.router())
+        self._pump = Pump(sock, self._on_frames)
+        self._pump_task = asyncio.ensure_future(self._pump.run())
+        self._last_hub = time.monotonic()
+
+    def _disconnect_socket(self) -> None:
+        if self._pump is not None:
+            self._pump.close()
+            self._pump.sock.close(linger=0)
+            self._pump = None
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            self._pump_task = None
+
+    async def _register(self) -> None:
+        body = PeerRegister(
+            name=self.name, kind=self.kind, role=self.role, capabilities=self.capabilities,
+            capacity=self.capacity, pid=os.getpid(), host=pysocket.gethostname(),
+            metrics_url=self.metrics_url,
+        )
+        wait = self.comm.heartbeat_interval * self.comm.liveness
+        while not self._stop.is_set():
+            try:
+                reply = await self.request(HUB, body, timeout=wait)
+            except RequestTimeout:
+                self.log.warning("hub.unreachable", hub=self.comm.router(), waited=wait)
+                continue
+            except RequestFailed as exc:
+                if exc.code == ErrorCode.NAME_TAKEN.value:
+                    raise RegistrationRefused(exc.reason) from None
+                self.log.error("register.failed", code=exc.code, reason=exc.reason)
+                await asyncio.sleep(self.comm.heartbeat_interval)
+                continue
+            assert isinstance(reply.body, PeerRegistered)
+            self.hub_id = reply.body.hub_id
+            self._registered.set()
+            self.log.info("registered", hub=self.comm.router(), hub_id=self.hub_id)
+            for callback in self.on_registered:
+                callback()
+            return
+
+    def _send_frames(self, frames: list[bytes]) -> None:
+        if self._pump is None:
+            raise ConnectionError("not connected to the hub")
+        self._pump.send(frames)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("task.crashed", error=repr(task.exception()))
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        self._last_hub = time.monotonic()
+        try:
+            msg = decode(frames)
+        except ProtocolError as exc:
+            self._bad_input(frames, exc)
+            return
+        header = msg.header
+        self.metrics.received.labels(header.type).inc()
+        if header.corr:
+            future = self._pending.get(header.corr)
+            if future is not None and not future.done():
+                future.set_result(msg)
+                return
+            if isinstance(msg.body, Error) and msg.body.code == ErrorCode.NOT_REGISTERED:
+                self._reregister = True  # the hub dropped us (it restarted or declared us lost)
+                return
+            if header.type != PeerHeartbeat.TYPE:
+                self.log.debug("reply.stale", type=header.type, corr=header.corr)
+            return
+        if isinstance(msg.body, Error):
+            self.metrics.protocol_errors.labels(msg.body.code.value, "received").inc()
+            if msg.body.code == ErrorCode.NOT_REGISTERED:
+                self._reregister = True
+                return
+            self.log.warning("error.received", src=header.src, code=msg.body.code.value,
+                             reason=msg.body.reason)
+            return
+        if header.type == PeerHeartbeat.TYPE and header.src == HUB:
+            return
+        handler = self._handlers.get(header.type)
+        if handler is None:
+            self.reply_error(msg, ErrorCode.UNSUPPORTED,
+                             f"{self.name} does not handle {header.type}")
+            self.metrics.protocol_errors.labels(ErrorCode.UNSUPPORTED.value, "in").inc()
+            return
+        self.spawn(self._dispatch(handler, msg))
+
+    async def _dispatch(self, handler: Handler, msg: Message) -> None:
+        try:
+            result = await handler(msg)
+        except ProtocolError as exc:
+            self.metrics.protocol_errors.labels(exc.code.value, "in").inc()
+            self.reply_error(msg, exc.code, exc.reason, exc.details)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.exception("handler.failed", type=msg.header.type)
+            self.reply_error(msg, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            return
+        if result is not None:
+            self.reply(msg, result)
+
+    def _bad_input(self, frames: list[bytes], exc: ProtocolError) -> None:
+        self.metrics.protocol_errors.labels(exc.code.value, "in").inc()
+        self.log.warning("bad.input", code=exc.code.value, reason=exc.reason)
+        header = peek_header(frames)
+        if header is not None and header.type != Error.TYPE:
+            body = Error(code=exc.code, reason=exc.reason, details=exc.details)
+            self.send(header.src, body, corr=header.id)

@@ -1,0 +1,77 @@
+"""What every service's ``__main__`` shares: flags, config, logging, metrics server,
+signals and an ordered shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any, Awaitable, Callable
+
+from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
+from libs.log import setup_logging
+
+
+def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="TOML config file (default: $CCAA_CONFIG)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set communication.heartbeat_interval=0.5",
+    )
+    parser.add_argument("--hub", help="hub ROUTER endpoint, e.g. tcp://10.0.0.5:5555")
+    parser.add_argument("--pub", help="hub XSUB endpoint (publishers)")
+    parser.add_argument("--sub", help="hub XPUB endpoint (subscribers)")
+    parser.add_argument("--metrics-port", type=int, help="port for /metrics (0 = ephemeral)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SystemConfig:
+    overrides = flag_overrides(args.set)
+    comm: dict[str, Any] = {}
+    if args.hub:
+        comm["router_endpoint"] = args.hub
+    if args.pub:
+        comm["pub_endpoint"] = args.pub
+    if args.sub:
+        comm["sub_endpoint"] = args.sub
+    if comm:
+        overrides.setdefault("communication", {}).update(comm)
+    return load_config(args.config, overrides=overrides)
+
+
+def derive_endpoint(router: str, port_offset: int) -> str:
+    """tcp://host:5555 -> tcp://host:5556 for offset 1 (the default port layout)."""
+    head, _, port = router.rpartition(":")
+    if not router.startswith("tcp://") or not port.isdigit():
+        raise ConfigError(f"cannot derive the event endpoints from {router!r}; pass --pub/--sub")
+    return f"{head}:{int(port) + port_offset}"
+
+
+def announce(**fields: Any) -> None:
+    """One JSON line on stdout saying the process is ready (tests and `ccaa up` read it)."""
+    print(json.dumps({"event": "ready", **fields}), flush=True)
+
+
+def run_main(setup: Callable[[argparse.Namespace, SystemConfig], Awaitable[int]],
+             parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(setup(args, config))
+    except KeyboardInterrupt:
+        return 0
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

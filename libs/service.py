@@ -1,0 +1,87 @@
+"""The scaffold of a bus service process: a Peer, an event publisher, a /metrics server,
+and an ordered shutdown. Each service module builds one and adds its handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry
+
+from libs.config import SystemConfig
+from libs.events import EventPublisher
+from libs.http import Handler, HttpServer, metrics_route
+from libs.log import EventLogger, get_logger
+from libs.metrics import new_registry
+from libs.peer import Peer, RegistrationRefused
+from libs.runner import announce, install_stop_signals
+from protocols.peer import PeerKind
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    config: SystemConfig
+    peer: Peer
+    events: EventPublisher
+    registry: CollectorRegistry
+    log: EventLogger
+    http: HttpServer
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def run_service(
+    name: str,
+    args: argparse.Namespace,
+    config: SystemConfig,
+    build: Callable[[ServiceContext], Awaitable[Callable[[], Awaitable[None]] | None]],
+    routes: dict[str, Handler] | None = None,
+    kind: PeerKind = PeerKind.SERVICE,
+) -> int:
+    """Wire a service: metrics HTTP, peer, publisher; call ``build`` (which registers
+    handlers and may return an async ``shutdown``); run until SIGTERM/SIGINT."""
+    log = get_logger(name)
+    registry = new_registry()
+    port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get(name, 0)
+    http = HttpServer({"/metrics": metrics_route(registry), **(routes or {})},
+                      config.metrics.host, port)
+    await http.start()
+    comm = config.communication
+    peer = Peer(name=name, kind=kind, comm=comm, metrics_url=http.url + "/metrics",
+                registry=registry, log=log)
+    events = EventPublisher(comm.pub(), name)
+    ctx = ServiceContext(name, config, peer, events, registry, log, http)
+    install_stop_signals(ctx.stop)
+    shutdown = await build(ctx)
+
+    peer_task = asyncio.ensure_future(peer.run())
+    peer.on_registered.append(
+        lambda: announce(service=name, pid=os.getpid(), metrics=http.url, hub=comm.router())
+    )
+    stop_task = asyncio.ensure_future(ctx.stop.wait())
+    await asyncio.wait({peer_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if peer_task.done() and not peer_task.cancelled():
+        exc = peer_task.exception()
+        if isinstance(exc, RegistrationRefused):
+            log.error("registration.refused", reason=str(exc))
+            code = 3
+        elif exc is not None:
+            log.error("peer.crashed", error=repr(exc))
+            code = 1
+    log.info("stopping")
+    if shutdown is not None:
+        try:
+            await asyncio.wait_for(shutdown(), 30)
+        except Exception:
+            log.exception("shutdown.failed")
+    await peer.stop()
+    peer_task.cancel()
+    stop_task.cancel()
+    await asyncio.gather(peer_task, stop_task, return_exceptions=True)
+    events.close()
+    await http.close()
+    return code

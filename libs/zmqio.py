@@ -1,0 +1,109 @@
+"""ZeroMQ sockets on an asyncio loop, with all I/O of a socket in ONE coroutine.
+
+``Pump`` owns a plain (synchronous) zmq socket and watches its ZMQ_FD with the loop's
+``add_reader``. Its single coroutine alternates: flush the outbox, drain every ready
+message with NOBLOCK, then wait until the FD fires or something is queued. Other
+coroutines never touch the socket; they call ``send()``, which only queues. Code running
+inside the receive callback may call ``send_now()`` (same coroutine) to learn about
+delivery failures at once (the hub's ROUTER_MANDATORY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Callable
+
+import zmq
+
+FrameHandler = Callable[[list[bytes]], None]
+
+#: Messages handled before the pump yields to other coroutines.
+_BATCH = 512
+
+
+def context() -> zmq.Context:
+    return zmq.Context.instance()
+
+
+def socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    return sock
+
+
+def bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind and return the real endpoint (port 0 and ``tcp://*:0`` resolved)."""
+    sock.bind(endpoint)
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+class Pump:
+    def __init__(self, sock: zmq.Socket, on_frames: FrameHandler):
+        self.sock = sock
+        self.on_frames = on_frames
+        self._outbox: collections.deque[list[bytes]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._fd = sock.getsockopt(zmq.FD)
+        self.dropped = 0  # messages the socket refused (HWM, unroutable)
+
+    def send(self, frames: list[bytes]) -> None:
+        """Queue frames; the pump's coroutine sends them."""
+        self._outbox.append(frames)
+        self._wake.set()
+
+    def send_now(self, frames: list[bytes]) -> None:
+        """Send immediately. Only from inside ``on_frames`` (the pump's own coroutine)."""
+        self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._fd, self._wake.set)
+        try:
+            while not self._closed:
+                self._wake.clear()
+                self._flush()
+                handled = self._drain()
+                if self._closed:
+                    break
+                if handled >= _BATCH:
+                    await asyncio.sleep(0)  # let others run, then continue draining
+                    continue
+                if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    continue
+                if self._outbox:
+                    # socket full (HWM): retry shortly rather than spinning
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), 0.005)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                await self._wake.wait()
+        finally:
+            loop.remove_reader(self._fd)
+
+    def _flush(self) -> None:
+        while self._outbox:
+            try:
+                self.sock.send_multipart(self._outbox[0], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                self.dropped += 1  # e.g. EHOSTUNREACH; the message cannot be delivered
+            self._outbox.popleft()
+
+    def _drain(self) -> int:
+        n = 0
+        while n < _BATCH and not self._closed:
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+            self.on_frames(frames)
+        return n

@@ -1,0 +1,14 @@
+"""Base class for message bodies."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Body(BaseModel):
+    """A message body. ``TYPE`` is the header ``type`` it travels under."""
+
+    model_config = ConfigDict(extra="forbid")
+    TYPE: ClassVar[str] = ""

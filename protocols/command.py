@@ -1,0 +1,107 @@
+"""User commands: submit, accepted, status, cancel; and the session records they return."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import Field
+
+from protocols.base import Body
+from protocols.task import TaskState
+
+
+class CommandType(str, Enum):
+    ANALYZE_PROJECT = "ANALYZE_PROJECT"
+    IMPLEMENT_FEATURE = "IMPLEMENT_FEATURE"
+    FIX_ISSUES = "FIX_ISSUES"
+    OPTIMIZE_PERFORMANCE = "OPTIMIZE_PERFORMANCE"
+    REFACTOR_CODE = "REFACTOR_CODE"
+    RUN = "RUN"  # one task, run as given by the role's executor
+
+
+class SessionState(str, Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_SESSION_STATES = frozenset(
+    {SessionState.SUCCEEDED, SessionState.FAILED, SessionState.CANCELLED}
+)
+
+
+class CommandSubmit(Body):
+    TYPE = "command.submit"
+    text: str = Field(min_length=1, max_length=100_000)
+    repo: str = Field(min_length=1)
+    type: CommandType | None = None
+    role: str = "worker"
+    priority: int = Field(default=0, ge=-100, le=100)
+    budget_usd: float | None = Field(default=None, gt=0)
+    max_parallel: int | None = Field(default=None, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class CommandAccepted(Body):
+    TYPE = "command.accepted"
+    session_id: str
+    type: CommandType
+    classification: str = ""
+
+
+class SessionCreate(Body):
+    """commands -> orchestrator: persist and start a validated command."""
+
+    TYPE = "session.create"
+    session_id: str
+    command: CommandSubmit
+    type: CommandType
+    classification: str = ""
+
+
+class SessionCreated(Body):
+    TYPE = "session.created"
+    session_id: str
+
+
+class CommandStatus(Body):
+    TYPE = "command.status"
+    session_id: str
+
+
+class CommandCancel(Body):
+    TYPE = "command.cancel"
+    session_id: str
+    reason: str = "cancelled by user"
+
+
+class TaskInfo(Body):
+    task_id: str
+    title: str
+    role: str
+    state: TaskState
+    attempt: int
+    attempt_id: str
+    agent_id: str = ""
+    result: dict[str, Any] = {}
+    updated_at: float = 0.0
+
+
+class SessionInfo(Body):
+    session_id: str
+    type: CommandType
+    text: str
+    repo: str
+    state: SessionState
+    created_at: float
+    updated_at: float
+    detail: str = ""
+
+
+class CommandStatusReply(Body):
+    TYPE = "command.status_reply"
+    session: SessionInfo
+    tasks: list[TaskInfo]
+    history: list[dict[str, Any]] = []

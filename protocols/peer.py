@@ -1,0 +1,102 @@
+"""Peer lifecycle: register, registered, heartbeat, disconnect, error, registry queries."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import Field
+
+from protocols.base import Body
+from protocols.errors import ErrorCode
+
+
+class PeerKind(str, Enum):
+    SERVICE = "service"
+    AGENT = "agent"
+    CLIENT = "client"
+
+
+class PeerState(str, Enum):
+    """States a peer reports in heartbeats; the hub adds ``lost``."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    LOST = "lost"
+
+
+class PeerRegister(Body):
+    TYPE = "peer.register"
+    name: str = Field(min_length=1, max_length=128)
+    kind: PeerKind
+    role: str = ""
+    capabilities: list[str] = []
+    capacity: int = Field(default=1, ge=0, le=1024)
+    pid: int = 0
+    host: str = ""
+    metrics_url: str = ""
+
+
+class PeerRegistered(Body):
+    TYPE = "peer.registered"
+    name: str
+    hub_id: str
+    heartbeat_interval: float
+    liveness: int
+
+
+class PeerHeartbeat(Body):
+    TYPE = "peer.heartbeat"
+    state: PeerState = PeerState.IDLE
+    load: int = Field(default=0, ge=0)
+    running: list[str] = []
+
+
+class PeerDisconnect(Body):
+    TYPE = "peer.disconnect"
+    reason: str = ""
+
+
+class Error(Body):
+    TYPE = "error"
+    code: ErrorCode
+    reason: str
+    details: dict[str, Any] = {}
+
+
+class Ack(Body):
+    """A plain acknowledgement for requests that need no other answer."""
+
+    TYPE = "ack"
+    detail: str = ""
+
+
+class PeerInfo(Body):
+    """One registry entry as the hub reports it."""
+
+    name: str
+    kind: PeerKind
+    role: str = ""
+    capabilities: list[str] = []
+    capacity: int = 1
+    state: PeerState = PeerState.IDLE
+    load: int = 0
+    running: list[str] = []
+    pid: int = 0
+    host: str = ""
+    metrics_url: str = ""
+    registered_at: float = 0.0
+    last_seen_ago: float = 0.0
+
+
+class RegistryList(Body):
+    TYPE = "registry.list"
+    kind: PeerKind | None = None
+
+
+class RegistryListReply(Body):
+    TYPE = "registry.list_reply"
+    hub_id: str
+    peers: list[PeerInfo]

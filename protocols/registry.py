@@ -1,0 +1,47 @@
+"""The table of message types: header ``type`` -> body model."""
+
+from __future__ import annotations
+
+from protocols import command, events, peer, task
+from protocols.base import Body
+from protocols.errors import ErrorCode, ProtocolError
+
+_MODELS: list[type[Body]] = [
+    peer.PeerRegister,
+    peer.PeerRegistered,
+    peer.PeerHeartbeat,
+    peer.PeerDisconnect,
+    peer.Error,
+    peer.Ack,
+    peer.RegistryList,
+    peer.RegistryListReply,
+    command.CommandSubmit,
+    command.CommandAccepted,
+    command.CommandStatus,
+    command.CommandCancel,
+    command.CommandStatusReply,
+    command.SessionCreate,
+    command.SessionCreated,
+    task.TaskEnqueue,
+    task.TaskAssign,
+    task.TaskDispatched,
+    task.TaskAccepted,
+    task.TaskProgress,
+    task.TaskResult,
+    task.TaskResultAck,
+    task.TaskCancel,
+    task.TaskReleased,
+    events.TaskEvent,
+    events.SessionEvent,
+    events.PeerEvent,
+]
+
+MESSAGE_TYPES: dict[str, type[Body]] = {m.TYPE: m for m in _MODELS}
+assert len(MESSAGE_TYPES) == len(_MODELS), "duplicate message TYPE"
+
+
+def body_model(type_: str) -> type[Body]:
+    try:
+        return MESSAGE_TYPES[type_]
+    except KeyError:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {type_!r}") from None

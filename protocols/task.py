@@ -1,0 +1,127 @@
+"""Task assignment and results: orchestrator -> distributor -> agent -> orchestrator."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import Field
+
+from protocols.base import Body
+
+
+class TaskState(str, Enum):
+    PENDING = "pending"
+    READY = "ready"
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_TASK_STATES = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED}
+)
+
+
+class Outcome(str, Enum):
+    """How an attempt ended, as the agent reports it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+class TaskSpec(Body):
+    """Everything an agent needs to run one attempt of a task."""
+
+    task_id: str = Field(min_length=1, max_length=64)
+    attempt_id: str = Field(min_length=1, max_length=64)
+    session_id: str = Field(min_length=1, max_length=64)
+    owner: str = "orchestrator"
+    role: str = "worker"
+    capabilities: list[str] = []
+    priority: int = 0
+    title: str = ""
+    prompt: str = Field(min_length=1)
+    cwd: str = ""
+    timeout_s: float = Field(default=600.0, gt=0)
+    executor: str = ""  # empty: the role's configured executor
+    resume_session: str = ""  # executor session to resume (claude --resume)
+    base_commit: str = ""  # the session's base commit; empty: run in cwd as it is
+    isolate: bool = False  # run in a git worktree of its own (branch ccaa/<session>/<task>)
+
+
+class TaskEnqueue(Body):
+    TYPE = "task.enqueue"
+    task: TaskSpec
+
+
+class TaskAssign(Body):
+    TYPE = "task.assign"
+    task: TaskSpec
+
+
+class TaskDispatched(Body):
+    TYPE = "task.dispatched"
+    task_id: str
+    attempt_id: str
+    agent_id: str
+
+
+class TaskAccepted(Body):
+    TYPE = "task.accepted"
+    task_id: str
+    attempt_id: str
+    agent_id: str
+
+
+class TaskProgress(Body):
+    TYPE = "task.progress"
+    session_id: str
+    task_id: str
+    attempt_id: str
+    agent_id: str
+    kind: str  # started | tool_use | text | retry | output | ...
+    summary: str = ""
+    data: dict[str, Any] = {}
+
+
+class TaskResult(Body):
+    TYPE = "task.result"
+    session_id: str
+    task_id: str
+    attempt_id: str
+    agent_id: str
+    outcome: Outcome
+    exit_code: int | None = None
+    stdout: str = ""  # tail, bounded by the agent
+    stderr: str = ""  # tail, bounded by the agent
+    error: str = ""
+    duration_s: float = 0.0
+    data: dict[str, Any] = {}  # executor-specific figures (cost, tokens, branch, ...)
+
+
+class TaskResultAck(Body):
+    TYPE = "task.result_ack"
+    task_id: str
+    attempt_id: str
+    applied: bool  # False: the attempt was superseded; the result was recorded only
+
+
+class TaskCancel(Body):
+    TYPE = "task.cancel"
+    task_id: str
+    attempt_id: str
+    reason: str = ""
+
+
+class TaskReleased(Body):
+    TYPE = "task.released"
+    task_id: str
+    attempt_id: str
+    agent_id: str

@@ -1,0 +1,83 @@
+"""python -m services.agent — one agent process (also `ccaa agent`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from typing import Awaitable, Callable
+
+from libs.config import ConfigError, SystemConfig
+from libs.runner import common_parser, run_main
+from libs.service import ServiceContext, run_service
+from protocols.peer import PeerKind
+from services.agent.executors.factory import executor_factory
+from services.agent.service import Agent
+
+
+def parser() -> argparse.ArgumentParser:
+    p = common_parser("ccaa-agent", "A ccaa agent: connects to a hub, registers its role, "
+                      "and runs the tasks it is assigned with its role's executor.")
+    p.add_argument("--role", default="worker", help="agent_hierarchy role (default: worker)")
+    p.add_argument("--name", help="agent id (default: agent-ROLE-HOST-PID)")
+    p.add_argument("--capacity", type=int, help="tasks run at once (default: role's capacity)")
+    p.add_argument("--capability", action="append", default=[],
+                   help="capability tag to advertise (repeatable; adds to the role's)")
+    p.add_argument("--parent-pid", type=int,
+                   help="exit when this process dies (set by the controller)")
+    return p
+
+
+async def watch_parent(pid: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if os.getppid() != pid:
+            stop.set()
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
+    role = config.role(args.role)
+    name = args.name or f"agent-{args.role}-{socket.gethostname()}-{os.getpid()}"
+    make_executor = executor_factory(config, args.role)
+
+    async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
+        peer = ctx.peer
+        peer.role = args.role
+        peer.capacity = args.capacity or role.capacity
+        peer.capabilities = sorted(set(role.capabilities) | set(args.capability))
+        agent = Agent(peer, ctx.events, make_executor, ctx.registry,
+                      config.orchestrator.result_resend_interval, ctx.log)
+        for type_, handler in agent.handlers.items():
+            peer.on(type_, handler)
+        loops = [asyncio.ensure_future(agent.resend_loop(ctx.stop))]
+        if args.parent_pid:
+            loops.append(asyncio.ensure_future(watch_parent(args.parent_pid, ctx.stop)))
+
+        async def shutdown() -> None:
+            await agent.stop()
+            await asyncio.sleep(0.05)  # let the last results leave; they are resent if not
+            for loop in loops:
+                loop.cancel()
+
+        return shutdown
+
+    return await run_service(name, args, config, build, kind=PeerKind.AGENT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    try:
+        return run_main(serve, p, argv)
+    except ConfigError as exc:
+        print(f"{p.prog}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""What every executor gets and gives back.
+
+The agent wraps ``Executor.run`` in the task timeout and cancels it on ``task.cancel``;
+an executor must therefore stop everything it started (the whole process group) when
+cancelled, in a ``finally``. What it has collected so far stays on the ``RunContext``,
+so a timed-out or cancelled attempt still reports its partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from protocols.task import Outcome, TaskSpec
+
+ProgressFn = Callable[[str, str, dict[str, Any]], None]
+
+#: characters of stdout/stderr kept per attempt (the tail)
+TAIL_CHARS = 16_000
+
+
+class Tail:
+    """The last ``limit`` characters of a stream."""
+
+    def __init__(self, limit: int = TAIL_CHARS):
+        self.limit = limit
+        self._parts: list[str] = []
+        self._size = 0
+        self.total = 0
+
+    def add(self, text: str) -> None:
+        self._parts.append(text)
+        self._size += len(text)
+        self.total += len(text)
+        if self._size > 2 * self.limit:
+            self._compact()
+
+    def _compact(self) -> None:
+        joined = "".join(self._parts)[-self.limit:]
+        self._parts, self._size = [joined], len(joined)
+
+    def text(self) -> str:
+        self._compact()
+        return self._parts[0] if self._parts else ""
+
+
+@dataclass
+class RunContext:
+    spec: TaskSpec
+    agent_id: str
+    progress: ProgressFn
+    stdout: Tail = field(default_factory=Tail)
+    stderr: Tail = field(default_factory=Tail)
+    data: dict[str, Any] = field(default_factory=dict)
+    pgid: int | None = None  # process group of the child, once started
+
+
+@dataclass
+class ExecutionResult:
+    outcome: Outcome
+    exit_code: int | None = None
+    error: str = ""
+
+
+class Executor(Protocol):
+    name: str
+
+    async def run(self, ctx: RunContext) -> ExecutionResult: ...
+
+
+def kill_group(pgid: int | None, sig: int = signal.SIGKILL) -> None:
+    if pgid is None:
+        return
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

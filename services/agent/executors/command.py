@@ -1,0 +1,103 @@
+"""The ``command`` executor: any CLI (a shell, codex, aider, gemini, ...) through a
+command template. ``{prompt}`` and ``{cwd}`` in the template's arguments are replaced
+with the task's prompt and working directory; the command runs in the working directory
+in a process group of its own, which is killed whole on timeout or cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+from services.agent.executors.base import ExecutionResult, RunContext, Tail, kill_group
+from protocols.task import Outcome
+
+#: seconds between SIGTERM and SIGKILL when stopping a command
+GRACE_SECONDS = 2.0
+#: progress events for output lines, at most this many per second
+OUTPUT_EVENTS_PER_SECOND = 5
+
+
+def render(template: list[str], prompt: str, cwd: str) -> list[str]:
+    return [arg.replace("{prompt}", prompt).replace("{cwd}", cwd) for arg in template]
+
+
+class CommandExecutor:
+    name = "command"
+
+    def __init__(self, template: list[str], env: dict[str, str] | None = None):
+        if not template:
+            raise ValueError("command executor needs a non-empty command template")
+        self.template = template
+        self.env = env
+
+    async def run(self, ctx: RunContext) -> ExecutionResult:
+        spec = ctx.spec
+        cwd = spec.cwd or os.getcwd()
+        if not os.path.isdir(cwd):
+            return ExecutionResult(Outcome.FAILED, error=f"working directory {cwd} does not exist")
+        argv = render(self.template, spec.prompt, cwd)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True, env=self.env,
+            )
+        except OSError as exc:
+            return ExecutionResult(Outcome.FAILED, error=f"cannot start {argv[0]!r}: {exc}")
+        ctx.pgid = proc.pid  # start_new_session: the child leads its own group
+        ctx.progress("started", f"pid {proc.pid}: {' '.join(argv)[:200]}", {"pid": proc.pid})
+        limiter = _RateLimit(OUTPUT_EVENTS_PER_SECOND)
+        try:
+            await asyncio.gather(
+                _pump(proc.stdout, ctx.stdout, ctx, "stdout", limiter),
+                _pump(proc.stderr, ctx.stderr, ctx, "stderr", limiter),
+            )
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                await _stop(proc, ctx.pgid)
+            else:
+                kill_group(ctx.pgid)  # anything the command left running in its group
+        if code == 0:
+            return ExecutionResult(Outcome.SUCCEEDED, exit_code=0)
+        return ExecutionResult(Outcome.FAILED, exit_code=code, error=f"exit code {code}")
+
+
+async def _stop(proc: asyncio.subprocess.Process, pgid: int | None) -> None:
+    kill_group(pgid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.shield(proc.wait()), GRACE_SECONDS)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        pass
+    kill_group(pgid, signal.SIGKILL)
+
+
+class _RateLimit:
+    def __init__(self, per_second: int):
+        self.per_second = per_second
+        self.window = 0.0
+        self.count = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self.window >= 1.0:
+            self.window, self.count = now, 0
+        self.count += 1
+        return self.count <= self.per_second
+
+
+async def _pump(stream: asyncio.StreamReader | None, tail: Tail, ctx: RunContext, name: str,
+                limiter: _RateLimit) -> None:
+    if stream is None:
+        return
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return
+        text = chunk.decode("utf-8", errors="replace")
+        tail.add(text)
+        if limiter.allow():
+            last = text.rstrip().rsplit("\n", 1)[-1]
+            ctx.progress("output", last[:200], {"stream": name})

@@ -1,0 +1,187 @@
+"""One agent: accepts assignments up to its capacity, runs each attempt with its executor
+under the task timeout, streams progress as events, and keeps every result until the
+owner acknowledges it (resending on an interval and after re-registering)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from libs.events import EventPublisher
+from libs.log import EventLogger, get_logger
+from libs.peer import Peer
+from protocols import ErrorCode, Message, ProtocolError
+from protocols.peer import PeerHeartbeat, PeerState
+from protocols.task import (
+    Outcome,
+    TaskAccepted,
+    TaskAssign,
+    TaskCancel,
+    TaskProgress,
+    TaskResult,
+    TaskResultAck,
+    TaskSpec,
+)
+from services.agent.executors.base import ExecutionResult, Executor, RunContext
+
+ExecutorFactory = Callable[[TaskSpec], Executor]
+
+
+@dataclass
+class Running:
+    spec: TaskSpec
+    ctx: RunContext
+    task: "asyncio.Task[None]"
+    started: float
+    cancel_reason: str = ""
+
+
+class Agent:
+    def __init__(self, peer: Peer, events: EventPublisher, executor_for: ExecutorFactory,
+                 registry: CollectorRegistry, resend_interval: float = 2.0,
+                 log: EventLogger | None = None):
+        self.peer = peer
+        self.events = events
+        self.executor_for = executor_for
+        self.resend_interval = resend_interval
+        self.log = log or get_logger(peer.name)
+        self.running: dict[str, Running] = {}  # attempt_id -> run
+        self.unacked: dict[str, TaskResult] = {}  # attempt_id -> result awaiting ack
+        self.owners: dict[str, str] = {}  # attempt_id -> peer that owns the task
+        self.finished = Counter("ccaa_agent_attempts_total", "attempts finished, by outcome",
+                                ["outcome"], registry=registry)
+        self.busy = Gauge("ccaa_agent_running", "attempts running now", registry=registry)
+        self.handlers = {
+            TaskAssign.TYPE: self.on_assign,
+            TaskCancel.TYPE: self.on_cancel,
+            TaskResultAck.TYPE: self.on_ack,
+        }
+        peer.heartbeat_body = self.heartbeat
+        peer.on_registered.append(self.resend_all)
+
+    @property
+    def name(self) -> str:
+        return self.peer.name
+
+    def heartbeat(self) -> PeerHeartbeat:
+        load = len(self.running)
+        state = PeerState.BUSY if load >= self.peer.capacity else PeerState.IDLE
+        return PeerHeartbeat(state=state, load=load,
+                             running=[r.spec.task_id for r in self.running.values()])
+
+    # ---- handlers ---------------------------------------------------------------------
+
+    async def on_assign(self, msg: Message) -> TaskAccepted:
+        spec = msg.body.task  # type: ignore[attr-defined]
+        accepted = TaskAccepted(task_id=spec.task_id, attempt_id=spec.attempt_id,
+                                agent_id=self.name)
+        if spec.attempt_id in self.running or spec.attempt_id in self.unacked:
+            return accepted  # a repeated assignment of an attempt already here
+        if len(self.running) >= self.peer.capacity:
+            raise ProtocolError(ErrorCode.BUSY, f"{self.name} is running "
+                                f"{len(self.running)}/{self.peer.capacity} tasks")
+        try:
+            executor = self.executor_for(spec)
+        except Exception as exc:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, f"cannot run this task: {exc}") from None
+        ctx = RunContext(spec=spec, agent_id=self.name,
+                         progress=lambda kind, summary, data: self._progress(spec, kind,
+                                                                             summary, data))
+        task = asyncio.ensure_future(self._run(executor, ctx))
+        self.owners[spec.attempt_id] = spec.owner
+        self.running[spec.attempt_id] = Running(spec, ctx, task, time.monotonic())
+        self.busy.set(len(self.running))
+        self.log.info("task.started", task=spec.task_id, attempt=spec.attempt_id,
+                      executor=executor.name)
+        if spec.owner != msg.header.src:
+            self.peer.send(spec.owner, accepted)
+        return accepted
+
+    async def on_cancel(self, msg: Message) -> None:
+        body = msg.body
+        assert isinstance(body, TaskCancel)
+        run = self.running.get(body.attempt_id)
+        if run is not None:
+            run.cancel_reason = body.reason or "cancelled"
+            run.task.cancel()
+            self.log.info("task.cancelling", task=body.task_id, reason=run.cancel_reason)
+        return None
+
+    async def on_ack(self, msg: Message) -> None:
+        body = msg.body
+        assert isinstance(body, TaskResultAck)
+        if self.unacked.pop(body.attempt_id, None) is not None:
+            self.owners.pop(body.attempt_id, None)
+            self.log.info("result.acked", task=body.task_id, applied=body.applied)
+        return None
+
+    # ---- running ----------------------------------------------------------------------
+
+    async def _run(self, executor: Executor, ctx: RunContext) -> None:
+        spec = ctx.spec
+        started = time.monotonic()
+        try:
+            result = await asyncio.wait_for(executor.run(ctx), spec.timeout_s)
+        except asyncio.TimeoutError:
+            result = ExecutionResult(Outcome.TIMED_OUT,
+                                     error=f"timed out after {spec.timeout_s:g}s")
+        except asyncio.CancelledError:
+            run = self.running.get(spec.attempt_id)
+            reason = run.cancel_reason if run else "agent stopping"
+            result = ExecutionResult(Outcome.CANCELLED, error=reason)
+        except Exception as exc:
+            self.log.exception("executor.failed", task=spec.task_id)
+            result = ExecutionResult(Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+        self.running.pop(spec.attempt_id, None)
+        self.busy.set(len(self.running))
+        report = TaskResult(
+            session_id=spec.session_id, task_id=spec.task_id, attempt_id=spec.attempt_id,
+            agent_id=self.name, outcome=result.outcome, exit_code=result.exit_code,
+            stdout=ctx.stdout.text(), stderr=ctx.stderr.text(), error=result.error,
+            duration_s=round(time.monotonic() - started, 3), data=ctx.data,
+        )
+        self.finished.labels(result.outcome.value).inc()
+        self.unacked[spec.attempt_id] = report
+        self.log.info("task.finished", task=spec.task_id, outcome=result.outcome.value,
+                      exit_code=result.exit_code, seconds=report.duration_s)
+        self._progress(spec, "finished", result.outcome.value, {"exit_code": result.exit_code})
+        self._send_result(report)
+
+    def _send_result(self, report: TaskResult) -> None:
+        owner = self._owner(report.attempt_id)
+        try:
+            self.peer.send(owner, report)
+        except ConnectionError:
+            pass  # resent once connected
+
+    def _owner(self, attempt_id: str) -> str:
+        return self.owners.get(attempt_id, "orchestrator")
+
+    def resend_all(self) -> None:
+        for report in list(self.unacked.values()):
+            self._send_result(report)
+
+    async def resend_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.resend_interval)
+            except asyncio.TimeoutError:
+                if self.peer.registered:
+                    self.resend_all()
+
+    async def stop(self) -> None:
+        for run in list(self.running.values()):
+            run.cancel_reason = "agent stopping"
+            run.task.cancel()
+        if self.running:
+            await asyncio.gather(*(r.task for r in self.running.values()), return_exceptions=True)
+        self.resend_all()
+
+    def _progress(self, spec: TaskSpec, kind: str, summary: str, data: dict[str, Any]) -> None:
+        self.events.publish("task.progress", TaskProgress(
+            session_id=spec.session_id, task_id=spec.task_id, attempt_id=spec.attempt_id,
+            agent_id=self.name, kind=kind, summary=summary[:500], data=data))

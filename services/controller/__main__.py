@@ -1,0 +1,93 @@
+"""python -m services.controller — this host's agent pools (one controller per host)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from typing import Awaitable, Callable
+
+from prometheus_client import Counter, Gauge
+
+from libs.config import SystemConfig
+from libs.runner import common_parser, run_main
+from libs.service import ServiceContext, run_service
+from protocols.events import PeerEvent
+from services.controller.pool import AgentPool, Slot, agent_argv
+
+
+def parser() -> argparse.ArgumentParser:
+    p = common_parser("ccaa-controller", "The ccaa process controller: runs this host's agent "
+                      "pools (agent_hierarchy.<role>.count agents per role) and restarts any "
+                      "agent that dies.")
+    p.add_argument("--host-name", default=socket.gethostname(), help="used in agent names")
+    return p
+
+
+def agent_args(args: argparse.Namespace, config: SystemConfig, slot: Slot) -> list[str]:
+    comm = config.communication
+    argv = [*agent_argv(), "--role", slot.role, "--name", slot.name,
+            "--parent-pid", str(os.getpid()),
+            "--hub", comm.router(), "--pub", comm.pub(), "--sub", comm.sub(),
+            "--log-level", args.log_level]
+    if args.config:
+        argv += ["--config", args.config]
+    for item in args.set:
+        argv += ["--set", item]
+    return argv
+
+
+async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
+    async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
+        running = Gauge("ccaa_pool_agents", "agent processes alive, by role", ["role"],
+                        registry=ctx.registry)
+        restarts = Counter("ccaa_pool_restarts_total", "agent restarts, by role", ["role"],
+                           registry=ctx.registry)
+        log_dir = str(config.data_path() / "logs" / "agents")
+
+        def on_change(event: str, slot: Slot) -> None:
+            if event == "exited":
+                restarts.labels(slot.role).inc()
+            for role in config.agent_hierarchy:
+                running.labels(role).set(sum(1 for s in pool.live() if s.role == role))
+            ctx.events.publish(f"pool.{event}", PeerEvent(name=slot.name, kind="agent",
+                                                          role=slot.role, state=event))
+
+        pool = AgentPool(lambda slot: agent_args(args, config, slot), ctx.log,
+                         log_dir=log_dir, on_change=on_change)
+        total = 0
+        for role, rc in config.agent_hierarchy.items():
+            count = min(rc.count, max(0, config.resources.max_agents_total - total))
+            if count < rc.count:
+                ctx.log.warning("pool.capped", role=role, wanted=rc.count, started=count,
+                                max_agents_total=config.resources.max_agents_total)
+            total += count
+            pool.resize(role, count, args.host_name)
+        await pool.ensure()
+
+        async def keep() -> None:
+            while not ctx.stop.is_set():
+                try:
+                    await asyncio.wait_for(ctx.stop.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    await pool.ensure()
+
+        keeper = asyncio.ensure_future(keep())
+
+        async def shutdown() -> None:
+            keeper.cancel()
+            await pool.stop()
+
+        return shutdown
+
+    return await run_service("controller", args, config, build)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(serve, parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Agent process pools: start the configured number of agents per role on this host,
+restart any that die (with backoff), and stop them all, process group by process group."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from libs.log import EventLogger, get_logger
+
+#: seconds between SIGTERM and SIGKILL when stopping an agent
+GRACE_SECONDS = 5.0
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class Slot:
+    role: str
+    index: int
+    name: str
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+
+class AgentPool:
+    def __init__(self, argv_for: Callable[[Slot], list[str]], log: EventLogger | None = None,
+                 env: dict[str, str] | None = None, log_dir: str | None = None,
+                 on_change: Callable[[str, Slot], None] | None = None):
+        self.argv_for = argv_for
+        self.log = log or get_logger("controller")
+        self.env = env
+        self.log_dir = log_dir
+        self.on_change = on_change or (lambda event, slot: None)
+        self.slots: dict[str, Slot] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def resize(self, role: str, count: int, host: str) -> None:
+        """Make the pool for ``role`` hold ``count`` agents (stops the extra ones)."""
+        current = sorted((s for s in self.slots.values() if s.role == role), key=lambda s: s.index)
+        for i in range(len(current), count):
+            name = f"agent-{role}-{host}-{i + 1}"
+            self.slots[name] = Slot(role, i + 1, name)
+        for slot in current[count:]:
+            self.slots.pop(slot.name)
+            if slot.proc is not None and slot.proc.returncode is None:
+                asyncio.ensure_future(self._terminate(slot))
+
+    async def ensure(self) -> None:
+        """Start every slot without a live process whose backoff has passed."""
+        now = time.monotonic()
+        for slot in list(self.slots.values()):
+            alive = slot.proc is not None and slot.proc.returncode is None
+            if alive or now < slot.next_start or self._stopping:
+                continue
+            await self._start(slot)
+
+    async def _start(self, slot: Slot) -> None:
+        argv = self.argv_for(slot)
+        out = None
+        if self.log_dir:
+            os.makedirs(self.log_dir, exist_ok=True)
+            out = open(os.path.join(self.log_dir, f"{slot.name}.log"), "ab")
+        try:
+            slot.proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL,
+                stdout=out or asyncio.subprocess.DEVNULL, stderr=out or asyncio.subprocess.DEVNULL,
+                start_new_session=True, env=self.env,
+            )
+        except OSError as exc:
+            self.log.error("agent.spawn_failed", agent=slot.name, error=str(exc))
+            slot.next_start = time.monotonic() + self._backoff(slot)
+            return
+        finally:
+            if out is not None:
+                out.close()
+        slot.started_at = time.monotonic()
+        self.log.info("agent.spawned", agent=slot.name, role=slot.role, pid=slot.proc.pid,
+                      restarts=slot.restarts)
+        self.on_change("spawned", slot)
+        watcher = asyncio.ensure_future(self._watch(slot, slot.proc))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, slot: Slot, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        _kill_group(proc.pid, signal.SIGKILL)  # whatever it left in its group
+        if self._stopping or self.slots.get(slot.name) is not slot:
+            return
+        slot.exits.append(code)
+        slot.restarts += 1
+        # a process that ran for a while earns a fresh backoff
+        if time.monotonic() - slot.started_at > 60:
+            slot.restarts = 1
+        delay = self._backoff(slot)
+        slot.next_start = time.monotonic() + delay
+        self.log.warning("agent.exited", agent=slot.name, code=code, restart_in=round(delay, 2))
+        self.on_change("exited", slot)
+        await asyncio.sleep(delay)
+        await self.ensure()
+
+    @staticmethod
+    def _backoff(slot: Slot) -> float:
+        return min(MAX_BACKOFF, 0.5 * (2 ** max(0, slot.restarts - 1)))
+
+    async def _terminate(self, slot: Slot) -> None:
+        proc = slot.proc
+        if proc is None or proc.returncode is not None:
+            return
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), GRACE_SECONDS)
+        except asyncio.TimeoutError:
+            self.log.warning("agent.kill", agent=slot.name, pid=proc.pid)
+        _kill_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await asyncio.gather(*(self._terminate(s) for s in self.slots.values()))
+        for watcher in list(self._watchers):
+            watcher.cancel()
+
+    def live(self) -> list[Slot]:
+        return [s for s in self.slots.values() if s.proc is not None and s.proc.returncode is None]
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def agent_argv(python: str = sys.executable) -> list[str]:
+    return [python, "-m", "services.agent"]

@@ -1,0 +1,87 @@
+"""python -m services.hub — the bus: ROUTER routing, peer registry, heartbeats, event proxy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import zmq
+
+from libs.config import SystemConfig
+from libs.http import HttpServer, metrics_route
+from libs.log import get_logger
+from libs.metrics import new_registry
+from libs.runner import announce, common_parser, install_stop_signals, run_main
+from libs.zmqio import Pump, bind, context, socket
+from services.hub.proxy import INPROC, EventProxy
+from services.hub.service import Hub
+
+
+
+async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
+    log = get_logger("hub")
+    comm = config.communication
+    ctx = context()
+    registry = new_registry()
+
+    router = socket(ctx, zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.setsockopt(zmq.SNDHWM, 100_000)
+    router.setsockopt(zmq.RCVHWM, 100_000)
+    try:
+        router_endpoint = bind(router, comm.router())
+        proxy = EventProxy(ctx, comm.pub(), comm.sub())
+    except zmq.ZMQError as exc:
+        print(f"hub: cannot bind: {exc} (is another hub running?)", file=sys.stderr)
+        return 1
+    proxy.start()
+    events = socket(ctx, zmq.PUB)
+    events.connect(INPROC)
+
+    hub = Hub(comm, send=lambda f: pump.send_now(f),
+              publish=lambda f: events.send_multipart(f, flags=zmq.NOBLOCK), registry=registry,
+              log=log)
+    pump = Pump(router, hub.on_frames)
+
+    port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get("hub", 0)
+    http = HttpServer({"/metrics": metrics_route(registry)}, config.metrics.host, port)
+    await http.start()
+
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+
+    async def liveness() -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), comm.heartbeat_interval / 2)
+            except asyncio.TimeoutError:
+                hub.check_liveness()
+
+    pump_task = asyncio.ensure_future(pump.run())
+    live_task = asyncio.ensure_future(liveness())
+    log.info("started", router=router_endpoint, pub=proxy.pub_endpoint, sub=proxy.sub_endpoint,
+             metrics=http.url, hub_id=hub.hub_id)
+    announce(service="hub", router=router_endpoint, pub=proxy.pub_endpoint,
+             sub=proxy.sub_endpoint, metrics=http.url, hub_id=hub.hub_id)
+    await stop.wait()
+    log.info("stopping")
+    pump.close()
+    for task in (pump_task, live_task):
+        task.cancel()
+    await asyncio.gather(pump_task, live_task, return_exceptions=True)
+    await http.close()
+    proxy.stop()
+    events.close(linger=0)
+    router.close(linger=0)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common_parser("ccaa-hub", "The ccaa hub: routes messages between peers by "
+                           "destination, tracks peers with heartbeats, proxies events.")
+    return run_main(serve, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

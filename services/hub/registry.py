@@ -1,0 +1,85 @@
+"""The hub's peer table: who is connected, under which name and socket identity, and
+when each was last heard from (monotonic clock)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from protocols import ErrorCode, ProtocolError
+from protocols.peer import PeerHeartbeat, PeerInfo, PeerKind, PeerRegister, PeerState
+
+
+@dataclass
+class PeerEntry:
+    identity: bytes
+    info: PeerRegister
+    last_seen: float
+    registered_at: float = field(default_factory=time.time)
+    state: PeerState = PeerState.IDLE
+    load: int = 0
+    running: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def kind(self) -> PeerKind:
+        return self.info.kind
+
+    def to_info(self, now: float) -> PeerInfo:
+        i = self.info
+        return PeerInfo(
+            name=i.name, kind=i.kind, role=i.role, capabilities=i.capabilities,
+            capacity=i.capacity, state=self.state, load=self.load, running=self.running,
+            pid=i.pid, host=i.host, metrics_url=i.metrics_url,
+            registered_at=self.registered_at, last_seen_ago=round(now - self.last_seen, 3),
+        )
+
+
+class PeerTable:
+    def __init__(self) -> None:
+        self.by_name: dict[str, PeerEntry] = {}
+        self.by_identity: dict[bytes, PeerEntry] = {}
+
+    def register(self, identity: bytes, info: PeerRegister, now: float) -> tuple[PeerEntry, PeerEntry | None]:
+        """Add a peer. Returns (entry, replaced) where ``replaced`` is an older entry of the
+        same process (same host and pid) that reconnected on a new socket."""
+        replaced = None
+        old = self.by_name.get(info.name)
+        if old is not None and old.identity != identity:
+            same_process = old.info.pid == info.pid and old.info.host == info.host
+            if not same_process:
+                raise ProtocolError(
+                    ErrorCode.NAME_TAKEN,
+                    f"name {info.name!r} is held by a live peer (pid {old.info.pid} on "
+                    f"{old.info.host or '?'})",
+                )
+            replaced = self.remove(old.identity)
+        existing = self.by_identity.get(identity)
+        if existing is not None and existing.name != info.name:
+            self.remove(identity)  # the same socket re-registering under a new name
+        entry = PeerEntry(identity=identity, info=info, last_seen=now)
+        self.by_name[info.name] = entry
+        self.by_identity[identity] = entry
+        return entry, replaced
+
+    def remove(self, identity: bytes) -> PeerEntry | None:
+        entry = self.by_identity.pop(identity, None)
+        if entry is not None and self.by_name.get(entry.name) is entry:
+            del self.by_name[entry.name]
+        return entry
+
+    def heartbeat(self, entry: PeerEntry, hb: PeerHeartbeat, now: float) -> bool:
+        """Record a heartbeat; True if the peer's state changed."""
+        entry.last_seen = now
+        changed = entry.state != hb.state
+        entry.state, entry.load, entry.running = hb.state, hb.load, hb.running
+        return changed
+
+    def expired(self, now: float, budget: float) -> list[PeerEntry]:
+        return [e for e in self.by_identity.values() if now - e.last_seen > budget]
+
+    def count(self, kind: PeerKind) -> int:
+        return sum(1 for e in self.by_identity.values() if e.kind == kind)

@@ -1,0 +1,229 @@
+"""The hub's logic: route every message by destination, keep the peer registry, answer
+heartbeats, declare silent peers lost, and answer bad input with typed errors.
+
+The hub routes on the header alone; it never decodes bodies it only forwards.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Callable
+
+import zmq
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from libs.config import CommunicationConfig
+from libs.log import EventLogger, get_logger
+from protocols import ErrorCode, ProtocolError, decode_header, encode, encode_event, make_header
+from protocols.base import Body
+from protocols.codec import decode_body, peek_header
+from protocols.events import PeerEvent, peer_topic
+from protocols.header import HUB, Header
+from protocols.peer import (
+    Error,
+    PeerDisconnect,
+    PeerHeartbeat,
+    PeerKind,
+    PeerRegister,
+    PeerRegistered,
+    PeerState,
+    RegistryList,
+    RegistryListReply,
+)
+from services.hub.registry import PeerEntry, PeerTable
+
+Send = Callable[[list[bytes]], None]
+
+
+class HubMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.routed = Counter("ccaa_hub_routed_total", "messages routed to a peer",
+                              registry=registry)
+        self.errors = Counter("ccaa_hub_errors_total", "error replies sent by the hub, by code",
+                              ["code"], registry=registry)
+        self.peers = Gauge("ccaa_hub_peers", "registered peers, by kind", ["kind"],
+                           registry=registry)
+        self.lost = Counter("ccaa_hub_peers_lost_total", "peers declared lost, by kind",
+                            ["kind"], registry=registry)
+        self.events = Counter("ccaa_hub_events_published_total", "events the hub published",
+                              ["topic"], registry=registry)
+
+
+class Hub:
+    def __init__(
+        self,
+        comm: CommunicationConfig,
+        send: Send,
+        publish: Send,
+        registry: CollectorRegistry,
+        log: EventLogger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.comm = comm
+        self._send = send  # raises zmq.ZMQError(EHOSTUNREACH) for a vanished identity
+        self._publish = publish
+        self.clock = clock
+        self.hub_id = uuid.uuid4().hex[:12]
+        self.log = log or get_logger("hub")
+        self.metrics = HubMetrics(registry)
+        self.table = PeerTable()
+        self._local = {
+            PeerRegister.TYPE: self._on_register,
+            PeerHeartbeat.TYPE: self._on_heartbeat,
+            PeerDisconnect.TYPE: self._on_disconnect,
+            RegistryList.TYPE: self._on_registry_list,
+        }
+
+    # ---- frames in --------------------------------------------------------------------
+
+    def on_frames(self, frames: list[bytes]) -> None:
+        identity, payload = frames[0], frames[1:]
+        try:
+            header = decode_header(payload)
+        except ProtocolError as exc:
+            self._error(identity, peek_header(payload), exc)
+            return
+        try:
+            if header.dst == HUB:
+                self._on_local(identity, header, payload[1])
+            else:
+                self._route(identity, header, payload)
+        except ProtocolError as exc:
+            self._error(identity, header, exc)
+
+    def _route(self, identity: bytes, header: Header, payload: list[bytes]) -> None:
+        sender = self.table.by_identity.get(identity)
+        if sender is None:
+            raise ProtocolError(ErrorCode.NOT_REGISTERED,
+                                "register with the hub before sending (peer.register)")
+        if header.src != sender.name:
+            raise ProtocolError(ErrorCode.SPOOFED_SOURCE,
+                                f"src {header.src!r} is not your registered name {sender.name!r}")
+        sender.last_seen = self.clock()
+        target = self.table.by_name.get(header.dst)
+        if target is None:
+            raise ProtocolError(ErrorCode.UNDELIVERABLE, f"no peer named {header.dst!r}",
+                                {"dst": header.dst})
+        try:
+            self._send([target.identity, *payload])
+        except zmq.ZMQError as exc:  # EHOSTUNREACH under ROUTER_MANDATORY, or EAGAIN
+            raise ProtocolError(ErrorCode.UNDELIVERABLE,
+                                f"peer {header.dst!r} cannot take the message: {exc.strerror}",
+                                {"dst": header.dst}) from None
+        self.metrics.routed.inc()
+
+    def _on_local(self, identity: bytes, header: Header, body_frame: bytes) -> None:
+        handler = self._local.get(header.type)
+        if handler is None:
+            if header.type == Error.TYPE:
+                self._count_error_to_hub(header, body_frame)
+                return
+            raise ProtocolError(ErrorCode.UNSUPPORTED, f"the hub does not handle {header.type}")
+        body = decode_body(header, body_frame)
+        if header.type != PeerRegister.TYPE:
+            entry = self.table.by_identity.get(identity)
+            if entry is None or entry.name != header.src:
+                raise ProtocolError(ErrorCode.NOT_REGISTERED,
+                                    "unknown peer: register first (peer.register)")
+            entry.last_seen = self.clock()
+            handler(identity, header, body, entry)
+        else:
+            handler(identity, header, body, None)
+
+    # ---- hub requests -----------------------------------------------------------------
+
+    def _on_register(self, identity: bytes, header: Header, body: Body, _: PeerEntry | None) -> None:
+        assert isinstance(body, PeerRegister)
+        if body.name == HUB:
+            raise ProtocolError(ErrorCode.NAME_TAKEN, f"{HUB!r} is the hub's own name")
+        entry, replaced = self.table.register(identity, body, self.clock())
+        if replaced is not None:
+            self.log.info("peer.reconnected", name=body.name, kind=body.kind.value)
+        else:
+            self.log.info("peer.registered", name=body.name, kind=body.kind.value,
+                          role=body.role, pid=body.pid, host=body.host)
+        self._update_gauges()
+        self._reply(identity, header, PeerRegistered(
+            name=body.name, hub_id=self.hub_id,
+            heartbeat_interval=self.comm.heartbeat_interval, liveness=self.comm.liveness,
+        ))
+        self._event(entry, "registered")
+
+    def _on_heartbeat(self, identity: bytes, header: Header, body: Body, entry: PeerEntry | None) -> None:
+        assert isinstance(body, PeerHeartbeat) and entry is not None
+        changed = self.table.heartbeat(entry, body, self.clock())
+        self._reply(identity, header, PeerHeartbeat(state=PeerState.IDLE))
+        if changed and entry.kind == PeerKind.AGENT:
+            self._event(entry, body.state.value)
+
+    def _on_disconnect(self, identity: bytes, header: Header, body: Body, entry: PeerEntry | None) -> None:
+        assert isinstance(body, PeerDisconnect) and entry is not None
+        self.table.remove(identity)
+        self._update_gauges()
+        self.log.info("peer.disconnected", name=entry.name, reason=body.reason)
+        self._event(entry, "disconnected", body.reason)
+
+    def _on_registry_list(self, identity: bytes, header: Header, body: Body, _: PeerEntry | None) -> None:
+        assert isinstance(body, RegistryList)
+        now = self.clock()
+        peers = [e.to_info(now) for e in self.table.by_name.values()
+                 if body.kind is None or e.kind == body.kind]
+        peers.sort(key=lambda p: (p.kind.value, p.name))
+        self._reply(identity, header, RegistryListReply(hub_id=self.hub_id, peers=peers))
+
+    # ---- liveness ---------------------------------------------------------------------
+
+    def check_liveness(self) -> list[str]:
+        """Declare peers silent for longer than interval x liveness lost; returns names."""
+        budget = self.comm.heartbeat_interval * self.comm.liveness
+        lost = []
+        for entry in self.table.expired(self.clock(), budget):
+            self.table.remove(entry.identity)
+            self.metrics.lost.labels(entry.kind.value).inc()
+            self.log.warning("peer.lost", name=entry.name, kind=entry.kind.value,
+                             running=entry.running)
+            self._event(entry, "lost", f"silent for more than {budget:.1f}s")
+            lost.append(entry.name)
+        if lost:
+            self._update_gauges()
+        return lost
+
+    # ---- frames out -------------------------------------------------------------------
+
+    def _reply(self, identity: bytes, request: Header, body: Body) -> None:
+        header = make_header(body.TYPE, HUB, request.src, corr=request.id)
+        try:
+            self._send([identity, *encode(header, body)])
+        except zmq.ZMQError as exc:
+            self.log.warning("reply.undeliverable", dst=request.src, error=exc.strerror)
+
+    def _error(self, identity: bytes, header: Header | None, exc: ProtocolError) -> None:
+        self.metrics.errors.labels(exc.code.value).inc()
+        if header is not None and header.type == Error.TYPE:
+            return  # never answer an error with an error (no ping-pong); counted above
+        self.log.warning("bad.input", code=exc.code.value, reason=exc.reason,
+                         src=header.src if header else "?")
+        body = Error(code=exc.code, reason=exc.reason, details=exc.details)
+        dst = header.src if header is not None else "?"
+        reply = make_header(Error.TYPE, HUB, dst, corr=header.id if header is not None else "")
+        try:
+            self._send([identity, *encode(reply, body)])
+        except zmq.ZMQError:
+            pass  # the sender is already gone; nothing left to tell
+
+    def _count_error_to_hub(self, header: Header, body_frame: bytes) -> None:
+        self.metrics.errors.labels("received").inc()
+        self.log.warning("error.received", src=header.src)
+
+    def _event(self, entry: PeerEntry, state: str, reason: str = "") -> None:
+        topic = peer_topic(entry.kind.value, state)
+        body = PeerEvent(name=entry.name, kind=entry.kind.value, role=entry.info.role,
+                         state=state, reason=reason)
+        header = make_header(PeerEvent.TYPE, HUB, "*")
+        self._publish(encode_event(topic, header, body))
+        self.metrics.events.labels(topic).inc()
+
+    def _update_gauges(self) -> None:
+        for kind in PeerKind:
+            self.metrics.peers.labels(kind.value).set(self.table.count(kind))

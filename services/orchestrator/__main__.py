@@ -1,0 +1,74 @@
+"""python -m services.orchestrator — durable session and task state, task flow, retries."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Awaitable, Callable
+
+from libs.config import SystemConfig
+from libs.events import EventSubscriber
+from libs.runner import common_parser, run_main
+from libs.service import ServiceContext, run_service
+from protocols import Message
+from services.orchestrator.service import Orchestrator
+from services.orchestrator.store import Store
+
+
+def parser() -> argparse.ArgumentParser:
+    p = common_parser("ccaa-orchestrator", "The ccaa orchestrator: keeps sessions, tasks and "
+                      "attempts in SQLite and drives every task to a final state.")
+    p.add_argument("--db", help="SQLite file (default: DATA_DIR/orchestrator.db)")
+    return p
+
+
+async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
+    db = args.db or str(config.data_path() / "orchestrator.db")
+
+    async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
+        store = Store(db)
+        orch = Orchestrator(config, store, ctx.peer, ctx.events, ctx.registry, ctx.log)
+        for type_, handler in orch.handlers.items():
+            ctx.peer.on(type_, handler)
+
+        def on_event(topic: str, msg: Message) -> None:
+            name = getattr(msg.body, "name", "")
+            if name:
+                ctx.peer.spawn(orch.on_agents_lost({name}))
+
+        subscriber = EventSubscriber(config.communication.sub(),
+                                     ["agent.lost", "agent.disconnected"], on_event, log=ctx.log)
+        subscriber.start()
+
+        async def tick() -> None:
+            await ctx.peer.wait_registered(3600)
+            while not ctx.stop.is_set():
+                try:
+                    await orch.reconcile()
+                except Exception:
+                    ctx.log.exception("reconcile.failed")
+                try:
+                    await asyncio.wait_for(ctx.stop.wait(), config.orchestrator.reconcile_interval)
+                except asyncio.TimeoutError:
+                    pass
+
+        ticker = asyncio.ensure_future(tick())
+
+        async def shutdown() -> None:
+            ticker.cancel()
+            await subscriber.close()
+            store.close()
+
+        ctx.log.info("store.opened", db=db)
+        return shutdown
+
+    return await run_service("orchestrator", args, config, build)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(serve, parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The reporter: subscribes to every event and keeps counts by type and state, the latest
+state of each task, session and agent, and serves them on /metrics and /api/summary."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from protocols import Message
+from protocols.events import PeerEvent, SessionEvent, TaskEvent
+from protocols.task import TaskProgress
+
+TASK_STATES = ("pending", "ready", "queued", "assigned", "running", "succeeded", "failed",
+               "timed_out", "cancelled")
+
+
+class Reporter:
+    def __init__(self, registry: CollectorRegistry, clock=time.time):
+        self.clock = clock
+        self.started = clock()
+        self.events_total = Counter("ccaa_events_total", "events seen, by topic",
+                                    ["topic"], registry=registry)
+        self.tasks_by_state = Gauge("ccaa_tasks", "tasks by latest state", ["state"],
+                                    registry=registry)
+        self.sessions_by_state = Gauge("ccaa_sessions", "sessions by latest state", ["state"],
+                                       registry=registry)
+        self.agents_by_state = Gauge("ccaa_agents", "agents by latest state", ["state"],
+                                     registry=registry)
+        self.by_topic: Tally[str] = Tally()
+        self.task_state: dict[str, str] = {}
+        self.session_state: dict[str, str] = {}
+        self.agent_state: dict[str, str] = {}
+        self.activity: dict[str, dict[str, Any]] = {}  # agent -> last progress
+        self._known: dict[int, set[str]] = {id(self.tasks_by_state): set(TASK_STATES)}
+        for state in TASK_STATES:
+            self.tasks_by_state.labels(state).set(0)
+
+    def on_event(self, topic: str, msg: Message) -> None:
+        self.by_topic[topic] += 1
+        self.events_total.labels(topic).inc()
+        body = msg.body
+        if isinstance(body, TaskEvent):
+            self.task_state[body.task_id] = body.state
+            self._recount(self.tasks_by_state, self.task_state)
+        elif isinstance(body, SessionEvent):
+            self.session_state[body.session_id] = body.state
+            self._recount(self.sessions_by_state, self.session_state)
+        elif isinstance(body, PeerEvent) and body.kind == "agent" and not topic.startswith("pool."):
+            if body.state in ("lost", "disconnected"):
+                self.agent_state[body.name] = body.state
+            else:
+                self.agent_state[body.name] = "idle" if body.state == "registered" else body.state
+            self._recount(self.agents_by_state, self.agent_state)
+        elif isinstance(body, TaskProgress):
+            self.activity[body.agent_id] = {"task_id": body.task_id, "kind": body.kind,
+                                            "summary": body.summary, "ts": msg.header.ts}
+
+    def _recount(self, gauge: Gauge, states: dict[str, str]) -> None:
+        counts = Tally(states.values())
+        known = self._known.setdefault(id(gauge), set())
+        known.update(counts)
+        for state in known:  # states no longer held by anyone drop to zero
+            gauge.labels(state).set(counts.get(state, 0))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "uptime_s": round(self.clock() - self.started, 3),
+            "events_by_topic": dict(self.by_topic),
+            "tasks_by_state": dict(Tally(self.task_state.values())),
+            "sessions_by_state": dict(Tally(self.session_state.values())),
+            "agents_by_state": dict(Tally(self.agent_state.values())),
+            "agent_activity": self.activity,
+        }
