@@ -191,7 +191,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
-        if path:
+        if path and path[0] in SystemConfig.model_fields:  # other CCAA_* are not settings
             _set_path(tree, path, _parse_scalar(value))
     return tree
 

@@ -1,0 +1,244 @@
+"""The `ccaa` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from libs.client import BusClient
+from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
+from libs.log import setup_logging
+from libs.peer import RegistrationRefused, RequestFailed, RequestTimeout
+from protocols.command import CommandStatus, CommandSubmit, CommandType
+from protocols.peer import PeerKind
+
+EPILOG = """Typical use:
+  ccaa up                                  start the services (supervisord) and agents
+  ccaa status                              services and agents with role, state, load
+  ccaa submit "make test" --repo . --wait  run a command on a repository, follow it
+  ccaa agent --hub tcp://HOST:5555         attach one more agent from any host
+  ccaa down                                stop everything
+"""
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (default: $CCAA_CONFIG)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ccaa", description="Claude Code Auto Action: many Claude Code agents as one team.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start the six services under supervisord and wait for them")
+    _config_args(p)
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for readiness")
+
+    p = sub.add_parser("down", help="stop supervisord, the services and every agent")
+    _config_args(p)
+
+    p = sub.add_parser("status", help="services and agents registered with the hub")
+    _config_args(p)
+    p.add_argument("--json", action="store_true", help="print the registry as JSON")
+
+    p = sub.add_parser("submit", help="submit a command on a repository")
+    _config_args(p)
+    p.add_argument("words", nargs="+", metavar="[TYPE] TEXT",
+                   help=f"optional command type ({', '.join(t.value for t in CommandType)}) "
+                        "then the command text")
+    p.add_argument("--repo", default=".", help="repository directory (default: .)")
+    p.add_argument("--role", default="worker", help="role that runs the task (default: worker)")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--task-timeout", type=float, help="seconds one attempt may run")
+    p.add_argument("--wait", action="store_true", help="follow the session until it ends")
+    p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+
+    p = sub.add_parser("show", help="a session's state, tasks and history")
+    _config_args(p)
+    p.add_argument("session_id")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("agent", help="run one agent attached to a hub (any host)",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("model-server", help="the scripted Anthropic-compatible model server",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> SystemConfig:
+    return load_config(args.config, overrides=flag_overrides(args.set))
+
+
+def _env_overrides(assignments: list[str]) -> dict[str, str]:
+    """--set a.b=c -> CCAA_A__B=c, so every service under supervisord sees it."""
+    env = {}
+    for item in assignments:
+        key, _, value = item.partition("=")
+        env["CCAA_" + "__".join(p.strip().upper() for p in key.split("."))] = value.strip()
+    return env
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.cli import stack
+
+    config = _load(args)
+    reply = stack.up(config, args.config, _env_overrides(args.set), args.timeout)
+    comm = config.communication
+    print(f"ccaa is up (hub {reply.hub_id})")
+    print(f"  bus (ROUTER)     {comm.router()}")
+    print(f"  events (XSUB)    {comm.pub()}")
+    print(f"  events (XPUB)    {comm.sub()}")
+    for p in reply.peers:
+        if p.kind == PeerKind.SERVICE:
+            print(f"  {p.name:<16} pid {p.pid:<7} {p.metrics_url}")
+    agents = [p for p in reply.peers if p.kind == PeerKind.AGENT]
+    print(f"  agents           {len(agents)} registered")
+    print(f"  logs             {stack.run_dir(config) / 'logs'}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from services.cli import stack
+
+    config = _load(args)
+    if stack.down(config):
+        print("ccaa is down")
+    else:
+        print("ccaa was not running")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from services.cli import stack
+
+    config = _load(args)
+    reply = asyncio.run(stack.registry(config))
+    if args.json:
+        print(json.dumps(reply.model_dump(mode="json"), indent=2))
+        return 0
+    print(f"hub {reply.hub_id} at {config.communication.router()}")
+    print(f"{'NAME':<36} {'KIND':<8} {'ROLE':<10} {'STATE':<8} {'LOAD':<6} PID")
+    for p in reply.peers:
+        if p.kind == PeerKind.CLIENT:
+            continue
+        load = f"{p.load}/{p.capacity}" if p.kind == PeerKind.AGENT else "-"
+        print(f"{p.name:<36} {p.kind.value:<8} {p.role or '-':<10} {p.state.value:<8} "
+              f"{load:<6} {p.pid}")
+    return 0
+
+
+def _split_type(words: list[str]) -> tuple[CommandType | None, str]:
+    if len(words) > 1 and words[0].upper() in CommandType._value2member_map_:
+        return CommandType(words[0].upper()), " ".join(words[1:])
+    return None, " ".join(words)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from services.cli.session_view import SessionFollower
+
+    config = _load(args)
+    type_, text = _split_type(args.words)
+    body = CommandSubmit(text=text, repo=os.path.abspath(args.repo), type=type_, role=args.role,
+                         priority=args.priority, timeout_s=args.task_timeout)
+
+    async def go() -> int:
+        follower = SessionFollower("")
+        sub = follower.subscribe(config) if args.wait else None
+        async with BusClient(config.communication) as bus:
+            try:
+                reply = await bus.request("commands", body)
+            except BaseException:
+                if sub is not None:
+                    await sub.close()
+                raise
+            acc = reply.body
+            print(f"session {acc.session_id} accepted as {acc.type.value} "  # type: ignore[attr-defined]
+                  f"({acc.classification})")  # type: ignore[attr-defined]
+            if sub is None:
+                return 0
+            follower.session_id = acc.session_id  # type: ignore[attr-defined]
+            final = await follower.follow(bus, sub, args.wait_timeout)
+            s = final.session
+            print(f"session {s.session_id} {s.state.value}: {s.detail}")
+            for t in final.tasks:
+                r = t.result
+                print(f"  {t.task_id} {t.state.value} attempt {t.attempt} on {t.agent_id or '-'}"
+                      f" exit={r.get('exit_code')} {r.get('error', '')}")
+            return 0 if s.state.value == "succeeded" else 1
+
+    return asyncio.run(go())
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def go() -> int:
+        async with BusClient(config.communication) as bus:
+            reply = await bus.request("orchestrator", CommandStatus(session_id=args.session_id))
+        st = reply.body
+        if args.json:
+            print(json.dumps(st.model_dump(mode="json"), indent=2))
+            return 0
+        s = st.session  # type: ignore[attr-defined]
+        print(f"session {s.session_id} {s.type.value} {s.state.value} {s.detail}")
+        print(f"  repo {s.repo}\n  text {s.text}")
+        for t in st.tasks:  # type: ignore[attr-defined]
+            print(f"  task {t.task_id} {t.state.value} attempt {t.attempt} agent {t.agent_id or '-'}")
+        for h in st.history:  # type: ignore[attr-defined]
+            print(f"    {h['kind']:<8} {h['task_id'] or '-':<16} {h['from_state'] or '-':>10} -> "
+                  f"{h['to_state'] or '-':<10} {h['detail']}")
+        return 0
+
+    return asyncio.run(go())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"]:
+        from services.agent.__main__ import main as agent_main
+        return agent_main(_agent_argv(argv[1:]))
+    if argv[:1] == ["model-server"]:
+        from services.model_server.__main__ import main as model_main
+        return model_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    setup_logging("error")
+    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "submit": cmd_submit,
+                "show": cmd_show}
+    try:
+        return handlers[args.cmd](args)
+    except ConfigError as exc:
+        print(f"ccaa: {exc}", file=sys.stderr)
+        return 2
+    except RequestTimeout as exc:
+        print(f"ccaa: {exc} (is it up? try `ccaa up`)", file=sys.stderr)
+        return 1
+    except RequestFailed as exc:
+        print(f"ccaa: refused: {exc.reason} [{exc.code}]", file=sys.stderr)
+        return 1
+    except (RegistrationRefused, TimeoutError) as exc:
+        print(f"ccaa: {exc}", file=sys.stderr)
+        return 1
+
+
+def _agent_argv(rest: list[str]) -> list[str]:
+    """`ccaa agent --hub tcp://H:5555` also finds the event ports (5556, 5557) by default."""
+    from libs.runner import derive_endpoint
+
+    if "--hub" in rest and "--pub" not in rest and "--sub" not in rest:
+        hub = rest[rest.index("--hub") + 1] if rest.index("--hub") + 1 < len(rest) else ""
+        if hub.startswith("tcp://"):
+            rest = rest + ["--pub", derive_endpoint(hub, 1), "--sub", derive_endpoint(hub, 2)]
+    return rest
+
+
+if __name__ == "__main__":
+    sys.exit(main())

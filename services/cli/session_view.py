@@ -1,0 +1,85 @@
+"""`ccaa submit --wait`: follow a session through events and status polls until it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from libs.client import BusClient
+from libs.config import SystemConfig
+from libs.events import EventSubscriber
+from libs.peer import RequestFailed, RequestTimeout
+from protocols import Message
+from protocols.command import CommandStatus, CommandStatusReply, TERMINAL_SESSION_STATES
+from protocols.events import SessionEvent, TaskEvent
+from protocols.task import TaskProgress
+
+
+def _stamp() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+class SessionFollower:
+    """Prints each task state change once, in order, from the session's audit history
+    (an event triggers an immediate status request, a timer covers missed events), plus
+    live progress lines from events, until the session ends."""
+
+    def __init__(self, session_id: str, out=print, poll_interval: float = 1.0):
+        self.session_id = session_id
+        self.out = out
+        self.poll_interval = poll_interval
+        self.printed = 0  # history entries already printed
+        self.final: CommandStatusReply | None = None
+        self._changed = asyncio.Event()
+
+    def on_event(self, topic: str, msg: Message) -> None:
+        body = msg.body
+        if getattr(body, "session_id", None) != self.session_id:
+            return
+        if isinstance(body, TaskProgress):
+            self.out(f"{_stamp()}   {body.task_id} [{body.agent_id}] {body.kind}: {body.summary}")
+        elif isinstance(body, (TaskEvent, SessionEvent)):
+            self._changed.set()
+
+    def on_status(self, reply: CommandStatusReply) -> bool:
+        for i, h in enumerate(reply.history):
+            if i < self.printed:
+                continue
+            self.printed = i + 1
+            if h["kind"] == "task" and h["to_state"]:
+                detail = f" ({h['detail']})" if h["detail"] else ""
+                stamp = time.strftime("%H:%M:%S", time.localtime(h["ts"]))
+                self.out(f"{stamp} task {h['task_id']} {h['to_state']}{detail}")
+        if reply.session.state in TERMINAL_SESSION_STATES:
+            self.final = reply
+            return True
+        return False
+
+    def subscribe(self, config: SystemConfig) -> EventSubscriber:
+        """Subscribe early (before submitting) so the first events are not missed."""
+        sub = EventSubscriber(config.communication.sub(), ["task.", "session."], self.on_event)
+        sub.start()
+        return sub
+
+    async def follow(self, bus: BusClient, sub: EventSubscriber,
+                     timeout: float | None) -> CommandStatusReply:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    reply = await bus.request("orchestrator",
+                                              CommandStatus(session_id=self.session_id))
+                    if self.on_status(reply.body):  # type: ignore[arg-type]
+                        return reply.body  # type: ignore[return-value]
+                except (RequestTimeout, RequestFailed) as exc:
+                    self.out(f"{_stamp()} (status unavailable: {exc})")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"session {self.session_id} still running after "
+                                       f"{timeout:g}s")
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), self.poll_interval)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await sub.close()

@@ -1,0 +1,190 @@
+"""`ccaa up` / `ccaa down`: the six services under supervisord on this host."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from libs.client import BusClient
+from libs.config import SystemConfig
+from libs.peer import RequestFailed, RequestTimeout
+from protocols.peer import PeerKind, RegistryList, RegistryListReply
+
+SERVICES = ("hub", "commands", "orchestrator", "distributor", "reporter", "controller")
+BUS_SERVICES = SERVICES[1:]  # the hub is the bus itself
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def supervisord_conf() -> Path:
+    conf = project_root() / "supervisord.conf"
+    if not conf.is_file():
+        raise SystemExit(f"ccaa: {conf} is missing; run ccaa from its source checkout")
+    return conf
+
+
+def run_dir(config: SystemConfig) -> Path:
+    return config.data_path() / "run"
+
+
+def stack_env(config: SystemConfig, config_file: str | None, overrides: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(overrides)
+    env["CCAA_ROOT"] = str(project_root())
+    env["CCAA_PYTHON"] = sys.executable
+    env["CCAA_RUN_DIR"] = str(run_dir(config))
+    env["CCAA_CONFIG"] = str(Path(config_file).resolve()) if config_file else ""
+    env["CCAA_DATA_DIR"] = str(config.data_path())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()),
+                                                      env.get("PYTHONPATH", "")]))
+    return env
+
+
+def supervisord_pid(config: SystemConfig) -> int | None:
+    """The running supervisord's pid: from its pid file, else by asking it on its socket."""
+    pidfile = run_dir(config) / "supervisord.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        if not (run_dir(config) / "supervisor.sock").exists():
+            return None
+        out = _supervisorctl(config, "pid").stdout.strip()
+        if not out.isdigit():
+            return None
+        pid = int(out)
+    return pid if _alive(pid) else None
+
+
+def _supervisorctl(config: SystemConfig, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CCAA_RUN_DIR=str(run_dir(config)))
+    return subprocess.run(["supervisorctl", "-c", str(supervisord_conf()), *args],
+                          env=env, capture_output=True, text=True, timeout=30)
+
+
+async def registry(config: SystemConfig, timeout: float = 3.0) -> RegistryListReply:
+    async with BusClient(config.communication, connect_timeout=timeout) as bus:
+        reply = await bus.request("hub", RegistryList(), timeout=timeout)
+    assert isinstance(reply.body, RegistryListReply)
+    return reply.body
+
+
+def expected_agents(config: SystemConfig) -> int:
+    wanted = sum(r.count for r in config.agent_hierarchy.values())
+    return min(wanted, config.resources.max_agents_total)
+
+
+async def wait_ready(config: SystemConfig, timeout: float, pid: int) -> RegistryListReply:
+    deadline = time.monotonic() + timeout
+    want_agents = expected_agents(config)
+    last: RegistryListReply | None = None
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            raise SystemExit("ccaa up: supervisord exited; see " + str(run_dir(config)
+                                                                        / "supervisord.log"))
+        try:
+            last = await registry(config, timeout=min(2.0, max(0.5, deadline - time.monotonic())))
+        except (RequestTimeout, RequestFailed, ConnectionError):
+            _raise_if_fatal(config)
+            await asyncio.sleep(0.2)
+            continue
+        _raise_if_fatal(config)
+        names = {p.name for p in last.peers if p.kind == PeerKind.SERVICE}
+        agents = [p for p in last.peers if p.kind == PeerKind.AGENT]
+        if set(BUS_SERVICES) <= names and len(agents) >= want_agents:
+            return last
+        await asyncio.sleep(0.2)
+    have = sorted(p.name for p in last.peers) if last else []
+    raise SystemExit(f"ccaa up: not every service registered within {timeout:g}s "
+                     f"(registered: {', '.join(have) or 'none'}); logs in {run_dir(config)/'logs'}")
+
+
+def program_states(config: SystemConfig) -> dict[str, str]:
+    """supervisorctl status -> {program: STATE}."""
+    proc = _supervisorctl(config, "status")
+    states = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def _raise_if_fatal(config: SystemConfig) -> None:
+    for program, state in program_states(config).items():
+        if state in ("FATAL", "BACKOFF"):
+            log = run_dir(config) / "logs" / f"{program}.log"
+            tail = log.read_text()[-1500:] if log.exists() else "(no log)"
+            raise SystemExit(f"ccaa up: {program} is {state}; last lines of {log}:\n{tail}")
+
+
+def up(config: SystemConfig, config_file: str | None, env_overrides: dict[str, str],
+       timeout: float) -> RegistryListReply:
+    rdir = run_dir(config)
+    (rdir / "logs").mkdir(parents=True, exist_ok=True)
+    pid = supervisord_pid(config)
+    if pid is None:
+        try:
+            other = asyncio.run(registry(config, timeout=1.0))
+        except (RequestTimeout, RequestFailed, ConnectionError):
+            other = None
+        if other is not None:
+            raise SystemExit(f"ccaa up: a hub ({other.hub_id}) already answers at "
+                             f"{config.communication.router()}, not run from {rdir}; "
+                             "stop it first or use other endpoints")
+        env = stack_env(config, config_file, env_overrides)
+        proc = subprocess.run(["supervisord", "-c", str(supervisord_conf())], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"ccaa up: supervisord failed: {proc.stderr.strip() or proc.stdout}")
+        deadline = time.monotonic() + 10
+        while (pid := supervisord_pid(config)) is None:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"ccaa up: supervisord did not start; see {rdir}/supervisord.log")
+            time.sleep(0.05)
+    return asyncio.run(wait_ready(config, timeout, pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def down(config: SystemConfig, timeout: float = 60.0) -> bool:
+    """Stop supervisord and with it every service (and the controller's agents).
+    Returns False if nothing was running."""
+    import psutil
+
+    pid = supervisord_pid(config)
+    if pid is None:
+        return False
+    try:
+        tree = [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = [pid]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in tree):
+        if time.monotonic() > deadline:
+            for p in tree:
+                if _alive(p):
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            break
+        time.sleep(0.05)
+    return True
