@@ -99,4 +99,5 @@ class RegistryList(Body):
 class RegistryListReply(Body):
     TYPE = "registry.list_reply"
     hub_id: str
+    hub_pid: int = 0
     peers: list[PeerInfo]

@@ -125,8 +125,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reply.model_dump(mode="json"), indent=2))
         return 0
-    print(f"hub {reply.hub_id} at {config.communication.router()}")
     print(f"{'NAME':<36} {'KIND':<8} {'ROLE':<10} {'STATE':<8} {'LOAD':<6} PID")
+    print(f"{'hub':<36} {'service':<8} {'-':<10} {'serving':<8} {'-':<6} "
+          f"{reply.hub_pid}  {config.communication.router()} (id {reply.hub_id})")
     for p in reply.peers:
         if p.kind == PeerKind.CLIENT:
             continue

@@ -6,6 +6,7 @@ The hub routes on the header alone; it never decodes bodies it only forwards.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Callable
@@ -170,7 +171,7 @@ class Hub:
         peers = [e.to_info(now) for e in self.table.by_name.values()
                  if body.kind is None or e.kind == body.kind]
         peers.sort(key=lambda p: (p.kind.value, p.name))
-        self._reply(identity, header, RegistryListReply(hub_id=self.hub_id, peers=peers))
+        self._reply(identity, header, RegistryListReply(hub_id=self.hub_id, hub_pid=os.getpid(), peers=peers))
 
     # ---- liveness ---------------------------------------------------------------------
 

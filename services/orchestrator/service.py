@@ -9,6 +9,7 @@ State machine of a task (see protocols/PROTOCOL.md):
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable
 
@@ -162,6 +163,10 @@ class Orchestrator:
             self.peer.spawn(self._enqueue(task))
         self.metrics.active.set(self.store.count_active())
 
+    async def _schedule_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.schedule()
+
     async def _enqueue(self, task: TaskRow) -> None:
         spec = TaskSpec(task_id=task.id, attempt_id=task.attempt_id, session_id=task.session_id,
                         owner=self.peer.name, role=task.role, priority=task.priority,
@@ -233,6 +238,7 @@ class Orchestrator:
             delay = self.config.orchestrator.retry_backoff * (2 ** (task.attempt - 1))
             self._move(task, "ready", f"retry after {outcome.value}: {body.error}"[:500],
                        result=result, ready_at=self.clock() + delay, agent_id="")
+            self.peer.spawn(self._schedule_after(delay))
         else:
             self._move(task, outcome.value, body.error[:500], result=result)
         self._maybe_finish(task.session_id)

@@ -1,0 +1,104 @@
+"""Generate the message reference in PROTOCOL.md from the models:
+``python -m protocols.doc`` prints it; ``--write`` updates PROTOCOL.md in place."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from protocols.base import Body
+from protocols.command import SessionInfo, TaskInfo
+from protocols.peer import PeerInfo
+from protocols.registry import MESSAGE_TYPES
+from protocols.task import TaskSpec
+
+#: records that travel inside messages
+NESTED: dict[str, type[Body]] = {"TaskSpec": TaskSpec, "PeerInfo": PeerInfo,
+                                 "SessionInfo": SessionInfo, "TaskInfo": TaskInfo}
+
+BEGIN = "<!-- BEGIN GENERATED: python -m protocols.doc --write -->"
+END = "<!-- END GENERATED -->"
+
+#: who sends each type to whom
+ROUTES: dict[str, str] = {
+    "peer.register": "any peer -> hub",
+    "peer.registered": "hub -> peer (reply)",
+    "peer.heartbeat": "peer -> hub, hub -> peer (reply)",
+    "peer.disconnect": "peer -> hub",
+    "error": "anyone -> the sender of a bad or failed request (reply)",
+    "ack": "distributor -> orchestrator (reply to task.enqueue)",
+    "registry.list": "any peer -> hub",
+    "registry.list_reply": "hub -> peer (reply)",
+    "command.submit": "client -> commands",
+    "command.accepted": "commands -> client (reply)",
+    "command.status": "client -> orchestrator",
+    "command.cancel": "client -> orchestrator",
+    "command.status_reply": "orchestrator -> client (reply to status and cancel)",
+    "session.create": "commands -> orchestrator",
+    "session.created": "orchestrator -> commands (reply)",
+    "task.enqueue": "orchestrator -> distributor",
+    "task.assign": "distributor -> agent",
+    "task.dispatched": "distributor -> task owner (orchestrator)",
+    "task.accepted": "agent -> distributor (reply to task.assign) and -> owner",
+    "task.progress": "agent -> event topic task.progress",
+    "task.result": "agent -> owner, resent until acknowledged",
+    "task.result_ack": "owner -> agent (reply)",
+    "task.cancel": "owner -> agent",
+    "task.released": "orchestrator -> distributor",
+    "event.task": "orchestrator -> event topic task.<state>",
+    "event.session": "orchestrator -> event topic session.<state>",
+    "event.peer": "hub -> agent.<state> / service.<state> / client.<state>; controller -> pool.<event>",
+}
+
+
+def _type_name(annotation: object) -> str:
+    if getattr(annotation, "__args__", None):
+        text = str(annotation)  # list[str], X | None, dict[str, Any] ...
+    else:
+        text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("|", "\\|").replace("typing.", "").replace("protocols.", "").replace("peer.", "").replace("task.", "").replace("command.", "")
+
+
+def _fields(model: type[Body]) -> list[str]:
+    lines = ["| field | type | default |", "|---|---|---|"]
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            default = "required"
+        else:
+            value = field.get_default(call_default_factory=True)
+            default = repr(getattr(value, "value", value))
+        lines.append(f"| `{name}` | `{_type_name(field.annotation)}` | `{default}` |")
+    return lines + [""]
+
+
+def render() -> str:
+    lines = [BEGIN, ""]
+    for type_, model in MESSAGE_TYPES.items():
+        doc = (model.__doc__ or "").strip().splitlines()
+        lines += [f"### `{type_}`", "", f"{ROUTES.get(type_, '?')}." +
+                  (f" {doc[0]}" if doc else ""), ""]
+        lines += _fields(model)
+    lines += ["## Records inside messages", ""]
+    for name, model in NESTED.items():
+        doc = (model.__doc__ or "").strip().splitlines()
+        lines += [f"### `{name}`", ""] + ([doc[0], ""] if doc else [])
+        lines += _fields(model)
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    generated = render()
+    if "--write" not in argv:
+        print(generated)
+        return 0
+    path = Path(__file__).with_name("PROTOCOL.md")
+    text = path.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    path.write_text(head + generated + tail)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

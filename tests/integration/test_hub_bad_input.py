@@ -1,0 +1,106 @@
+"""Raw garbage on the hub's port gets typed error replies, and the hub keeps serving."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+
+import msgpack
+import pytest
+import zmq
+
+from protocols import MAX_MESSAGE_SIZE, decode, encode, make_header
+from protocols.peer import Error, PeerKind, PeerRegister, PeerRegistered
+from protocols.task import TaskCancel
+
+
+def raw_dealer(router: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)  # a deadline on every recv
+    sock.connect(router)
+    return sock
+
+
+def error_reply(sock: zmq.Socket, frames: list[bytes]):
+    sock.send_multipart(frames)
+    msg = decode(sock.recv_multipart())
+    assert isinstance(msg.body, Error), msg
+    return msg
+
+
+def header(type_: str, **over) -> bytes:
+    h = {"v": 1, "type": type_, "id": "req-1", "src": "raw", "dst": "hub", "corr": "", "ts": 0.0}
+    h.update(over)
+    return msgpack.packb(h)
+
+
+@pytest.mark.timeout(60)
+def test_garbage_gets_error_replies_and_the_hub_keeps_serving(bus):
+    sock = raw_dealer(bus.router)
+    body = msgpack.packb({})
+    try:
+        cases = [
+            ([b"\xc1garbage"], "decode_error"),
+            ([b"\xc1", b"\xc1"], "decode_error"),
+            ([msgpack.packb([1, 2, 3]), body], "decode_error"),
+            ([header("peer.register"), body, b"extra"], "decode_error"),
+            ([header("peer.register", v=99), body], "version_mismatch"),
+            ([header("no.such.type"), body], "unknown_type"),
+            ([header("peer.register", id=""), body], "validation_error"),
+            ([header("peer.register"), msgpack.packb({"name": 5})], "validation_error"),
+            ([header("peer.register"), b"\xc1"], "decode_error"),
+            ([header("peer.register"), b"x" * (MAX_MESSAGE_SIZE + 1)], "oversize"),
+            ([header("task.cancel", dst="orchestrator"), body], "not_registered"),
+            ([header("peer.heartbeat"), body], "not_registered"),
+        ]
+        for frames, code in cases:
+            reply = error_reply(sock, frames)
+            assert reply.body.code.value == code, (frames[:1], reply.body)
+        # replies to a readable header carry its id as corr
+        reply = error_reply(sock, [header("no.such.type", id="abc"), body])
+        assert reply.header.corr == "abc"
+
+        # the hub still serves: registration works on the same socket
+        reg = make_header(PeerRegister.TYPE, "raw", "hub")
+        sock.send_multipart(encode(reg, PeerRegister(name="raw", kind=PeerKind.CLIENT,
+                                                     pid=os.getpid())))
+        msg = decode(sock.recv_multipart())
+        assert isinstance(msg.body, PeerRegistered) and msg.header.corr == reg.id
+
+        # and, registered, it gets routing errors: spoofed source, unknown destination
+        spoof = make_header(TaskCancel.TYPE, "someone-else", "raw")
+        reply = error_reply(sock, encode(spoof, TaskCancel(task_id="t", attempt_id="a")))
+        assert reply.body.code.value == "spoofed_source"
+        nowhere = make_header(TaskCancel.TYPE, "raw", "nobody")
+        reply = error_reply(sock, encode(nowhere, TaskCancel(task_id="t", attempt_id="a")))
+        assert reply.body.code.value == "undeliverable" and reply.header.corr == nowhere.id
+    finally:
+        sock.close(linger=0)
+
+    with urllib.request.urlopen(bus.metrics + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'ccaa_hub_errors_total{code="decode_error"} 5.0' in text
+    assert 'ccaa_hub_errors_total{code="oversize"} 1.0' in text
+    assert 'ccaa_hub_errors_total{code="undeliverable"} 1.0' in text
+
+
+@pytest.mark.timeout(30)
+def test_unregistered_silent_peer_is_dropped_and_must_reregister(bus):
+    """A registered peer that stops heartbeating is declared lost; its next message gets
+    not_registered (so it knows to register again) rather than silence."""
+    sock = raw_dealer(bus.router)
+    try:
+        reg = make_header(PeerRegister.TYPE, "quiet", "hub")
+        sock.send_multipart(encode(reg, PeerRegister(name="quiet", kind=PeerKind.AGENT,
+                                                     pid=os.getpid())))
+        assert isinstance(decode(sock.recv_multipart()).body, PeerRegistered)
+        # stay silent past the liveness budget: wait on the socket itself with a deadline
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        assert not poller.poll(int(bus.heartbeat * bus.liveness * 1000 + 600))
+        reply = error_reply(sock, encode(make_header(TaskCancel.TYPE, "quiet", "quiet"),
+                                         TaskCancel(task_id="t", attempt_id="a")))
+        assert reply.body.code.value == "not_registered"
+    finally:
+        sock.close(linger=0)
