@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Awaitable, Callable
 
 from libs.config import SystemConfig
 from libs.events import EventSubscriber
 from libs.http import json_response
+from libs.peer import RequestFailed, RequestTimeout
 from libs.runner import common_parser, run_main
 from libs.service import ServiceContext, run_service
+from protocols.peer import RegistryList
 from services.reporter.service import Reporter
+
+#: seconds between registry refreshes for /api/targets (Prometheus service discovery)
+PEER_REFRESH_SECONDS = 5.0
 
 
 async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
@@ -19,6 +25,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
     def summary(_query: dict[str, str]):
         return json_response(holder["reporter"].summary())
+
+    def targets(_query: dict[str, str]):
+        return json_response(holder["reporter"].scrape_targets())
 
     if args.metrics_port is None:
         args.metrics_port = config.reporting.http_port
@@ -30,18 +39,35 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                                      log=ctx.log)
         subscriber.start()
 
+        async def refresh_peers() -> None:
+            while not ctx.stop.is_set():
+                if ctx.peer.registered:
+                    try:
+                        reply = await ctx.peer.request("hub", RegistryList())
+                        reporter.set_peers(reply.body.peers)  # type: ignore[attr-defined]
+                    except (RequestFailed, RequestTimeout, ConnectionError):
+                        pass
+                try:
+                    await asyncio.wait_for(ctx.stop.wait(), PEER_REFRESH_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+
+        refresher = asyncio.ensure_future(refresh_peers())
+
         async def shutdown() -> None:
+            refresher.cancel()
             await subscriber.close()
 
         return shutdown
 
     return await run_service("reporter", args, config, build,
-                             routes={"/api/summary": summary})
+                             routes={"/api/summary": summary, "/api/targets": targets})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common_parser("ccaa-reporter", "The ccaa reporter: subscribes to every event and "
-                           "serves counts by type and state on /metrics and /api/summary.")
+                           "serves counts by type and state on /metrics and /api/summary, and "
+                           "every peer's metrics endpoint on /api/targets (Prometheus HTTP SD).")
     return run_main(serve, parser, argv)
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 from collections import Counter as Tally
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from protocols import Message
 from protocols.events import PeerEvent, SessionEvent, TaskEvent
+from protocols.peer import PeerInfo
 from protocols.task import TaskProgress
 
 TASK_STATES = ("pending", "ready", "queued", "assigned", "running", "succeeded", "failed",
@@ -34,6 +36,7 @@ class Reporter:
         self.session_state: dict[str, str] = {}
         self.agent_state: dict[str, str] = {}
         self.activity: dict[str, dict[str, Any]] = {}  # agent -> last progress
+        self.peers: list[PeerInfo] = []  # from the hub's registry, refreshed periodically
         self._known: dict[int, set[str]] = {id(self.tasks_by_state): set(TASK_STATES)}
         for state in TASK_STATES:
             self.tasks_by_state.labels(state).set(0)
@@ -64,6 +67,21 @@ class Reporter:
         known.update(counts)
         for state in known:  # states no longer held by anyone drop to zero
             gauge.labels(state).set(counts.get(state, 0))
+
+    def set_peers(self, peers: list[PeerInfo]) -> None:
+        self.peers = peers
+
+    def scrape_targets(self) -> list[dict[str, Any]]:
+        """Prometheus HTTP service discovery: every registered peer's /metrics endpoint."""
+        targets = []
+        for p in self.peers:
+            if not p.metrics_url:
+                continue
+            url = urlsplit(p.metrics_url)
+            targets.append({"targets": [url.netloc], "labels": {
+                "__metrics_path__": url.path or "/metrics", "ccaa_peer": p.name,
+                "ccaa_kind": p.kind.value, "ccaa_role": p.role or "none", "host": p.host}})
+        return targets
 
     def summary(self) -> dict[str, Any]:
         return {
