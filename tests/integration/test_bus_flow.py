@@ -41,7 +41,7 @@ async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05)
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)  # polling a condition under a deadline
+        await asyncio.sleep(interval)  # wait-ok: polling a condition under a deadline
 
 
 async def session_state(client: BusClient, session_id: str):

@@ -1,0 +1,99 @@
+"""A peer that loses the hub reconnects and registers again with a new hub on the same
+endpoint; the controller restarts agents that die and stops them all on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from libs.client import BusClient
+from libs.config import CommunicationConfig
+from protocols.peer import PeerKind, RegistryList
+from tests.conftest import _alive
+
+
+def ipc_hub(procs, tmp_path, name="hub"):
+    args = ["--hub", f"ipc://{tmp_path}/r.sock", "--pub", f"ipc://{tmp_path}/p.sock",
+            "--sub", f"ipc://{tmp_path}/s.sock", "--metrics-port", "0",
+            "--set", "communication.heartbeat_interval=0.2", "--set", "communication.liveness=3"]
+    proc = procs.service("services.hub", *args, name=name)
+    return proc, procs.ready(proc), args
+
+
+async def peers(comm) -> dict[str, PeerKind]:
+    async with BusClient(comm, connect_timeout=5) as bus:
+        reply = await bus.request("hub", RegistryList())
+    return {p.name: p.kind for p in reply.body.peers}
+
+
+async def wait_for_peers(comm, want: set[str], timeout: float, hub_pid: int | None = None):
+    deadline = time.monotonic() + timeout
+    while True:
+        async with BusClient(comm, connect_timeout=5) as bus:
+            reply = await bus.request("hub", RegistryList())
+        names = {p.name for p in reply.body.peers}
+        if want <= names and (hub_pid is None or reply.body.hub_pid == hub_pid):
+            return reply.body
+        assert time.monotonic() < deadline, f"still missing {want - names}"
+        await asyncio.sleep(0.1)  # wait-ok: polling the registry under a deadline
+
+
+@pytest.mark.timeout(60)
+def test_agent_reregisters_with_a_restarted_hub(procs, tmp_path):
+    hub, ready, hub_args = ipc_hub(procs, tmp_path)
+    comm = CommunicationConfig(router_endpoint=ready["router"], pub_endpoint=ready["pub"],
+                               sub_endpoint=ready["sub"], heartbeat_interval=0.2, liveness=3)
+    agent = procs.service("services.agent", *hub_args, "--name", "agent-steady",
+                          "--set", f'data_dir="{tmp_path}"', name="agent")
+    procs.ready(agent)
+    first = asyncio.run(wait_for_peers(comm, {"agent-steady"}, 10))
+
+    procs.kill(hub)  # SIGKILL: the agent hears nothing more
+    hub.wait(5)
+    hub2, _, _ = ipc_hub(procs, tmp_path, name="hub2")
+    started = time.monotonic()
+    second = asyncio.run(wait_for_peers(comm, {"agent-steady"}, 15, hub_pid=hub2.pid))
+    assert second.hub_id != first.hub_id
+    # silence detection (0.2 s x 3) plus a registration round trip, with scheduling slack
+    assert time.monotonic() - started < 10
+    assert agent.poll() is None  # the same agent process, never restarted
+
+
+@pytest.mark.timeout(90)
+def test_controller_restarts_dead_agents_and_stops_them_all(procs, bus):
+    controller = procs.service("services.controller", *bus.args(), "--host-name", "testhost",
+                               "--set", "agent_hierarchy.worker.count=2")
+    procs.ready(controller)
+    comm = bus.comm()
+    names = {"agent-worker-testhost-1", "agent-worker-testhost-2"}
+    asyncio.run(wait_for_peers(comm, names | {"controller"}, 30))
+
+    agents = {p.pid: p for p in psutil.Process(controller.pid).children()}
+    assert len(agents) == 2
+    victim = next(iter(agents.values()))
+    victim_name = victim.cmdline()[victim.cmdline().index("--name") + 1]
+    assert victim_name in names
+    os.kill(victim.pid, signal.SIGKILL)
+
+    deadline = time.monotonic() + 30
+    while True:  # a new process with the same agent name registers again
+        children = psutil.Process(controller.pid).children()
+        replaced = [c for c in children if c.pid not in agents and victim_name in c.cmdline()]
+        if replaced:
+            break
+        assert time.monotonic() < deadline, "the controller did not restart the agent"
+        time.sleep(0.1)  # wait-ok: polling the process table under a deadline
+    asyncio.run(wait_for_peers(comm, {victim_name}, 20))
+
+    tree = [c.pid for c in psutil.Process(controller.pid).children(recursive=True)]
+    os.kill(controller.pid, signal.SIGTERM)
+    controller.wait(20)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in tree):
+        assert time.monotonic() < deadline, [p for p in tree if _alive(p)]
+        time.sleep(0.05)  # wait-ok: polling the process table under a deadline
