@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.config import SystemConfig
 from libs.events import EventPublisher
+from libs.gitrepo import head_commit
 from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message, ProtocolError
@@ -96,8 +97,10 @@ class Orchestrator:
         timeout = cmd.timeout_s or self.config.orchestrator.task_timeout
         task = {"id": new_id("task"), "title": cmd.text.splitlines()[0][:80], "prompt": cmd.text,
                 "role": cmd.role, "cwd": cmd.repo, "priority": cmd.priority, "timeout_s": timeout}
+        base = head_commit(cmd.repo) if self.config.orchestrator.isolate_worktrees else ""
         self.store.create_session(body.session_id, body.type.value, cmd.text, cmd.repo,
-                                  body.classification, cmd.model_dump(mode="json"), [task])
+                                  body.classification, cmd.model_dump(mode="json"), [task],
+                                  base_commit=base)
         self.log.info("session.created", session=body.session_id, type=body.type.value)
         self.events.publish(session_topic("running"),
                             SessionEvent(session_id=body.session_id, state="running"))
@@ -168,10 +171,12 @@ class Orchestrator:
         self.schedule()
 
     async def _enqueue(self, task: TaskRow) -> None:
+        session = self.store.session(task.session_id)
+        base = session["base_commit"] if session is not None else ""
         spec = TaskSpec(task_id=task.id, attempt_id=task.attempt_id, session_id=task.session_id,
                         owner=self.peer.name, role=task.role, priority=task.priority,
                         title=task.title, prompt=task.prompt, cwd=task.cwd,
-                        timeout_s=task.timeout_s)
+                        timeout_s=task.timeout_s, base_commit=base, isolate=bool(base))
         try:
             await self.peer.request(DISTRIBUTOR, TaskEnqueue(task=spec))
         except (RequestFailed, RequestTimeout, ConnectionError) as exc:

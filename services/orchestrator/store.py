@@ -17,7 +17,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, text TEXT NOT NULL, repo TEXT NOT NULL,
     state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', classification TEXT NOT NULL DEFAULT '',
-    request TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL
+    request TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    base_commit TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, session_id TEXT NOT NULL REFERENCES sessions(id),
@@ -101,13 +102,14 @@ class Store:
 
     def create_session(self, session_id: str, type_: str, text: str, repo: str,
                        classification: str, request: dict[str, Any],
-                       tasks: list[dict[str, Any]]) -> None:
+                       tasks: list[dict[str, Any]], base_commit: str = "") -> None:
         now = time.time()
         with self.tx() as c:
             c.execute(
-                "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO sessions (id, type, text, repo, state, detail, classification,"
+                " request, created_at, updated_at, base_commit) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (session_id, type_, text, repo, "running", "", classification,
-                 json.dumps(request), now, now),
+                 json.dumps(request), now, now, base_commit),
             )
             self._event(c, session_id, kind="session", to_state="running", detail=classification)
             for t in tasks:
