@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session_id")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("demo", help="run the whole system on a sample repository (offline by "
+                       "default, with a scripted model server and real Claude Code processes)")
+    p.add_argument("--dir", default="ccaa-demo", help="working directory (default: ./ccaa-demo)")
+    p.add_argument("--live", action="store_true",
+                   help="use the real Anthropic API (needs ANTHROPIC_API_KEY)")
+    p.add_argument("--workers", type=int, default=2, help="Claude Code worker agents")
+    p.add_argument("--keep", action="store_true", help="leave the services running")
+    p.add_argument("--task-timeout", type=float, default=300)
+
     p = sub.add_parser("agent", help="run one agent attached to a hub (any host)",
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -104,6 +113,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  agents           {len(agents)} registered")
     print(f"  logs             {stack.run_dir(config) / 'logs'}")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services.cli.demo import demo
+
+    return demo(Path(args.dir), args.live, args.workers, args.keep, args.task_timeout)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -212,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return model_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging("error")
-    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "submit": cmd_submit,
+    handlers = {"demo": cmd_demo, "up": cmd_up, "down": cmd_down, "status": cmd_status, "submit": cmd_submit,
                 "show": cmd_show}
     try:
         return handlers[args.cmd](args)
