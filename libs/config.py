@@ -58,6 +58,8 @@ class OrchestratorConfig(_Section):
         "(ccaa/<session>/<task>) made from the session's base commit")
     worktree_setup: str = Field("", description="shell command run in each new worktree "
                                 "first (copy env files, install dependencies)")
+    templates_dir: str = Field("", description="extra workflow templates (<name>.yaml); "
+                               "a template for a command type replaces the built-in one")
 
 
 class DistributionConfig(_Section):
@@ -65,6 +67,34 @@ class DistributionConfig(_Section):
         "load_balanced"
     )
     load_balancing_algorithm: Literal["least_loaded"] = "least_loaded"
+
+
+class GateConfig(_Section):
+    """A quality gate: a real command run in the branch under test, and its pass criterion.
+
+    ``exit_code``: passes when the command exits 0. ``threshold``: ``pattern`` (a regular
+    expression with one group) extracts a number from the output, which must be at least
+    ``min`` and/or at most ``max``. An empty command means the gate is not configured for
+    this project: it is skipped and reported as such."""
+
+    command: str = ""
+    kind: Literal["exit_code", "threshold"] = "exit_code"
+    pattern: str = ""
+    min: float | None = None
+    max: float | None = None
+    timeout: float = Field(900.0, gt=0)
+
+
+def _default_gates() -> dict[str, GateConfig]:
+    return {
+        "tests": GateConfig(command="python -m pytest -q -p no:cacheprovider"),
+        "coverage": GateConfig(
+            command="python -m pytest -q -p no:cacheprovider --cov --cov-report=term",
+            kind="threshold", pattern=r"TOTAL.*?(\d+(?:\.\d+)?)%", min=80),
+        "lint": GateConfig(command="ruff check ."),
+        "security": GateConfig(command="bandit -q -r . -x ./tests"),
+        "benchmark": GateConfig(kind="threshold"),
+    }
 
 
 class ResourceLimits(_Section):
@@ -141,6 +171,9 @@ class SystemConfig(_Section):
     auto_scaling: AutoScalingConfig = AutoScalingConfig()
     metrics: MetricsConfig = MetricsConfig()
     agent_hierarchy: dict[str, RoleConfig] = Field(default_factory=_default_hierarchy)
+    gates: dict[str, GateConfig] = Field(
+        default_factory=_default_gates,
+        description="quality gates by name; a repository's .ccaa.toml [gates] overrides")
 
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
@@ -232,10 +265,11 @@ def load_config(
     tree = _merge(tree, env_overrides(environ))
     if overrides:
         tree = _merge(tree, overrides)
-    if "agent_hierarchy" in tree:
-        # roles named in the file/env extend the default hierarchy instead of replacing it
-        defaults = {k: v.model_dump() for k, v in _default_hierarchy().items()}
-        tree["agent_hierarchy"] = _merge(defaults, tree["agent_hierarchy"])
+    # roles and gates named in the file/env extend the defaults instead of replacing them
+    for key, defaults_of in (("agent_hierarchy", _default_hierarchy), ("gates", _default_gates)):
+        if key in tree:
+            defaults = {k: v.model_dump() for k, v in defaults_of().items()}
+            tree[key] = _merge(defaults, tree[key])
     try:
         return SystemConfig.model_validate(tree)
     except ValidationError as exc:

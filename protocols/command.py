@@ -23,12 +23,13 @@ class CommandType(str, Enum):
 class SessionState(str, Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # some of the work succeeded; the detail says what did not
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
 TERMINAL_SESSION_STATES = frozenset(
-    {SessionState.SUCCEEDED, SessionState.FAILED, SessionState.CANCELLED}
+    {SessionState.SUCCEEDED, SessionState.PARTIAL, SessionState.FAILED, SessionState.CANCELLED}
 )
 
 
@@ -87,6 +88,11 @@ class TaskInfo(Body):
     agent_id: str = ""
     result: dict[str, Any] = {}
     updated_at: float = 0.0
+    kind: str = "run"
+    key: str = ""
+    depends_on: list[str] = []
+    parent: str = ""
+    meta: dict[str, Any] = {}
 
 
 class SessionInfo(Body):
@@ -98,6 +104,10 @@ class SessionInfo(Body):
     created_at: float
     updated_at: float
     detail: str = ""
+    cost_usd: float = 0.0
+    budget_usd: float | None = None
+    base_commit: str = ""
+    report: dict[str, Any] = {}
 
 
 class CommandStatusReply(Body):

@@ -1,15 +1,18 @@
-"""The orchestrator's logic: persist sessions and tasks, move tasks through their states,
-hand ready tasks to the distributor, apply results only from the current attempt, retry
-with backoff, re-queue the tasks of lost agents, and finish sessions.
+"""The orchestrator's task state machine: persist sessions and tasks, hand ready tasks to
+the distributor, apply results only from the current attempt (fencing), retry with
+backoff, re-queue the tasks of lost agents; the session-level logic (plans, gates,
+reviews, escalation, merge) is in workflow.py.
 
-State machine of a task (see protocols/PROTOCOL.md):
-  ready -> queued -> assigned -> running -> succeeded | failed | timed_out | cancelled
-  and back to ready (a new attempt) after a failure with retries left or a lost agent.
+A task (see protocols/PROTOCOL.md):
+  pending -> ready -> queued -> assigned -> running -> succeeded | failed | timed_out | cancelled
+  and back to ready (a new attempt) after a failure with retries left, a lost agent, or
+  when the workflow sends finished work back (gate failed, review asked for changes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any, Callable
 
@@ -25,6 +28,7 @@ from protocols.command import (
     CommandCancel,
     CommandStatus,
     CommandStatusReply,
+    CommandType,
     SessionCreate,
     SessionCreated,
     SessionInfo,
@@ -44,11 +48,17 @@ from protocols.task import (
     TaskResultAck,
     TaskSpec,
 )
-from services.orchestrator.store import Store, TaskRow, new_id
+from services.orchestrator.gates import GateConfigError, project_gates
+from services.orchestrator.report import session_report
+from services.orchestrator.store import Store, TaskRow
+from services.orchestrator.templates import Template, load_templates
+from services.orchestrator.workflow import Workflow
 
 DISTRIBUTOR = "distributor"
 ACTIVE = ("queued", "assigned", "running")
 TERMINAL = ("succeeded", "failed", "timed_out", "cancelled")
+#: task kinds whose failures are not retried (a failing gate is a verdict, not a fault)
+NO_RETRY = ("gate", "final_gate")
 
 
 class OrchestratorMetrics:
@@ -64,12 +74,15 @@ class OrchestratorMetrics:
                                      "attempts whose agent was lost", registry=registry)
         self.active = Gauge("ccaa_tasks_active", "tasks queued, assigned or running",
                             registry=registry)
+        self.cost = Counter("ccaa_cost_usd_total", "model cost reported by agents (USD)",
+                            registry=registry)
 
 
 class Orchestrator:
     def __init__(self, config: SystemConfig, store: Store, peer: Peer, events: EventPublisher,
                  registry: CollectorRegistry, log: EventLogger | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 templates: dict[str, Template] | None = None):
         self.config = config
         self.store = store
         self.peer = peer
@@ -77,6 +90,8 @@ class Orchestrator:
         self.log = log or get_logger("orchestrator")
         self.metrics = OrchestratorMetrics(registry)
         self.clock = clock
+        self.templates = templates or load_templates(config.orchestrator.templates_dir)
+        self.workflow = Workflow(self)
         self.handlers = {
             SessionCreate.TYPE: self.on_session_create,
             CommandStatus.TYPE: self.on_status,
@@ -94,18 +109,50 @@ class Orchestrator:
         if self.store.session(body.session_id) is not None:
             return SessionCreated(session_id=body.session_id)  # a retried request: idempotent
         cmd = body.command
-        timeout = cmd.timeout_s or self.config.orchestrator.task_timeout
-        task = {"id": new_id("task"), "title": cmd.text.splitlines()[0][:80], "prompt": cmd.text,
-                "role": cmd.role, "cwd": cmd.repo, "priority": cmd.priority, "timeout_s": timeout}
+        template = self.templates.get(body.type.value)
+        if template is None:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST,
+                                f"no workflow template for {body.type.value}")
+        try:
+            gates = project_gates(cmd.repo, self.config.gates)
+        except GateConfigError as exc:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
         base = head_commit(cmd.repo) if self.config.orchestrator.isolate_worktrees else ""
+        if template.plan is not None and not base:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST,
+                                f"{body.type.value} needs a git repository with at least one "
+                                f"commit; {cmd.repo} is not one")
+        columns = {"template": template.model_dump(),
+                   "gates": {k: v.model_dump() for k, v in gates.items()},
+                   "budget_usd": cmd.budget_usd or template.budget_usd,
+                   "max_parallel": cmd.max_parallel or template.max_parallel,
+                   "priority": cmd.priority}
+        cached = self._cached_analysis(body, template, base)
+        tasks = [] if cached else self.workflow.first_tasks(body.session_id, template, cmd.text,
+                                                            cmd.role, cmd.repo)
+        for t in tasks:
+            t["priority"] = cmd.priority
+            if cmd.timeout_s:
+                t["timeout_s"] = cmd.timeout_s
         self.store.create_session(body.session_id, body.type.value, cmd.text, cmd.repo,
-                                  body.classification, cmd.model_dump(mode="json"), [task],
-                                  base_commit=base)
-        self.log.info("session.created", session=body.session_id, type=body.type.value)
+                                  body.classification, cmd.model_dump(mode="json"), tasks,
+                                  base_commit=base, **columns)
+        self.log.info("session.created", session=body.session_id, type=body.type.value,
+                      base=base[:12])
         self.events.publish(session_topic("running"),
                             SessionEvent(session_id=body.session_id, state="running"))
+        if cached is not None:
+            self.finish_session(body.session_id, "succeeded",
+                                f"analysis reused from session {cached['id']} (same commit "
+                                "and request)", json.loads(cached["report"]))
         self.schedule()
         return SessionCreated(session_id=body.session_id)
+
+    def _cached_analysis(self, body: SessionCreate, template: Template, base: str) -> Any:
+        if not template.cache or not base:
+            return None
+        return self.store.find_session(type=body.type.value, base_commit=base,
+                                       text=body.command.text, state="succeeded")
 
     async def on_status(self, msg: Message) -> CommandStatusReply:
         body = msg.body
@@ -118,10 +165,13 @@ class Orchestrator:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no session {session_id!r}")
         info = SessionInfo(session_id=row["id"], type=row["type"], text=row["text"],
                            repo=row["repo"], state=row["state"], created_at=row["created_at"],
-                           updated_at=row["updated_at"], detail=row["detail"])
+                           updated_at=row["updated_at"], detail=row["detail"],
+                           cost_usd=row["cost_usd"], budget_usd=row["budget_usd"],
+                           base_commit=row["base_commit"], report=json.loads(row["report"]))
         tasks = [TaskInfo(task_id=t.id, title=t.title, role=t.role, state=t.state,
                           attempt=t.attempt, attempt_id=t.attempt_id, agent_id=t.agent_id,
-                          result=t.result, updated_at=t.updated_at)
+                          result=t.result, updated_at=t.updated_at, kind=t.kind, key=t.key,
+                          depends_on=t.depends_on, parent=t.parent, meta=t.meta)
                  for t in self.store.tasks(session_id)]
         return CommandStatusReply(session=info, tasks=tasks,
                                   history=self.store.history(session_id))
@@ -133,38 +183,68 @@ class Orchestrator:
         if row is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no session {body.session_id!r}")
         if row["state"] == SessionState.RUNNING.value:
-            for task in self.store.tasks(body.session_id):
-                if task.state in TERMINAL:
-                    continue
-                if task.state in ("assigned", "running") and task.agent_id:
-                    self.peer.send(task.agent_id, TaskCancel(
-                        task_id=task.id, attempt_id=task.attempt_id, reason=body.reason))
-                if task.state in ACTIVE:
-                    self._release(task)
-                self._move(task, "cancelled", body.reason)
-            self._finish_session(body.session_id, SessionState.CANCELLED, body.reason)
+            self._cancel_tasks(body.session_id, body.reason)
+            self.finish_session(body.session_id, "cancelled", body.reason,
+                                session_report(self.store, body.session_id))
         return self.status(body.session_id)
+
+    def _cancel_tasks(self, session_id: str, reason: str) -> None:
+        for task in self.store.tasks(session_id):
+            if task.state in TERMINAL:
+                continue
+            if task.state in ("assigned", "running") and task.agent_id:
+                self.peer.send(task.agent_id, TaskCancel(
+                    task_id=task.id, attempt_id=task.attempt_id, reason=reason))
+            if task.state in ACTIVE:
+                self._release(task)
+            self.move(task, "cancelled", reason)
 
     # ---- task flow --------------------------------------------------------------------
 
     def schedule(self) -> None:
-        """Queue ready tasks whose backoff has passed, up to max_parallel_tasks.
+        """Queue ready tasks whose backoff has passed, within max_parallel_tasks overall and
+        each session's max_parallel and budget.
 
         Synchronous on purpose: no other handler can interleave between reading the ready
         tasks and moving them to queued; the distributor requests run as their own tasks."""
         now = self.clock()
         room = self.config.orchestrator.max_parallel_tasks - self.store.count_active()
+        sessions: dict[str, Any] = {}
         for task in self.store.tasks(states=("ready",)):
             if room <= 0:
                 break
             if task.ready_at > now:
                 continue
+            row = sessions.get(task.session_id) or self.store.session(task.session_id)
+            sessions[task.session_id] = row
+            if row["state"] != "running":
+                continue
+            if row["budget_usd"] is not None and row["cost_usd"] >= row["budget_usd"]:
+                self._budget_exhausted(row)
+                continue
+            if row["max_parallel"] and self.store.count_active(task.session_id) >= row["max_parallel"]:
+                continue
             attempt_id = self.store.new_attempt(task)
-            self._move(task, "queued", f"attempt {task.attempt}", attempt=task.attempt,
-                       attempt_id=attempt_id, agent_id="", enqueued_at=now)
+            self.move(task, "queued", f"attempt {task.attempt}", attempt=task.attempt,
+                      attempt_id=attempt_id, agent_id="", enqueued_at=now)
             room -= 1
             self.peer.spawn(self._enqueue(task))
         self.metrics.active.set(self.store.count_active())
+
+    def _budget_exhausted(self, row: Any) -> None:
+        sid = row["id"]
+        reason = (f"budget of ${row['budget_usd']:.2f} reached (spent ${row['cost_usd']:.4f}); "
+                  "no further tasks are assigned")
+        self.store.record(sid, "budget_exhausted", detail=reason)
+        self.log.warning("session.budget_exhausted", session=sid, cost=row["cost_usd"])
+        for task in self.store.tasks(sid, states=("ready", "pending")):
+            self.move(task, "cancelled", reason)
+        if self.store.count_active(sid) == 0:
+            self.finish_session(sid, "partial" if self._any_accepted(sid) else "failed", reason,
+                                session_report(self.store, sid))
+
+    def _any_accepted(self, sid: str) -> bool:
+        return any(t.meta.get("accepted") for t in self.store.tasks(sid))
 
     async def _schedule_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -172,11 +252,14 @@ class Orchestrator:
 
     async def _enqueue(self, task: TaskRow) -> None:
         session = self.store.session(task.session_id)
-        base = session["base_commit"] if session is not None else ""
+        base = task.base or (session["base_commit"] if session is not None else "")
         spec = TaskSpec(task_id=task.id, attempt_id=task.attempt_id, session_id=task.session_id,
                         owner=self.peer.name, role=task.role, priority=task.priority,
                         title=task.title, prompt=task.prompt, cwd=task.cwd,
-                        timeout_s=task.timeout_s, base_commit=base, isolate=bool(base))
+                        timeout_s=task.timeout_s, base_commit=base,
+                        isolate=bool(task.isolate and base), executor=task.executor,
+                        capabilities=task.meta.get("subtask", {}).get("capabilities", []),
+                        resume_session=task.meta.get("resume_session", ""))
         try:
             await self.peer.request(DISTRIBUTOR, TaskEnqueue(task=spec))
         except (RequestFailed, RequestTimeout, ConnectionError) as exc:
@@ -189,7 +272,7 @@ class Orchestrator:
         task = self.store.task(body.task_id)
         if task is None or task.attempt_id != body.attempt_id or task.state != "queued":
             return None
-        self._move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
+        self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
         self.store.set_attempt(body.attempt_id, agent_id=body.agent_id, state="assigned")
         return None
 
@@ -200,10 +283,10 @@ class Orchestrator:
         if task is None or task.attempt_id != body.attempt_id:
             return None
         if task.state == "queued":  # task.dispatched is still on its way
-            self._move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
+            self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
         if task.state == "assigned":
-            self._move(task, "running", f"on {body.agent_id}", agent_id=body.agent_id,
-                       started_at=self.clock())
+            self.move(task, "running", f"on {body.agent_id}", agent_id=body.agent_id,
+                      started_at=self.clock())
             self.store.set_attempt(body.attempt_id, agent_id=body.agent_id, state="running")
         return None
 
@@ -221,6 +304,7 @@ class Orchestrator:
         if not already:
             self.store.set_attempt(body.attempt_id, state=body.outcome.value,
                                    ended_at=self.clock(), result=result, applied=int(current))
+            self._account_cost(task, body)
         if not current:
             if not already:
                 self.metrics.stale_results.inc()
@@ -233,20 +317,35 @@ class Orchestrator:
         self.schedule()
         return TaskResultAck(task_id=task.id, attempt_id=body.attempt_id, applied=True)
 
+    def _account_cost(self, task: TaskRow, body: TaskResult) -> None:
+        cost = body.data.get("total_cost_usd")
+        if isinstance(cost, (int, float)) and cost > 0:
+            row = self.store.session(task.session_id)
+            self.store.update_session(task.session_id, cost_usd=row["cost_usd"] + cost)
+            self.metrics.cost.inc(cost)
+
     def _apply(self, task: TaskRow, body: TaskResult, result: dict[str, Any]) -> None:
         outcome = body.outcome
-        if outcome == Outcome.SUCCEEDED:
-            self._move(task, "succeeded", f"on {body.agent_id}", result=result)
+        if task.kind in NO_RETRY and outcome != Outcome.CANCELLED:
+            passed, detail = self.workflow.judge_gate(task, result)
+            meta = {**task.meta, "verdict": detail}
+            self.move(task, "succeeded" if passed else "failed", f"gate: {detail}",
+                      result=result, meta=meta)
+        elif outcome == Outcome.SUCCEEDED:
+            self.move(task, "succeeded", f"on {body.agent_id}", result=result)
         elif outcome == Outcome.CANCELLED:
-            self._move(task, "cancelled", body.error, result=result)
-        elif task.attempt <= self.config.orchestrator.retry_attempts:
-            delay = self.config.orchestrator.retry_backoff * (2 ** (task.attempt - 1))
-            self._move(task, "ready", f"retry after {outcome.value}: {body.error}"[:500],
-                       result=result, ready_at=self.clock() + delay, agent_id="")
+            self.move(task, "cancelled", body.error, result=result)
+        elif task.attempt - task.meta.get("attempt_base", 0) <= self.config.orchestrator.retry_attempts:
+            n = task.attempt - task.meta.get("attempt_base", 0)
+            delay = self.config.orchestrator.retry_backoff * (2 ** (n - 1))
+            meta = {**task.meta, "resume_session": (body.data or {}).get("session_id", "")}
+            self.move(task, "ready", f"retry after {outcome.value}: {body.error}"[:500],
+                      result=result, ready_at=self.clock() + delay, agent_id="", meta=meta)
             self.peer.spawn(self._schedule_after(delay))
+            return
         else:
-            self._move(task, outcome.value, body.error[:500], result=result)
-        self._maybe_finish(task.session_id)
+            self.move(task, outcome.value, body.error[:500], result=result)
+        self.workflow.on_final(task)
 
     async def on_agents_lost(self, names: set[str]) -> None:
         """Agents gone (hub event or reconciliation): their attempts are lost; re-queue."""
@@ -257,7 +356,7 @@ class Orchestrator:
             self.metrics.lost_attempts.inc()
             self.store.set_attempt(task.attempt_id, state="lost", ended_at=self.clock())
             self._release(task)
-            self._move(task, "ready", f"agent {task.agent_id} lost", agent_id="", ready_at=0)
+            self.move(task, "ready", f"agent {task.agent_id} lost", agent_id="", ready_at=0)
             requeued = True
             self.log.warning("task.requeued", task=task.id, agent=task.agent_id)
         if requeued:
@@ -269,7 +368,7 @@ class Orchestrator:
         resend = max(5.0, self.config.communication.message_timeout)
         for task in self.store.tasks(states=("queued",)):
             if now - task.enqueued_at > resend:
-                self.store.transition(task, "queued", "re-enqueued", enqueued_at=now)
+                self.store.update_task(task, enqueued_at=now)
                 self.peer.spawn(self._enqueue(task))
         busy = self.store.tasks(states=("assigned", "running"))
         if busy:
@@ -288,13 +387,13 @@ class Orchestrator:
                 self.peer.send(task.agent_id, TaskCancel(task_id=task.id,
                                attempt_id=task.attempt_id, reason="overdue"))
                 self._release(task)
-                self._move(task, "timed_out", "no result within the task timeout")
-                self._maybe_finish(task.session_id)
+                self.move(task, "timed_out", "no result within the task timeout")
+                self.workflow.on_final(task)
         self.schedule()
 
-    # ---- helpers ----------------------------------------------------------------------
+    # ---- used by the workflow -----------------------------------------------------------
 
-    def _move(self, task: TaskRow, to_state: str, detail: str = "", **fields: Any) -> None:
+    def move(self, task: TaskRow, to_state: str, detail: str = "", **fields: Any) -> None:
         prev = task.state
         self.store.transition(task, to_state, detail, **fields)
         self.metrics.transitions.labels(to_state).inc()
@@ -302,30 +401,35 @@ class Orchestrator:
             session_id=task.session_id, task_id=task.id, attempt_id=task.attempt_id,
             state=to_state, prev_state=prev, agent_id=task.agent_id, detail=detail[:500]))
 
+    def reopen(self, task: TaskRow, detail: str, **fields: Any) -> None:
+        """Send finished work back: a new attempt follows (same branch, new instructions)."""
+        self.move(task, "ready", detail, agent_id="", ready_at=0, **fields)
+
+    def publish_task_state(self, session_id: str, task_id: str, state: str) -> None:
+        self.events.publish(task_topic(state), TaskEvent(
+            session_id=session_id, task_id=task_id, attempt_id="", state=state))
+
+    def report(self, session_id: str) -> dict[str, Any]:
+        return session_report(self.store, session_id)
+
+    def finish_session(self, session_id: str, state: str, detail: str,
+                       report: dict[str, Any] | None = None) -> None:
+        row = self.store.session(session_id)
+        if row is None or row["state"] != SessionState.RUNNING.value:
+            return
+        if report is not None:
+            merged = {**json.loads(row["report"]), **report}
+            self.store.update_session(session_id, report=merged)
+        self.store.set_session_state(session_id, state, detail)
+        self.metrics.sessions.labels(state).inc()
+        self.log.info("session.finished", session=session_id, state=state, detail=detail)
+        self.events.publish(session_topic(state),
+                            SessionEvent(session_id=session_id, state=state, detail=detail[:500]))
+
     def _release(self, task: TaskRow) -> None:
         if task.agent_id:
             self.peer.send(DISTRIBUTOR, TaskReleased(task_id=task.id, attempt_id=task.attempt_id,
                                                      agent_id=task.agent_id))
 
-    def _maybe_finish(self, session_id: str) -> None:
-        tasks = self.store.tasks(session_id)
-        if not tasks or any(t.state not in TERMINAL for t in tasks):
-            return
-        failed = [t for t in tasks if t.state != "succeeded"]
-        if failed:
-            detail = "; ".join(f"{t.id} {t.state}" for t in failed)
-            self._finish_session(session_id, SessionState.FAILED, detail)
-        else:
-            self._finish_session(session_id, SessionState.SUCCEEDED, f"{len(tasks)} task(s)")
 
-    def _finish_session(self, session_id: str, state: SessionState, detail: str) -> None:
-        row = self.store.session(session_id)
-        if row is None or row["state"] != SessionState.RUNNING.value:
-            return
-        self.store.set_session_state(session_id, state.value, detail)
-        self.metrics.sessions.labels(state.value).inc()
-        self.log.info("session.finished", session=session_id, state=state.value, detail=detail)
-        self.events.publish(session_topic(state.value),
-                            SessionEvent(session_id=session_id, state=state.value, detail=detail))
-
-
+__all__ = ["Orchestrator", "CommandType"]

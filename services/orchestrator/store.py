@@ -8,7 +8,7 @@ import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from libs.sqlite import connect
@@ -18,7 +18,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, text TEXT NOT NULL, repo TEXT NOT NULL,
     state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', classification TEXT NOT NULL DEFAULT '',
     request TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
-    base_commit TEXT NOT NULL DEFAULT ''
+    base_commit TEXT NOT NULL DEFAULT '', template TEXT NOT NULL DEFAULT '{}',
+    gates TEXT NOT NULL DEFAULT '{}', budget_usd REAL, max_parallel INTEGER,
+    cost_usd REAL NOT NULL DEFAULT 0, report TEXT NOT NULL DEFAULT '{}',
+    plan_rounds INTEGER NOT NULL DEFAULT 0, priority INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, session_id TEXT NOT NULL REFERENCES sessions(id),
@@ -27,7 +30,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, attempt_id TEXT NOT NULL DEFAULT '',
     agent_id TEXT NOT NULL DEFAULT '', ready_at REAL NOT NULL DEFAULT 0,
     enqueued_at REAL NOT NULL DEFAULT 0, started_at REAL NOT NULL DEFAULT 0,
-    result TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, updated_at REAL NOT NULL
+    result TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'run', key TEXT NOT NULL DEFAULT '',
+    depends_on TEXT NOT NULL DEFAULT '[]', parent TEXT NOT NULL DEFAULT '',
+    base TEXT NOT NULL DEFAULT '', executor TEXT NOT NULL DEFAULT '',
+    isolate INTEGER NOT NULL DEFAULT 1, tier INTEGER NOT NULL DEFAULT 0,
+    meta TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state);
 CREATE INDEX IF NOT EXISTS tasks_by_session ON tasks(session_id);
@@ -46,6 +54,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_session ON events(session_id);
 """
+
+
+JSON_COLUMNS = ("result", "depends_on", "meta")
+TASK_DEFAULTS: dict[str, Any] = {
+    "priority": 0, "kind": "run", "key": "", "depends_on": [], "parent": "", "base": "",
+    "executor": "", "isolate": 1, "tier": 0, "meta": {}, "state": "ready",
+}
 
 
 def new_id(prefix: str) -> str:
@@ -72,11 +87,21 @@ class TaskRow:
     result: dict[str, Any]
     created_at: float
     updated_at: float
+    kind: str = "run"
+    key: str = ""
+    depends_on: list[str] = field(default_factory=list)
+    parent: str = ""
+    base: str = ""
+    executor: str = ""
+    isolate: int = 1
+    tier: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "TaskRow":
         data = dict(row)
-        data["result"] = json.loads(data["result"])
+        for key in JSON_COLUMNS:
+            data[key] = json.loads(data[key])
         return cls(**data)
 
 
@@ -102,24 +127,56 @@ class Store:
 
     def create_session(self, session_id: str, type_: str, text: str, repo: str,
                        classification: str, request: dict[str, Any],
-                       tasks: list[dict[str, Any]], base_commit: str = "") -> None:
+                       tasks: list[dict[str, Any]], base_commit: str = "",
+                       **columns: Any) -> None:
+        """Insert a session (extra ``columns``: template, gates, budget_usd, max_parallel,
+        priority; dicts are stored as JSON) and its first tasks, in one transaction."""
         now = time.time()
+        cols = {"id": session_id, "type": type_, "text": text, "repo": repo,
+                "state": "running", "detail": "", "classification": classification,
+                "request": request, "created_at": now, "updated_at": now,
+                "base_commit": base_commit, **columns}
+        cols = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in cols.items()}
         with self.tx() as c:
-            c.execute(
-                "INSERT INTO sessions (id, type, text, repo, state, detail, classification,"
-                " request, created_at, updated_at, base_commit) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (session_id, type_, text, repo, "running", "", classification,
-                 json.dumps(request), now, now, base_commit),
-            )
+            c.execute(f"INSERT INTO sessions ({', '.join(cols)}) VALUES "
+                      f"({', '.join('?' * len(cols))})", tuple(cols.values()))
             self._event(c, session_id, kind="session", to_state="running", detail=classification)
             for t in tasks:
-                c.execute(
-                    "INSERT INTO tasks (id, session_id, title, prompt, role, cwd, priority,"
-                    " timeout_s, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (t["id"], session_id, t["title"], t["prompt"], t["role"], t["cwd"],
-                     t["priority"], t["timeout_s"], "ready", now, now),
-                )
-                self._event(c, session_id, t["id"], kind="task", to_state="ready")
+                self._insert_task(c, session_id, t, now)
+
+    def add_tasks(self, session_id: str, tasks: list[dict[str, Any]]) -> None:
+        now = time.time()
+        with self.tx() as c:
+            for t in tasks:
+                self._insert_task(c, session_id, t, now)
+
+    def _insert_task(self, c: sqlite3.Connection, session_id: str, task: dict[str, Any],
+                     now: float) -> None:
+        row = {**TASK_DEFAULTS, **task, "session_id": session_id, "created_at": now,
+               "updated_at": now}
+        row = {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in row.items()}
+        c.execute(f"INSERT INTO tasks ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                  tuple(row.values()))
+        self._event(c, session_id, row["id"], kind="task", to_state=row["state"],
+                    detail=f"{row['kind']} {row['key']}".strip())
+
+    def update_session(self, session_id: str, **columns: Any) -> None:
+        cols = {k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                for k, v in columns.items()}
+        cols["updated_at"] = time.time()
+        with self.tx() as c:
+            c.execute(f"UPDATE sessions SET {', '.join(f'{k}=?' for k in cols)} WHERE id=?",
+                      (*cols.values(), session_id))
+
+    def find_session(self, **where: Any) -> sqlite3.Row | None:
+        """The newest session matching all ``column=value`` pairs."""
+        cond = " AND ".join(f"{k}=?" for k in where)
+        return self.conn.execute(f"SELECT * FROM sessions WHERE {cond} ORDER BY created_at DESC"
+                                 " LIMIT 1", tuple(where.values())).fetchone()
+
+    def sessions(self, limit: int = 50) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM sessions ORDER BY created_at DESC LIMIT ?",
+                                 (limit,)).fetchall()
 
     def session(self, session_id: str) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
@@ -153,10 +210,11 @@ class Store:
         sql += " ORDER BY priority DESC, created_at"
         return [TaskRow.from_row(r) for r in self.conn.execute(sql, params)]
 
-    def count_active(self) -> int:
-        return self.conn.execute(
-            "SELECT COUNT(*) FROM tasks WHERE state IN ('queued','assigned','running')"
-        ).fetchone()[0]
+    def count_active(self, session_id: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM tasks WHERE state IN ('queued','assigned','running')"
+        if session_id is None:
+            return self.conn.execute(sql).fetchone()[0]
+        return self.conn.execute(sql + " AND session_id=?", (session_id,)).fetchone()[0]
 
     def transition(self, task: TaskRow, to_state: str, detail: str = "",
                    **fields: Any) -> None:
@@ -164,15 +222,23 @@ class Store:
         now = time.time()
         fields["state"] = to_state
         fields["updated_at"] = now
-        if "result" in fields:
-            fields["result"] = json.dumps(fields["result"])
-        cols = ", ".join(f"{k}=?" for k in fields)
+        stored = {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in fields.items()}
+        cols = ", ".join(f"{k}=?" for k in stored)
         with self.tx() as c:
-            c.execute(f"UPDATE tasks SET {cols} WHERE id=?", (*fields.values(), task.id))
+            c.execute(f"UPDATE tasks SET {cols} WHERE id=?", (*stored.values(), task.id))
             self._event(c, task.session_id, task.id, fields.get("attempt_id", task.attempt_id),
                         kind="task", from_state=task.state, to_state=to_state, detail=detail)
         for key, value in fields.items():
-            setattr(task, key, json.loads(value) if key == "result" else value)
+            setattr(task, key, value)
+
+    def update_task(self, task: TaskRow, **fields: Any) -> None:
+        """Change columns other than the state (no audit event)."""
+        stored = {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in fields.items()}
+        with self.tx() as c:
+            c.execute(f"UPDATE tasks SET {', '.join(f'{k}=?' for k in stored)} WHERE id=?",
+                      (*stored.values(), task.id))
+        for key, value in fields.items():
+            setattr(task, key, value)
 
     # ---- attempts ---------------------------------------------------------------------
 

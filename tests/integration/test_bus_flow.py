@@ -15,7 +15,7 @@ import pytest
 
 from libs.client import BusClient
 from libs.events import EventSubscriber
-from protocols.command import CommandStatus, CommandSubmit
+from protocols.command import CommandStatus, CommandSubmit, CommandType
 from protocols.peer import PeerKind, RegistryList
 
 SERVICES = ("services.commands", "services.orchestrator", "services.distributor",
@@ -70,7 +70,8 @@ def test_task_completes_through_the_real_path(procs, bus, tmp_path):
             assert names["agent-a"] == PeerKind.AGENT
 
             accepted = await client.request("commands", CommandSubmit(
-                text="echo built > artifact.txt && echo finished", repo=str(repo)))
+                text="echo built > artifact.txt && echo finished", repo=str(repo),
+                type=CommandType.RUN))
             sid = accepted.body.session_id
 
             async def done():
@@ -138,8 +139,8 @@ def test_killed_agent_is_lost_in_time_and_its_task_completes_elsewhere(procs, bu
         sub.start()
         try:
             async with BusClient(bus.comm()) as client:
-                accepted = await client.request("commands", CommandSubmit(text=command,
-                                                                          repo=str(repo)))
+                accepted = await client.request("commands", CommandSubmit(
+                    text=command, repo=str(repo), type=CommandType.RUN))
                 sid = accepted.body.session_id
                 await asyncio.wait_for(running.wait(), 20)
                 st = await session_state(client, sid)

@@ -66,7 +66,7 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
         agents = [r for r in rows if " agent " in r]
         assert len(agents) == 2 and all(" worker " in r for r in agents)
 
-        sub = ccaa("submit", "printf 'made by ccaa' > out.txt", "--repo", str(repo), "--wait",
+        sub = ccaa("submit", "RUN", "printf 'made by ccaa' > out.txt", "--repo", str(repo), "--wait",
                    "--wait-timeout", "60", config=config)
         assert sub.returncode == 0, sub.stdout + sub.stderr
         assert "succeeded" in sub.stdout.splitlines()[-2]
@@ -74,7 +74,7 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
             assert f" {state}" in sub.stdout
         assert (repo / "out.txt").read_text() == "made by ccaa"
 
-        bad = ccaa("submit", "true", "--repo", str(tmp_path / "missing"), config=config)
+        bad = ccaa("submit", "RUN", "true", "--repo", str(tmp_path / "missing"), config=config)
         assert bad.returncode == 1 and "is not a directory" in bad.stderr
         # everything still alive after the bad request
         tree = [supervisord.pid] + [c.pid for c in supervisord.children(recursive=True)]

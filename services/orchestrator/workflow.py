@@ -1,0 +1,470 @@
+"""Session workflows: what happens after each task ends, per the session's template.
+
+single:  one task (run / analyze) does the command.
+planned: plan (architect) -> work subtasks as a DAG (workers, in parallel) -> per-subtask
+         gates (utility agents run real commands) -> review (manager verdict) -> merge into
+         the session branch in dependency order (conflicts go to a manager) -> final gates
+         -> summary report. Failures retry (the orchestrator's backoff), then escalate
+         worker -> manager -> architect (re-plans the failed part); a session ends with
+         what succeeded and says what did not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from libs.config import GateConfig
+from services.orchestrator import merge, prompts
+from services.orchestrator.gates import evaluate
+from services.orchestrator.plan import Plan, PlanError, parse_plan, topological_order
+from services.orchestrator.store import TaskRow, new_id
+from services.orchestrator.templates import Template
+
+if TYPE_CHECKING:
+    from services.orchestrator.service import Orchestrator
+
+FINAL = ("succeeded", "failed", "timed_out", "cancelled")
+WORK_KINDS = ("work",)
+
+
+def answer_text(task: TaskRow) -> str:
+    """The agent's final answer: Claude's result text, else the command's stdout."""
+    data = task.result.get("data") or {}
+    return str(data.get("result") or task.result.get("stdout") or "")
+
+
+def commit_of(task: TaskRow) -> str:
+    return str((task.result.get("data") or {}).get("commit") or "")
+
+
+class Workflow:
+    def __init__(self, orch: "Orchestrator"):
+        self.orch = orch
+        self.store = orch.store
+        self.config = orch.config
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def template(self, session_id: str) -> Template:
+        row = self.store.session(session_id)
+        return Template.model_validate(json.loads(row["template"]))
+
+    def gates(self, session_id: str) -> dict[str, GateConfig]:
+        row = self.store.session(session_id)
+        return {k: GateConfig.model_validate(v) for k, v in json.loads(row["gates"]).items()}
+
+    def roles(self) -> list[str]:
+        return sorted(self.config.agent_hierarchy)
+
+    def _task(self, session_id: str, **fields: Any) -> dict[str, Any]:
+        row = self.store.session(session_id)
+        base = {"id": new_id("task"), "cwd": row["repo"], "priority": row["priority"],
+                "timeout_s": self.config.orchestrator.task_timeout, "role": "worker",
+                "title": fields.get("kind", "task")}
+        return {**base, **fields}
+
+    def _add(self, session_id: str, *tasks: dict[str, Any]) -> None:
+        self.store.add_tasks(session_id, list(tasks))
+        for t in tasks:
+            self.orch.publish_task_state(session_id, t["id"], t.get("state", "ready"))
+
+    # ---- start --------------------------------------------------------------------------
+
+    def first_tasks(self, session_id: str, template: Template, text: str, role: str,
+                    repo: str) -> list[dict[str, Any]]:
+        common = {"cwd": repo, "timeout_s": self.config.orchestrator.task_timeout}
+        if template.single is not None:
+            stage = template.single
+            prompt = (prompts.analysis(text, stage.instructions) if stage.kind == "analyze"
+                      else text)
+            use_role = role if stage.kind == "run" else stage.role
+            return [{"id": new_id("task"), "title": text.splitlines()[0][:80], "prompt": prompt,
+                     "role": use_role, "kind": stage.kind, "isolate": int(stage.isolate),
+                     **common}]
+        assert template.plan is not None
+        return [{"id": new_id("task"), "title": "plan", "kind": "plan",
+                 "role": template.plan.role, "isolate": 1,
+                 "prompt": prompts.plan(text, template.plan.instructions, self.roles()),
+                 **common}]
+
+    # ---- after a task ends ----------------------------------------------------------------
+
+    def on_final(self, task: TaskRow) -> None:
+        row = self.store.session(task.session_id)
+        if row is None or row["state"] != "running":
+            return
+        handler = {
+            "run": self._single_done, "analyze": self._single_done, "plan": self._plan_done,
+            "replan": self._replan_done, "work": self._work_done, "gate": self._gate_done,
+            "review": self._review_done, "resolve": self._resolve_done,
+            "final_gate": self._final_gate_done,
+        }[task.kind]
+        handler(task)
+
+    def _single_done(self, task: TaskRow) -> None:
+        report = self._report(task.session_id)
+        state = "succeeded" if task.state == "succeeded" else "failed"
+        detail = f"{task.kind} {task.state}"
+        if task.state == "succeeded" and commit_of(task):
+            detail += f"; branch {(task.result.get('data') or {}).get('branch', '')}"
+        self.orch.finish_session(task.session_id, state, detail, report)
+
+    # -- plan
+
+    def _plan_done(self, task: TaskRow) -> None:
+        sid = task.session_id
+        if task.state != "succeeded":
+            self.orch.finish_session(sid, "failed", f"the architect's plan task {task.state}",
+                                     self._report(sid))
+            return
+        template = self.template(sid)
+        try:
+            plan = parse_plan(answer_text(task), set(self.roles()))
+        except PlanError as exc:
+            row = self.store.session(sid)
+            rounds = row["plan_rounds"] + 1
+            self.store.update_session(sid, plan_rounds=rounds)
+            self.store.record(sid, "plan_rejected", task.id, task.attempt_id, str(exc))
+            assert template.plan is not None
+            if rounds >= template.plan.max_rounds:
+                self.orch.finish_session(sid, "failed", f"plan rejected: {exc}", self._report(sid))
+                return
+            self._add(sid, self._task(
+                sid, title="plan (re-asked)", kind="plan", role=template.plan.role,
+                prompt=prompts.plan(row["text"], template.plan.instructions, self.roles(),
+                                    error=str(exc))))
+            return
+        self.store.record(sid, "plan_accepted", task.id, task.attempt_id,
+                          f"{len(plan.subtasks)} subtasks: "
+                          + ", ".join(s.id for s in plan.subtasks))
+        self.store.update_task(task, meta={**task.meta, "plan": plan.model_dump()})
+        self._add_subtasks(sid, plan, prefix="", extra_deps=[])
+
+    def _add_subtasks(self, sid: str, plan: Plan, prefix: str, extra_deps: list[str]) -> list[str]:
+        order = topological_order(plan)
+        ids = {s.id: new_id("task") for s in plan.subtasks}
+        by_id = {s.id: s for s in plan.subtasks}
+        escalation = self.template(sid).escalation
+        tasks = []
+        for key in order:
+            s = by_id[key]
+            deps = [ids[d] for d in s.depends_on] + extra_deps
+            tier = escalation.index(s.role) if s.role in escalation else 0
+            tasks.append(self._task(
+                sid, id=ids[key], key=prefix + s.id, title=s.title, kind="work", role=s.role,
+                prompt=prompts.work(s.title, s.prompt, s.acceptance_criteria, s.files, []),
+                depends_on=deps, state="pending" if deps else "ready", tier=tier,
+                meta={"subtask": s.model_dump(), "feedback": [], "rounds": 0,
+                      "attempt_base": 0}))
+        self._add(sid, *tasks)
+        for t in tasks:  # extra deps may be accepted already
+            if t["state"] == "pending":
+                self._release(self.store.task(t["id"]))
+        return [t["id"] for t in tasks]
+
+    # -- work
+
+    def _work_done(self, task: TaskRow) -> None:
+        sid = task.session_id
+        if task.state == "succeeded":
+            gates = self.template(sid).gates
+            configured = self.gates(sid)
+            run = [g for g in gates if g in configured and configured[g].command]
+            skipped = [g for g in gates if g not in run]
+            if skipped:
+                self.store.record(sid, "gates_skipped", task.id, detail=", ".join(skipped)
+                                  + " (no command configured)")
+            if run:
+                self._add(sid, *[self._gate_task(sid, g, configured[g], commit_of(task),
+                                                 kind="gate", parent=task) for g in run])
+            else:
+                self._after_gates(task)
+            return
+        self._escalate(task)
+
+    def _gate_task(self, sid: str, name: str, gate: GateConfig, base: str, kind: str,
+                   parent: TaskRow | None) -> dict[str, Any]:
+        subject = parent.key or parent.title if parent else "session"
+        return self._task(sid, title=f"gate {name}: {subject}", kind=kind, role="utility",
+                          executor="command", prompt=gate.command, base=base,
+                          timeout_s=gate.timeout, key=f"{subject}:{name}",
+                          parent=parent.id if parent else "", meta={"gate": name})
+
+    def _gate_done(self, task: TaskRow) -> None:
+        parent = self.store.task(task.parent)
+        if parent is None:
+            return
+        siblings = [t for t in self.store.tasks(task.session_id)
+                    if t.kind == "gate" and t.parent == parent.id
+                    and t.meta.get("round") == task.meta.get("round")]
+        if any(t.state not in FINAL for t in siblings):
+            return
+        failed = [t for t in siblings if t.state != "succeeded"]
+        if not failed:
+            self._after_gates(parent)
+            return
+        feedback = []
+        for t in failed:
+            out = (t.result.get("stdout", "") + t.result.get("stderr", ""))[-3000:]
+            feedback.append(f"quality gate {t.meta['gate']} failed "
+                            f"({t.meta.get('verdict', t.state)}); its output ends with:\n{out}")
+        self._send_back(parent, feedback, f"gate {', '.join(t.meta['gate'] for t in failed)} failed")
+
+    def _after_gates(self, work: TaskRow) -> None:
+        review = self.template(work.session_id).work.review
+        if review is None:
+            self._accept(work)
+            return
+        row = self.store.session(work.session_id)
+        sub = work.meta.get("subtask", {})
+        diff = merge.diff(row["repo"], self._base_of(work), commit_of(work)) if commit_of(work) else ""
+        self._add(work.session_id, self._task(
+            work.session_id, title=f"review: {work.key}", kind="review", role=review.role,
+            parent=work.id, base=commit_of(work), key=f"{work.key}:review",
+            prompt=prompts.review(work.title, sub.get("prompt", work.prompt),
+                                  sub.get("acceptance_criteria", []), diff or "(no changes)")))
+
+    def _review_done(self, review: TaskRow) -> None:
+        work = self.store.task(review.parent)
+        if work is None:
+            return
+        if review.state != "succeeded":
+            self.store.record(review.session_id, "review_unavailable", work.id,
+                              detail=f"review {review.state}; accepted without a verdict")
+            self._accept(work, note="accepted without review")
+            return
+        try:
+            verdict = json.loads(parse_json_object(answer_text(review)))
+            decision = str(verdict.get("verdict", "")).lower()
+            reasons = [str(r) for r in verdict.get("reasons", [])]
+        except (ValueError, AttributeError):
+            decision, reasons = "", []
+        if decision == "approve":
+            self.store.record(review.session_id, "review_approved", work.id,
+                              detail="; ".join(reasons)[:500])
+            self._accept(work)
+        elif decision == "changes_requested":
+            self._send_back(work, [f"reviewer: {r}" for r in reasons] or ["reviewer: changes requested"],
+                            "review requested changes")
+        else:
+            self.store.record(review.session_id, "review_unreadable", work.id,
+                              detail=answer_text(review)[:300])
+            self._accept(work, note="review verdict unreadable")
+
+    def _send_back(self, work: TaskRow, feedback: list[str], why: str) -> None:
+        template = self.template(work.session_id)
+        limit = template.work.review.max_rounds if template.work.review else 2
+        rounds = work.meta.get("rounds", 0) + 1
+        if rounds > limit:
+            self.store.record(work.session_id, "send_back_exhausted", work.id, detail=why)
+            self.orch.move(work, "failed", f"{why}; {limit} round(s) of changes used up")
+            self._escalate(work)
+            return
+        meta = {**work.meta, "rounds": rounds, "feedback": work.meta.get("feedback", []) + feedback}
+        sub = meta.get("subtask", {})
+        prompt = prompts.work(work.title, sub.get("prompt", work.prompt),
+                              sub.get("acceptance_criteria", []), sub.get("files", []),
+                              meta["feedback"][-6:])
+        self.orch.reopen(work, f"sent back: {why}", prompt=prompt, meta=meta)
+
+    def _escalate(self, work: TaskRow) -> None:
+        sid = work.session_id
+        ladder = self.template(sid).escalation
+        nxt = work.tier + 1
+        if nxt < len(ladder) and ladder[nxt] != "architect":
+            meta = {**work.meta, "attempt_base": work.attempt,
+                    "escalations": work.meta.get("escalations", []) + [ladder[nxt]]}
+            self.orch.reopen(work, f"escalated to {ladder[nxt]}", role=ladder[nxt], tier=nxt,
+                             meta=meta)
+            return
+        if nxt < len(ladder) and work.kind == "work" and not work.meta.get("replanned"):
+            row = self.store.session(sid)
+            history = "\n".join(f"{h['to_state']}: {h['detail']}" for h in
+                                self.store.history(sid) if h["task_id"] == work.id)
+            self.store.update_task(work, meta={**work.meta, "replanned": True})
+            self._add(sid, self._task(
+                sid, title=f"re-plan: {work.key}", kind="replan", role=ladder[nxt],
+                parent=work.id, key=f"{work.key}:replan",
+                prompt=prompts.replan(row["text"], work.meta.get("subtask", {}), history,
+                                      self.roles())))
+            return
+        self._cancel_dependents(work, f"dependency {work.key or work.id} {work.state}")
+        self._maybe_merge(sid)
+
+    def _replan_done(self, task: TaskRow) -> None:
+        failed = self.store.task(task.parent)
+        assert failed is not None
+        sid = task.session_id
+        plan = None
+        if task.state == "succeeded":
+            try:
+                plan = parse_plan(answer_text(task), set(self.roles()))
+            except PlanError as exc:
+                self.store.record(sid, "replan_rejected", task.id, detail=str(exc))
+        if plan is None:
+            self._cancel_dependents(failed, f"dependency {failed.key} failed")
+            self._maybe_merge(sid)
+            return
+        new_ids = self._add_subtasks(sid, plan, prefix=f"{failed.key}.",
+                                     extra_deps=list(failed.depends_on))
+        self.store.update_task(failed, meta={**failed.meta, "replaced_by": new_ids})
+        for t in self.store.tasks(sid):
+            if failed.id in t.depends_on:
+                deps = [d for d in t.depends_on if d != failed.id] + new_ids
+                self.store.update_task(t, depends_on=deps)
+
+    # -- dependencies
+
+    def _accept(self, work: TaskRow, note: str = "") -> None:
+        self.store.update_task(work, meta={**work.meta, "accepted": True,
+                                           **({"note": note} if note else {})})
+        self.store.record(work.session_id, "accepted", work.id, detail=note or work.key)
+        for t in self.store.tasks(work.session_id, states=("pending",)):
+            if work.id in t.depends_on:
+                self._release(t)
+        self._maybe_merge(work.session_id)
+
+    def _release(self, task: TaskRow | None) -> None:
+        """A pending task whose dependencies are all accepted becomes ready, based on them."""
+        if task is None or task.state != "pending":
+            return
+        deps = [self.store.task(d) for d in task.depends_on]
+        if not all(d is not None and d.meta.get("accepted") for d in deps):
+            return
+        commits = [(d.key or d.id, commit_of(d)) for d in deps if d and commit_of(d)]
+        base = ""
+        if len(commits) == 1:
+            base = commits[0][1]
+        elif len(commits) > 1:
+            row = self.store.session(task.session_id)
+            result = merge.merge_into(row["repo"], f"ccaa/{task.session_id}/{task.id}-base",
+                                      commits[0][1], commits[1:], self._merge_root(task.session_id))
+            if result.conflict is not None:
+                self.orch.move(task, "failed", f"its dependencies conflict in "
+                               f"{', '.join(result.conflict.files)}")
+                self._escalate(task)
+                return
+            base = result.head
+        self.orch.move(task, "ready", "dependencies accepted", base=base)
+
+    def _cancel_dependents(self, task: TaskRow, why: str) -> None:
+        for t in self.store.tasks(task.session_id):
+            if task.id in t.depends_on and t.state not in FINAL:
+                self.orch.move(t, "cancelled", why)
+                self._cancel_dependents(t, f"dependency {t.key or t.id} cancelled")
+
+    def _base_of(self, task: TaskRow) -> str:
+        return task.base or self.store.session(task.session_id)["base_commit"]
+
+    def _merge_root(self, sid: str) -> Path:
+        return self.config.data_path() / "merges" / sid
+
+    # -- merge, final gates, summary
+
+    @staticmethod
+    def _work_settled(t: TaskRow) -> bool:
+        """Accepted, replaced by a re-plan, or ended for good (succeeded-but-unaccepted
+        work is still in its gates or review)."""
+        return bool(t.meta.get("accepted") or t.meta.get("replaced_by")
+                    or t.state in ("failed", "timed_out", "cancelled"))
+
+    def _maybe_merge(self, sid: str) -> None:
+        tasks = self.store.tasks(sid)
+        work = [t for t in tasks if t.kind == "work"]
+        busy = [t for t in tasks if t.kind in ("replan", "review", "gate", "plan")
+                and t.state not in FINAL]
+        if not work or busy or not all(self._work_settled(t) for t in work):
+            return
+        if any(t.kind == "resolve" and t.state not in FINAL for t in tasks):
+            return
+        self._merge(sid)
+
+    def _merge(self, sid: str) -> None:
+        row = self.store.session(sid)
+        template = self.template(sid)
+        accepted = [t for t in self.store.tasks(sid) if t.kind == "work" and t.meta.get("accepted")
+                    and commit_of(t) and not t.meta.get("merge_failed")]
+        accepted.sort(key=lambda t: t.created_at)
+        head = row["base_commit"]
+        if template.merge and accepted and row["base_commit"]:
+            result = merge.merge_into(row["repo"], f"ccaa/{sid}/result", row["base_commit"],
+                                      [(t.key or t.id, commit_of(t)) for t in accepted],
+                                      self._merge_root(sid))
+            head = result.head
+            self.store.update_session(sid, report={**json.loads(row["report"]),
+                                                   "branch": result.branch, "head": head})
+            if result.conflict is not None:
+                c = result.conflict
+                culprit = next(t for t in accepted if (t.key or t.id) == c.branch)
+                self.store.record(sid, "merge_conflict", culprit.id,
+                                  detail=f"{c.branch}: {', '.join(c.files)}")
+                self._add(sid, self._task(
+                    sid, title=f"resolve merge: {c.branch}", kind="resolve", role="manager",
+                    parent=culprit.id, base=head, key=f"{c.branch}:merge",
+                    prompt=prompts.resolve(c.branch, c.commit, c.files, c.output)))
+                return
+            self.store.record(sid, "merged", detail=f"{result.branch} at {head[:12]}: "
+                              + ", ".join(result.merged))
+        gates = self.gates(sid)
+        final = [g for g in template.final_gates if g in gates and gates[g].command]
+        if final and accepted and head and not any(t.kind == "final_gate"
+                                                   for t in self.store.tasks(sid)):
+            self._add(sid, *[self._gate_task(sid, g, gates[g], head, "final_gate", None)
+                             for g in final])
+            return
+        self._finish(sid)
+
+    def _resolve_done(self, task: TaskRow) -> None:
+        sid = task.session_id
+        culprit = self.store.task(task.parent)
+        row = self.store.session(sid)
+        if task.state == "succeeded" and commit_of(task):
+            merge.merge_into(row["repo"], f"ccaa/{sid}/result", row["base_commit"],
+                             [(f"resolution of {culprit.key if culprit else '?'}",
+                               commit_of(task))], self._merge_root(sid))
+        elif culprit is not None:
+            self.store.update_task(culprit, meta={**culprit.meta, "merge_failed": True})
+        self._merge(sid)
+
+    def _final_gate_done(self, task: TaskRow) -> None:
+        tasks = [t for t in self.store.tasks(task.session_id) if t.kind == "final_gate"]
+        if all(t.state in FINAL for t in tasks):
+            self._finish(task.session_id)
+
+    def _finish(self, sid: str) -> None:
+        tasks = self.store.tasks(sid)
+        work = [t for t in tasks if t.kind == "work" and not t.meta.get("replaced_by")]
+        done = [t for t in work if t.meta.get("accepted") and not t.meta.get("merge_failed")]
+        missing = [t for t in work if t not in done]
+        gates_failed = [t for t in tasks if t.kind == "final_gate" and t.state != "succeeded"]
+        report = self._report(sid)
+        if not done:
+            state = "failed"
+        elif missing or gates_failed:
+            state = "partial"
+        else:
+            state = "succeeded"
+        parts = [f"{len(done)}/{len(work)} subtasks merged"]
+        if missing:
+            parts.append("not done: " + ", ".join(f"{t.key} ({t.state})" for t in missing))
+        if gates_failed:
+            parts.append("final gates failed: " + ", ".join(t.meta["gate"] for t in gates_failed))
+        self.orch.finish_session(sid, state, "; ".join(parts), report)
+
+    def judge_gate(self, task: TaskRow, result: dict[str, Any]) -> tuple[bool, str]:
+        gate = self.gates(task.session_id).get(task.meta.get("gate", ""))
+        if gate is None:
+            return result.get("outcome") == "succeeded", "unknown gate"
+        verdict = evaluate(gate, result)
+        return verdict.passed, verdict.detail
+
+    def _report(self, sid: str) -> dict[str, Any]:
+        return self.orch.report(sid)
+
+
+def parse_json_object(text: str) -> str:
+    from services.orchestrator.plan import extract_json
+
+    return extract_json(text)
