@@ -196,10 +196,15 @@ CONFIG_ENV = "CCAA_CONFIG"
 
 
 def _parse_scalar(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    """Arrays, tables and quoted strings are parsed as TOML; anything else stays text for
+    pydantic to convert to the setting's type ("6000" -> 6000 for an int setting, while a
+    string setting keeps "true" or "4" as written)."""
+    if text[:1] in ("[", "{", '"', "'"):
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            return text
+    return text
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -262,6 +267,8 @@ def load_config(
             raise ConfigError(f"config file {file} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file} cannot be read: {exc}") from None
     tree = _merge(tree, env_overrides(environ))
     if overrides:
         tree = _merge(tree, overrides)

@@ -10,5 +10,5 @@ from pydantic import BaseModel, ConfigDict
 class Body(BaseModel):
     """A message body. ``TYPE`` is the header ``type`` it travels under."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
     TYPE: ClassVar[str] = ""

@@ -24,6 +24,8 @@ from services.distributor.choice import AgentSlot, choose
 
 #: seconds of waiting worth one priority point
 AGING_SECONDS = 10.0
+#: seconds an agent that refused or did not answer an assignment is passed over
+COOLDOWN_SECONDS = 5.0
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Distributor:
         self.queue: dict[str, Queued] = {}  # attempt_id -> queued entry
         self.agents: dict[str, AgentSlot] = {}
         self.assigned_at: dict[str, float] = {}  # attempt_id -> when assigned
+        self.attempt_task: dict[str, str] = {}  # attempt_id -> task_id, while assigned
         self._turn = 0
         self.assigned = Counter("ccaa_tasks_assigned_total", "assignments, by strategy",
                                 ["strategy"], registry=registry)
@@ -70,6 +73,7 @@ class Distributor:
         body = msg.body
         assert isinstance(body, TaskReleased)
         self.queue.pop(body.attempt_id, None)
+        self.attempt_task.pop(body.attempt_id, None)
         agent = self.agents.get(body.agent_id)
         if agent is not None and body.attempt_id in agent.inflight:
             agent.inflight.discard(body.attempt_id)
@@ -88,6 +92,11 @@ class Distributor:
                 continue
             seen.add(p.name)
             self.agent_up(p.name, p.role, p.capabilities, p.capacity)
+            slot = self.agents[p.name]
+            # tasks the agent runs that this distributor did not assign (e.g. before it
+            # restarted) still take its capacity
+            mine = {self.attempt_task.get(a) for a in slot.inflight}
+            slot.unknown_running = len([t for t in p.running if t not in mine])
         for name in set(self.agents) - seen:
             self.agent_down(name)
         self.dispatch()
@@ -106,6 +115,7 @@ class Distributor:
         if slot is not None:
             for attempt in slot.inflight:
                 self.assigned_at.pop(attempt, None)
+                self.attempt_task.pop(attempt, None)
             self.log.info("agent.removed", agent=name, inflight=sorted(slot.inflight))
         self.agents_gauge.set(len(self.agents))
 
@@ -124,13 +134,14 @@ class Distributor:
         now = self.clock()
         strategy = self.config.distribution.strategy
         for entry in sorted(self.queue.values(), key=lambda q: -q.score(now)):
-            agent = choose(strategy, entry.spec, list(self.agents.values()), self._turn)
+            agent = choose(strategy, entry.spec, list(self.agents.values()), self._turn, now)
             if agent is None:
                 continue
             self._turn += 1
             del self.queue[entry.spec.attempt_id]
             agent.inflight.add(entry.spec.attempt_id)
             self.assigned_at[entry.spec.attempt_id] = now
+            self.attempt_task[entry.spec.attempt_id] = entry.spec.task_id
             self.assigned.labels(strategy).inc()
             self.peer.spawn(self._assign(agent.name, entry))
         self.queue_depth.set(len(self.queue))
@@ -145,7 +156,9 @@ class Distributor:
             agent = self.agents.get(agent_name)
             if agent is not None:
                 agent.inflight.discard(spec.attempt_id)
+                agent.cooldown_until = self.clock() + COOLDOWN_SECONDS
             self.assigned_at.pop(spec.attempt_id, None)
+            self.attempt_task.pop(spec.attempt_id, None)
             self.queue[spec.attempt_id] = entry
             self.queue_depth.set(len(self.queue))
             return

@@ -37,7 +37,7 @@ def session_report(store: Store, session_id: str) -> dict[str, Any]:
         for k, v in _tokens(data).items():
             tokens[k] += v
             agent[k] += v
-    gates = [{"gate": t.meta.get("gate"), "subject": t.title, "state": t.state,
+    gates = [{"gate": t.meta.get("gate"), "subject": t.title, "key": t.key, "state": t.state,
               "verdict": t.meta.get("verdict", ""), "kind": t.kind}
              for t in tasks if t.kind in ("gate", "final_gate")]
     return {

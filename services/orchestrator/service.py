@@ -59,6 +59,8 @@ ACTIVE = ("queued", "assigned", "running")
 TERMINAL = ("succeeded", "failed", "timed_out", "cancelled")
 #: task kinds whose failures are not retried (a failing gate is a verdict, not a fault)
 NO_RETRY = ("gate", "final_gate")
+#: attempt states that mean a result was recorded (not "lost", "queued", ...)
+OUTCOMES = frozenset(o.value for o in Outcome)
 
 
 class OrchestratorMetrics:
@@ -196,7 +198,7 @@ class Orchestrator:
                 self.peer.send(task.agent_id, TaskCancel(
                     task_id=task.id, attempt_id=task.attempt_id, reason=reason))
             if task.state in ACTIVE:
-                self._release(task)
+                self._release(task, withdraw=True)
             self.move(task, "cancelled", reason)
 
     # ---- task flow --------------------------------------------------------------------
@@ -210,6 +212,7 @@ class Orchestrator:
         now = self.clock()
         room = self.config.orchestrator.max_parallel_tasks - self.store.count_active()
         sessions: dict[str, Any] = {}
+        exhausted: set[str] = set()
         for task in self.store.tasks(states=("ready",)):
             if room <= 0:
                 break
@@ -220,7 +223,9 @@ class Orchestrator:
             if row["state"] != "running":
                 continue
             if row["budget_usd"] is not None and row["cost_usd"] >= row["budget_usd"]:
-                self._budget_exhausted(row)
+                if task.session_id not in exhausted:
+                    exhausted.add(task.session_id)
+                    self._budget_exhausted(row)
                 continue
             if row["max_parallel"] and self.store.count_active(task.session_id) >= row["max_parallel"]:
                 continue
@@ -270,7 +275,9 @@ class Orchestrator:
         body = msg.body
         assert isinstance(body, TaskDispatched)
         task = self.store.task(body.task_id)
-        if task is None or task.attempt_id != body.attempt_id or task.state != "queued":
+        if task is None or self._stop_cancelled(task, body.attempt_id, body.agent_id):
+            return None
+        if task.attempt_id != body.attempt_id or task.state != "queued":
             return None
         self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
         self.store.set_attempt(body.attempt_id, agent_id=body.agent_id, state="assigned")
@@ -281,6 +288,8 @@ class Orchestrator:
         assert isinstance(body, TaskAccepted)
         task = self.store.task(body.task_id)
         if task is None or task.attempt_id != body.attempt_id:
+            return None
+        if self._stop_cancelled(task, body.attempt_id, body.agent_id):
             return None
         if task.state == "queued":  # task.dispatched is still on its way
             self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
@@ -300,7 +309,7 @@ class Orchestrator:
         current = (task.attempt_id == body.attempt_id and task.state in ACTIVE
                    and task.agent_id in ("", body.agent_id))
         attempt = self.store.attempt(body.attempt_id)
-        already = attempt is not None and attempt["ended_at"] > 0
+        already = attempt is not None and attempt["state"] in OUTCOMES
         if not already:
             self.store.set_attempt(body.attempt_id, state=body.outcome.value,
                                    ended_at=self.clock(), result=result, applied=int(current))
@@ -426,10 +435,22 @@ class Orchestrator:
         self.events.publish(session_topic(state),
                             SessionEvent(session_id=session_id, state=state, detail=detail[:500]))
 
-    def _release(self, task: TaskRow) -> None:
-        if task.agent_id:
+    def _release(self, task: TaskRow, withdraw: bool = False) -> None:
+        """Tell the distributor the agent's slot is free (``withdraw``: also take a task
+        that is still queued out of its queue)."""
+        if task.agent_id or withdraw:
             self.peer.send(DISTRIBUTOR, TaskReleased(task_id=task.id, attempt_id=task.attempt_id,
                                                      agent_id=task.agent_id))
+
+    def _stop_cancelled(self, task: TaskRow, attempt_id: str, agent_id: str) -> bool:
+        """An agent took an attempt of a task cancelled meanwhile: stop it, free the slot."""
+        if task.attempt_id != attempt_id or task.state != "cancelled":
+            return False
+        self.peer.send(agent_id, TaskCancel(task_id=task.id, attempt_id=attempt_id,
+                                            reason="the task was cancelled"))
+        self.peer.send(DISTRIBUTOR, TaskReleased(task_id=task.id, attempt_id=attempt_id,
+                                                 agent_id=agent_id))
+        return True
 
 
 __all__ = ["Orchestrator", "CommandType"]

@@ -190,7 +190,8 @@ class Workflow:
         return self._task(sid, title=f"gate {name}: {subject}", kind=kind, role="utility",
                           executor="command", prompt=gate.command, base=base,
                           timeout_s=gate.timeout, key=f"{subject}:{name}",
-                          parent=parent.id if parent else "", meta={"gate": name})
+                          parent=parent.id if parent else "",
+                          meta={"gate": name, "round": parent.meta.get("rounds", 0) if parent else 0})
 
     def _gate_done(self, task: TaskRow) -> None:
         parent = self.store.task(task.parent)

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 
+from services.agent import isolation
 from services.agent.executors.base import ExecutionResult, RunContext, Tail, kill_group
 from protocols.task import Outcome
 
@@ -26,17 +27,34 @@ def render(template: list[str], prompt: str, cwd: str) -> list[str]:
 class CommandExecutor:
     name = "command"
 
-    def __init__(self, template: list[str], env: dict[str, str] | None = None):
+    def __init__(self, template: list[str], env: dict[str, str] | None = None,
+                 worktree_root: str | None = None, worktree_setup: str = ""):
         if not template:
             raise ValueError("command executor needs a non-empty command template")
         self.template = template
         self.env = env
+        self.worktree_root = worktree_root
+        self.worktree_setup = worktree_setup
 
     async def run(self, ctx: RunContext) -> ExecutionResult:
         spec = ctx.spec
         cwd = spec.cwd or os.getcwd()
         if not os.path.isdir(cwd):
             return ExecutionResult(Outcome.FAILED, error=f"working directory {cwd} does not exist")
+        try:
+            ws = await isolation.prepare(ctx, self.worktree_root, self.worktree_setup)
+        except RuntimeError as exc:
+            return ExecutionResult(Outcome.FAILED, error=f"worktree: {exc}")
+        status = "interrupted"
+        try:
+            result = await self._run(ctx, ws.run_dir)
+            status = "ok" if result.outcome == Outcome.SUCCEEDED else "failed"
+            return result
+        finally:
+            await asyncio.shield(isolation.finish(ctx, ws, status))
+
+    async def _run(self, ctx: RunContext, cwd: str) -> ExecutionResult:
+        spec = ctx.spec
         argv = render(self.template, spec.prompt, cwd)
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -1,19 +1,63 @@
-"""Build the executor a role's configuration asks for."""
+"""Build the executor a role's configuration asks for (a task may name another one in
+``spec.executor``).
+
+The ``claude`` executor also reads the agent's environment:
+
+- ``CCAA_MODEL_BASE_URL``: the Anthropic-compatible API the CLI talks to (e.g. the
+  scripted model server); becomes the child's ``ANTHROPIC_BASE_URL``, and
+  ``ANTHROPIC_API_KEY`` defaults to ``"offline"`` when it is not set.
+- ``CCAA_CLAUDE_PATH``: the ``claude`` binary (default: ``claude`` on PATH, then the one
+  bundled with claude-agent-sdk).
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Callable, Mapping
 
-from libs.config import ConfigError, SystemConfig
+from libs.config import ConfigError, RoleConfig, SystemConfig
 from protocols.task import TaskSpec
 from services.agent.executors.base import Executor
 from services.agent.executors.command import CommandExecutor
 
+MODEL_BASE_URL_ENV = "CCAA_MODEL_BASE_URL"
+CLAUDE_PATH_ENV = "CCAA_CLAUDE_PATH"
+EXECUTORS = ("command", "claude")
+
+
+def claude_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the claude executor adds to the CLI's environment, from the agent's."""
+    environ = os.environ if environ is None else environ
+    env: dict[str, str] = {}
+    base_url = environ.get(MODEL_BASE_URL_ENV, "")
+    if base_url:
+        env["ANTHROPIC_BASE_URL"] = base_url
+        if not environ.get("ANTHROPIC_API_KEY"):
+            env["ANTHROPIC_API_KEY"] = "offline"
+    return env
+
+
+def _claude(config: SystemConfig, role: RoleConfig) -> Executor:
+    from services.agent.executors.claude import ClaudeExecutor  # the SDK loads only if used
+
+    return ClaudeExecutor(role, env=claude_env(),
+                          cli_path=os.environ.get(CLAUDE_PATH_ENV) or None,
+                          worktree_root=str(config.data_path() / "worktrees"),
+                          worktree_setup=config.orchestrator.worktree_setup)
+
 
 def executor_factory(config: SystemConfig, role_name: str) -> Callable[[TaskSpec], Executor]:
     role = config.role(role_name)
-    if role.executor == "command":
-        def make(spec: TaskSpec) -> Executor:
-            return CommandExecutor(role.command)
-        return make
-    raise ConfigError(f"role {role_name!r}: executor {role.executor!r} is not available")
+    if role.executor not in EXECUTORS:
+        raise ConfigError(f"role {role_name!r}: executor {role.executor!r} is not available")
+
+    def make(spec: TaskSpec) -> Executor:
+        kind = spec.executor or role.executor
+        if kind == "command":
+            return CommandExecutor(role.command, worktree_root=str(config.data_path() / "worktrees"),
+                                   worktree_setup=config.orchestrator.worktree_setup)
+        if kind == "claude":
+            return _claude(config, role)
+        raise ValueError(f"unknown executor {kind!r} (available: {', '.join(EXECUTORS)})")
+
+    return make

@@ -1,0 +1,362 @@
+"""The ``claude`` executor: the real Claude Code CLI driven through claude-agent-sdk.
+
+The role configures the model, the system prompt (Claude Code's own, with the role's
+``system_prompts`` appended), turn and budget limits, tool rules and permission mode;
+the task brings the prompt, the working directory and optionally a Claude session to
+resume. Progress streams as events (see ``claude_stream``) and ``ctx.data`` carries the
+result, cost, tokens and the files changed.
+
+With ``spec.isolate`` on a git repository the run happens in a worktree of its own on
+branch ``ccaa/<session>/<task>``, and whatever changed is committed there afterwards.
+
+The SDK starts the CLI as a child in our own process group, so it cannot be killed as a
+group: the executor follows the process tree instead (the CLI's pid from the transport,
+its descendants and the process groups they lead, e.g. each Bash tool's shell) and, in
+a ``finally``, terminates the CLI, then kills every process of that tree and its groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from claude_agent_sdk import ClaudeAgentOptions, query
+from claude_agent_sdk._errors import ProcessError
+from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
+
+from libs.config import RoleConfig
+from libs.log import get_logger
+from services.agent import worktree
+from services.agent.executors.base import ExecutionResult, RunContext
+from services.agent.executors.claude_stream import ClaudeStream
+from protocols.task import Outcome
+
+CLI_PATH_ENV = "CCAA_CLAUDE_PATH"
+#: seconds the CLI gets after SIGTERM (to save its session) before the tree is killed
+GRACE_SECONDS = 3.0
+#: seconds to wait for killed processes to disappear, and for the SDK to close
+CLOSE_SECONDS = 10.0
+#: seconds between looks at the CLI's process tree while it runs
+WATCH_SECONDS = 0.2
+
+log = get_logger("agent.claude")
+_warned: set[str] = set()
+
+
+def bundled_cli() -> str | None:
+    import claude_agent_sdk
+
+    path = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+    return str(path) if path.is_file() else None
+
+
+def resolve_cli(explicit: str | None = None) -> str:
+    """The ``claude`` binary to run: ``explicit`` (config), then ``$CCAA_CLAUDE_PATH``,
+    then ``claude`` on PATH, then the one bundled with claude-agent-sdk."""
+    for source, given in (("configured path", explicit),
+                          (f"${CLI_PATH_ENV}", os.environ.get(CLI_PATH_ENV))):
+        if given:
+            path = shutil.which(given) or given
+            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                raise FileNotFoundError(f"Claude Code CLI {source} {given!r} is not an "
+                                        "executable file")
+            return path
+    found = shutil.which("claude") or bundled_cli()
+    if not found:
+        raise FileNotFoundError(
+            f"Claude Code CLI not found: set {CLI_PATH_ENV}, put `claude` on PATH "
+            "(npm install -g @anthropic-ai/claude-code) or install claude-agent-sdk "
+            "with its bundled CLI")
+    return found
+
+
+def _warn_once(key: str, event: str, **fields: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(event, **fields)
+
+
+class _Transport(SubprocessCLITransport):
+    """The SDK's subprocess transport, remembering the CLI's pid and exit code."""
+
+    pid: int | None = None
+    returncode: int | None = None
+
+    def __init__(self, *args: Any, on_start: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._on_start = on_start
+
+    async def connect(self) -> None:
+        await super().connect()
+        process = getattr(self, "_process", None)
+        self.pid = getattr(process, "pid", None)
+        if self.pid is not None and self._on_start is not None:
+            self._on_start(self.pid)
+
+    async def close(self) -> None:
+        process = getattr(self, "_process", None)
+        try:
+            await super().close()
+        finally:
+            if process is not None and process.returncode is not None:
+                self.returncode = process.returncode
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+class ProcessTree:
+    """A process, its descendants and the process groups they lead, seen over time
+    (``refresh`` on every message), so that even children the CLI left behind, or
+    that were re-parented after a double fork, can be found and killed at the end."""
+
+    def __init__(self) -> None:
+        self.root: psutil.Process | None = None
+        self.known: dict[int, psutil.Process] = {}
+        self.groups: set[int] = set()
+        self.since = time.time() - 1.0
+        self._own_group = os.getpgrp()
+
+    def set_root(self, pid: int) -> None:
+        try:
+            self.root = psutil.Process(pid)
+        except psutil.Error:
+            return
+        self.known[pid] = self.root
+        self.refresh()
+
+    def refresh(self) -> None:
+        if self.root is None or _gone(self.root):
+            return
+        try:
+            children = self.root.children(recursive=True)
+        except psutil.Error:
+            return
+        for child in children:
+            self.known.setdefault(child.pid, child)
+            try:
+                group = os.getpgid(child.pid)
+            except OSError:
+                continue
+            if group != self._own_group:
+                self.groups.add(group)
+
+    def _members(self) -> list[psutil.Process]:
+        """Every live process of the tree: known ones and members of its groups."""
+        procs = {p.pid: p for p in self.known.values() if not _gone(p)}
+        if self.groups:
+            for proc in psutil.process_iter():
+                try:
+                    if (proc.pid not in procs and os.getpgid(proc.pid) in self.groups
+                            and proc.create_time() >= self.since and not _gone(proc)):
+                        procs[proc.pid] = proc
+                except (OSError, psutil.Error):
+                    continue
+        return list(procs.values())
+
+    async def watch(self, interval: float = WATCH_SECONDS) -> None:
+        """Refresh every ``interval`` seconds (cancel to stop): short-lived shells that
+        leave children behind are seen while they still live."""
+        while True:
+            self.refresh()
+            await asyncio.sleep(interval)
+
+    def alive(self) -> list[psutil.Process]:
+        self.refresh()
+        return self._members()
+
+    async def stop(self, grace: float = GRACE_SECONDS, wait: float = CLOSE_SECONDS) -> list[int]:
+        """SIGTERM the root, give it ``grace`` seconds, then SIGKILL the whole tree and
+        its groups; wait until they are gone. Returns pids still alive (ideally none)."""
+        self.refresh()
+        root = self.root
+        if root is not None and not _gone(root) and grace > 0:
+            try:
+                root.terminate()
+            except psutil.Error:
+                pass
+            deadline = time.monotonic() + grace
+            while not _gone(root) and time.monotonic() < deadline:
+                self.refresh()
+                await asyncio.sleep(0.05)
+        deadline = time.monotonic() + wait
+        while True:
+            members = self.alive()
+            for group in self.groups:
+                try:
+                    os.killpg(group, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            for proc in members:
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+            members = [p for p in members if not _gone(p)]
+            if not members or time.monotonic() >= deadline:
+                return [p.pid for p in members]
+            await asyncio.sleep(0.05)
+
+
+class ClaudeExecutor:
+    name = "claude"
+
+    def __init__(self, role: RoleConfig, env: dict[str, str] | None = None,
+                 cli_path: str | None = None, worktree_root: str | None = None,
+                 worktree_setup: str = "", setup_timeout: float = worktree.SETUP_TIMEOUT):
+        self.role = role
+        self.env = {k: v for k, v in (env or {}).items() if k != "CLAUDECODE"}
+        self.env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        if role.max_tokens:
+            self.env.setdefault("CLAUDE_CODE_MAX_OUTPUT_TOKENS", str(role.max_tokens))
+        self.cli_path = cli_path
+        self.worktree_root = worktree_root
+        self.worktree_setup = worktree_setup
+        self.setup_timeout = setup_timeout
+        if role.temperature is not None:
+            _warn_once(f"temperature:{role.model}:{role.temperature}",
+                       "claude.temperature_not_applied", model=role.model,
+                       temperature=role.temperature,
+                       reason="the Claude Code CLI has no temperature setting; the role's "
+                              "temperature is ignored by the claude executor")
+
+    def options(self, ctx: RunContext, cwd: str, cli: str) -> ClaudeAgentOptions:
+        role, spec = self.role, ctx.spec
+        system_prompt: dict[str, Any] = {"type": "preset", "preset": "claude_code"}
+        if role.system_prompts:
+            system_prompt["append"] = "\n\n".join(role.system_prompts)
+        return ClaudeAgentOptions(
+            cwd=cwd, cli_path=cli, env=dict(self.env), model=role.model or None,
+            system_prompt=system_prompt,  # type: ignore[arg-type]
+            max_turns=role.max_turns, max_budget_usd=role.max_budget_usd,
+            allowed_tools=list(role.allowed_tools),
+            disallowed_tools=list(role.disallowed_tools),
+            permission_mode=role.permission_mode or None,  # type: ignore[arg-type]
+            resume=spec.resume_session or None,
+            stderr=lambda line: ctx.stderr.add(line + "\n"),
+        )
+
+    async def run(self, ctx: RunContext) -> ExecutionResult:
+        spec = ctx.spec
+        cwd = os.path.abspath(spec.cwd or os.getcwd())
+        if not os.path.isdir(cwd):
+            return ExecutionResult(Outcome.FAILED, error=f"working directory {cwd} does not exist")
+        try:
+            cli = resolve_cli(self.cli_path)
+        except FileNotFoundError as exc:
+            return ExecutionResult(Outcome.FAILED, error=str(exc))
+        if self.role.temperature is not None:
+            ctx.data["temperature_ignored"] = self.role.temperature
+        is_repo = await asyncio.to_thread(worktree.is_git_repo, cwd)
+        wt: worktree.Worktree | None = None
+        if spec.isolate and is_repo:
+            try:
+                wt = await asyncio.to_thread(
+                    worktree.create, cwd, spec.session_id, spec.task_id, spec.base_commit,
+                    self.worktree_root, self.worktree_setup, self.setup_timeout)
+            except RuntimeError as exc:
+                return ExecutionResult(Outcome.FAILED, error=f"worktree: {exc}")
+            ctx.data.update(worktree=wt.path, branch=wt.branch, base_commit=wt.base)
+            ctx.progress("worktree", f"{'new' if wt.created else 'reused'} worktree {wt.path} "
+                         f"on {wt.branch}", {"path": wt.path, "branch": wt.branch,
+                                             "created": wt.created})
+        elif spec.isolate:
+            ctx.data["isolated"] = False
+            ctx.progress("worktree", f"{cwd} is not a git repository: running in place", {})
+        run_dir = wt.path if wt else cwd
+        base = ""
+        if is_repo:
+            base = (wt.base if wt else spec.base_commit) or \
+                await asyncio.to_thread(worktree.head, run_dir)
+
+        stream = ClaudeStream(ctx)
+        tree = ProcessTree()
+
+        def started(pid: int) -> None:
+            tree.set_root(pid)
+            ctx.data["pid"] = pid
+            ctx.progress("started", f"pid {pid}: {os.path.basename(cli)} in {run_dir}",
+                         {"pid": pid, "cli": cli, "resume": spec.resume_session or None})
+
+        options = self.options(ctx, run_dir, cli)
+        transport = _Transport(spec.prompt, options, on_start=started)
+        consumer = asyncio.ensure_future(self._consume(spec.prompt, options, transport,
+                                                       stream, tree))
+        watcher = asyncio.ensure_future(tree.watch())
+        status = "interrupted"
+        try:
+            await asyncio.wait({consumer})
+            status = "ok" if stream.result and not stream.result.is_error else "failed"
+        finally:
+            watcher.cancel()
+            await _shielded(self._cleanup(ctx, consumer, tree, wt, run_dir, base, status))
+        exc = None if consumer.cancelled() else consumer.exception()
+        code = transport.returncode
+        if isinstance(exc, ProcessError) and exc.exit_code is not None:
+            code = exc.exit_code
+        if exc is not None and stream.result is None:
+            log.warning("claude.run_failed", task=spec.task_id, error=f"{type(exc).__name__}: {exc}")
+        return stream.outcome(exc, code)
+
+    async def _consume(self, prompt: str, options: ClaudeAgentOptions, transport: _Transport,
+                       stream: ClaudeStream, tree: ProcessTree) -> None:
+        messages = query(prompt=prompt, options=options, transport=transport)
+        try:
+            async for message in messages:
+                tree.refresh()
+                stream.handle(message)
+        finally:
+            await messages.aclose()
+
+    async def _cleanup(self, ctx: RunContext, consumer: asyncio.Future[None], tree: ProcessTree,
+                       wt: worktree.Worktree | None, run_dir: str, base: str,
+                       status: str) -> None:
+        interrupted = not consumer.done()
+        left = await tree.stop(grace=GRACE_SECONDS if interrupted else 0.0)
+        if left:
+            ctx.data["processes_left"] = left
+            log.error("claude.processes_left", task=ctx.spec.task_id, pids=left)
+        if interrupted:
+            consumer.cancel()
+            await asyncio.wait({consumer}, timeout=CLOSE_SECONDS)
+        if base:
+            try:
+                await asyncio.to_thread(self._record_changes, ctx, wt, run_dir, base, status)
+            except RuntimeError as exc:
+                ctx.data["git_error"] = str(exc)
+
+    def _record_changes(self, ctx: RunContext, wt: worktree.Worktree | None, run_dir: str,
+                        base: str, status: str) -> None:
+        if wt is not None:
+            spec = ctx.spec
+            title = (spec.title or spec.prompt).strip().splitlines()[0][:72]
+            note = "" if status == "ok" else f"\n\nThe attempt ended {status}; partial work."
+            sha = worktree.commit(wt, f"ccaa {spec.task_id}: {title}\n\n"
+                                      f"session {spec.session_id}, attempt {spec.attempt_id}"
+                                      f"{note}")
+            ctx.data["committed"] = sha is not None
+            if sha is not None and status != "ok":
+                ctx.data["committed_after_failure"] = True
+            ctx.data["commit"] = sha or worktree.head(wt.path)
+        ctx.data["files_changed"] = worktree.files_changed(run_dir, base)
+        ctx.data["diff_stat"] = worktree.diff_stat(run_dir, base)
+
+
+async def _shielded(coro: Any) -> None:
+    """Run cleanup to the end even if this task is cancelled (again) meanwhile."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task}, timeout=CLOSE_SECONDS + GRACE_SECONDS)
+        raise

@@ -1,0 +1,235 @@
+"""Git worktree isolation for agent tasks.
+
+Each isolated task runs in a worktree of its own on branch ``ccaa/<session>/<task>``,
+made from the session's base commit, at ``<root>/<session>/<task>``. A retry of the
+same task finds the worktree (or at least the branch) and continues on it. After the
+run, everything the agent changed is committed on that branch with a fixed author, so
+the orchestrator can review and merge it; the base repository's own working tree is
+never touched.
+
+The root must not lie inside ``.git``: Claude Code refuses to edit files there
+("sensitive file"). The default is a sibling of the repository,
+``<repo>.ccaa-worktrees``; the agent factory passes ``<data_dir>/worktrees``.
+
+Every function here blocks (it runs git); call it through ``asyncio.to_thread`` from
+async code. Git failures raise ``RuntimeError`` carrying git's stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+AUTHOR_NAME = "ccaa agent"
+AUTHOR_EMAIL = "agent@ccaa.local"
+#: seconds one git command may take
+GIT_TIMEOUT = 120.0
+#: default seconds the worktree setup command may take
+SETUP_TIMEOUT = 600.0
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class Worktree:
+    path: str
+    branch: str
+    repo: str = ""
+    base: str = ""  # the commit the branch was made from (or the base asked for)
+    created: bool = True  # False: an existing worktree was reused
+
+
+def git(path: str | os.PathLike[str], *args: str, check: bool = True,
+        timeout: float = GIT_TIMEOUT) -> str:
+    """Run ``git -C path args...``; return stdout (stripped of the final newline)."""
+    argv = ["git", "-C", str(path), *args]
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env=env, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise RuntimeError("git is not installed (no 'git' on PATH)") from None
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"git {' '.join(args)} in {path} took over {timeout:g}s") from None
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} in {path} failed "
+                           f"({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.rstrip("\n")
+
+
+def is_git_repo(path: str) -> bool:
+    """True if ``path`` is inside a git work tree."""
+    if not path or not os.path.isdir(path):
+        return False
+    try:
+        return git(path, "rev-parse", "--is-inside-work-tree", check=False) == "true"
+    except RuntimeError:
+        return False
+
+
+def repo_root(path: str) -> str:
+    return git(path, "rev-parse", "--show-toplevel")
+
+
+def head(path: str) -> str:
+    """HEAD's sha, or "" if there is no commit yet."""
+    return git(path, "rev-parse", "--verify", "--quiet", "HEAD", check=False)
+
+
+def _safe(part: str) -> str:
+    cleaned = _UNSAFE.sub("-", part).strip(".-")
+    return cleaned.replace("..", ".") or "x"
+
+
+def branch_name(session_id: str, task_id: str) -> str:
+    return f"ccaa/{_safe(session_id)}/{_safe(task_id)}"
+
+
+def default_root(repo: str) -> str:
+    top = Path(repo_root(repo))
+    return str(top.parent / f"{top.name}.ccaa-worktrees")
+
+
+def worktree_path(root: str, session_id: str, task_id: str) -> str:
+    return str(Path(root).expanduser().resolve() / _safe(session_id) / _safe(task_id))
+
+
+def _registered(repo: str) -> dict[str, str]:
+    """Worktrees git knows about: resolved path -> branch ("" if detached)."""
+    out: dict[str, str] = {}
+    path = ""
+    for line in git(repo, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            path = str(Path(line[len("worktree "):]).resolve())
+            out[path] = ""
+        elif line.startswith("branch ") and path:
+            out[path] = line[len("branch "):].removeprefix("refs/heads/")
+    return out
+
+
+def _branch_exists(repo: str, branch: str) -> bool:
+    return bool(git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}",
+                    check=False))
+
+
+def create(repo: str, session_id: str, task_id: str, base_commit: str = "",
+           root: str | None = None, setup: str = "",
+           setup_timeout: float = SETUP_TIMEOUT) -> Worktree:
+    """The worktree of this task, made (from ``base_commit``, default HEAD) or reused.
+
+    ``setup`` is a shell command run in a newly made worktree (not a reused one)
+    before the task; a failure or timeout raises RuntimeError (the worktree stays).
+    """
+    top = repo_root(repo)
+    branch = branch_name(session_id, task_id)
+    path = worktree_path(root or default_root(top), session_id, task_id)
+    known = _registered(top)
+    if path in known and os.path.isdir(path):
+        if known[path] != branch:
+            raise RuntimeError(f"worktree {path} exists but is on branch "
+                               f"{known[path] or '(detached)'}, not {branch}")
+        return Worktree(path, branch, top, base_commit or head(path), created=False)
+    if path in known:  # registered but its directory is gone
+        git(top, "worktree", "prune")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if _branch_exists(top, branch):  # an earlier attempt's branch: continue on it
+        git(top, "worktree", "add", path, branch)
+        base = base_commit or head(path)
+    else:
+        base = base_commit or head(top)
+        if not base:
+            raise RuntimeError(f"repository {top} has no commit to branch {branch} from")
+        if not git(top, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}", check=False):
+            raise RuntimeError(f"base commit {base!r} is not a commit in {top}")
+        git(top, "worktree", "add", "-b", branch, path, base)
+    wt = Worktree(path, branch, top, base, created=True)
+    if setup:
+        run_setup(path, setup, setup_timeout)
+    return wt
+
+
+def run_setup(path: str, command: str, timeout: float = SETUP_TIMEOUT) -> str:
+    """Run a shell command in ``path`` in a process group of its own (killed whole on
+    timeout); return its output, raise RuntimeError if it fails."""
+    proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _killpg(proc.pid)
+        output, _ = proc.communicate()
+        raise RuntimeError(f"worktree setup {command!r} in {path} took over {timeout:g}s: "
+                           f"{output[-2000:]}") from None
+    finally:
+        _killpg(proc.pid)  # whatever it left running in its group
+    if proc.returncode != 0:
+        raise RuntimeError(f"worktree setup {command!r} in {path} failed "
+                           f"({proc.returncode}): {output[-2000:]}")
+    return output
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def has_changes(path: str) -> bool:
+    return bool(git(path, "status", "--porcelain", "--untracked-files=all"))
+
+
+def commit(worktree: Worktree | str, message: str) -> str | None:
+    """Commit everything changed in the worktree (``git add -A``) as the ccaa agent.
+
+    Returns the new commit's sha, or None when there was nothing to commit.
+    """
+    path = worktree.path if isinstance(worktree, Worktree) else worktree
+    if not has_changes(path):
+        return None
+    git(path, "add", "-A")
+    git(path, "-c", f"user.name={AUTHOR_NAME}", "-c", f"user.email={AUTHOR_EMAIL}",
+        "-c", "commit.gpgsign=false", "commit", "--no-verify", "--quiet",
+        f"--author={AUTHOR_NAME} <{AUTHOR_EMAIL}>", "-m", message or "ccaa agent changes")
+    return head(path)
+
+
+def _untracked(path: str) -> list[str]:
+    out = git(path, "ls-files", "--others", "--exclude-standard", "-z")
+    return [f for f in out.split("\0") if f]
+
+
+def files_changed(path: str, base: str) -> list[str]:
+    """Files that differ between ``base`` and the working tree (committed or not,
+    untracked included), sorted."""
+    names = set(f for f in git(path, "diff", "--name-only", "-z", base, "--").split("\0") if f)
+    names.update(_untracked(path))
+    return sorted(names)
+
+
+def diff_stat(path: str, base: str) -> str:
+    """``git diff --stat`` from ``base`` to the working tree, plus untracked files."""
+    stat = git(path, "diff", "--stat", base, "--")
+    extra = [f" {name} | new file (untracked)" for name in _untracked(path)]
+    return "\n".join(filter(None, [stat, *extra]))
+
+
+def remove_session(repo: str, session_id: str, root: str | None = None) -> list[str]:
+    """Remove every worktree of the session (their branches stay); return their paths."""
+    top = repo_root(repo)
+    session_dir = Path(worktree_path(root or default_root(top), session_id, "x")).parent
+    removed = []
+    for path in _registered(top):
+        if Path(path).parent == session_dir:
+            git(top, "worktree", "remove", "--force", path)
+            removed.append(path)
+    if session_dir.is_dir():
+        shutil.rmtree(session_dir, ignore_errors=True)
+    git(top, "worktree", "prune")
+    return removed

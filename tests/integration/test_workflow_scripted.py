@@ -1,0 +1,115 @@
+"""The planned workflow end to end with real processes and a scripted agent CLI (the
+command executor): plan -> parallel work in worktrees -> a failing gate sends one back ->
+review -> merge in dependency order -> final gate -> report."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from libs.client import BusClient
+from protocols.command import CommandStatus, CommandSubmit, CommandType
+from tests.integration.test_bus_flow import session_state, wait_for
+
+SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "scripted_agent.py"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def make_repo(path: Path) -> str:
+    path.mkdir()
+    (path / "README.md").write_text("sample\n")
+    (path / ".ccaa.toml").write_text(
+        '[gates.tests]\ncommand = "! grep -rq broken --include=*.txt ."\n')
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "base")
+    return git(path, "rev-parse", "HEAD").strip()
+
+
+def start_stack(procs, bus, extra_env: dict[str, str] | None = None):
+    agent_cmd = f'["{sys.executable}", "{SCRIPT}", "{{prompt}}"]'
+    role_args = []
+    for role in ("architect", "manager", "worker"):
+        role_args += ["--set", f"agent_hierarchy.{role}.command={agent_cmd}"]
+    args = bus.args() + role_args + ["--set", "orchestrator.retry_attempts=0"]
+    for m in ("services.commands", "services.orchestrator", "services.distributor"):
+        procs.ready(procs.service(m, *args))
+    agents = [("architect", "arch-1"), ("manager", "mgr-1"), ("worker", "w-1"),
+              ("worker", "w-2"), ("utility", "util-1")]
+    for role, name in agents:
+        proc = procs.start(name, [sys.executable, "-m", "services.agent", *args, "--role", role,
+                                  "--name", name], env={"CCAA_ROLE": role, **(extra_env or {})})
+        procs.ready(proc)
+
+
+async def run_session(bus, repo: Path, timeout: float = 90):
+    async with BusClient(bus.comm()) as client:
+        accepted = await client.request("commands", CommandSubmit(
+            text="Create alpha, beta and gamma files", repo=str(repo),
+            type=CommandType.IMPLEMENT_FEATURE))
+        sid = accepted.body.session_id
+
+        async def done():
+            st = await session_state(client, sid)
+            return st if st.session.state.value != "running" else None
+
+        return await wait_for(done, timeout, "the session to finish", interval=0.1)
+
+
+@pytest.mark.timeout(150)
+def test_plan_gates_review_merge(procs, bus, tmp_path):
+    repo = tmp_path / "repo"
+    base = make_repo(repo)
+    start_stack(procs, bus, {"SCRIPTED_CYCLE_FIRST": "1"})
+    status = asyncio.run(run_session(bus, repo))
+    st = status.session
+    assert st.state.value == "succeeded", (st.detail, [(t.kind, t.key, t.state.value, t.meta.get("verdict")) for t in status.tasks])
+
+    history = status.history
+    kinds = [h["kind"] for h in history]
+    assert "plan_rejected" in kinds and "plan_accepted" in kinds  # the cycle was re-asked
+    rejected = next(h for h in history if h["kind"] == "plan_rejected")
+    assert "cycle" in rejected["detail"]
+
+    work = {t.key: t for t in status.tasks if t.kind == "work"}
+    assert set(work) == {"a", "b", "c"}
+    assert all(t.meta.get("accepted") for t in work.values())
+    # b failed its gate once and was sent back with the gate's output
+    assert work["b"].attempt == 2 and work["b"].meta["rounds"] == 1
+    assert any("quality gate tests failed" in f for f in work["b"].meta["feedback"])
+    sent_back = [h for h in history if h["task_id"] == work["b"].task_id
+                 and h["to_state"] == "ready" and "sent back" in h["detail"]]
+    assert len(sent_back) == 1
+    # a and b ran before c; c started from both
+    started = {t.key: t for t in status.tasks}
+    assert work["c"].attempt == 1
+
+    # the session branch has all three files, merged on top of the base commit
+    report = st.report
+    branch = report["branch"]
+    assert branch == f"ccaa/{st.session_id}/result"
+    files = git(repo, "ls-tree", "--name-only", branch).split()
+    assert {"alpha.txt", "beta.txt", "gamma.txt"} <= set(files)
+    assert git(repo, "show", f"{branch}:gamma.txt") == "alpha\nbeta\n"
+    assert git(repo, "merge-base", "--is-ancestor", base, branch) == ""
+    # the user's checkout is untouched
+    assert not (repo / "alpha.txt").exists()
+    assert git(repo, "rev-parse", "HEAD").strip() == base
+
+    gates = report["gates"]
+    final = [g for g in gates if g["kind"] == "final_gate"]
+    assert final and final[0]["state"] == "succeeded"
+    assert [g["state"] for g in gates if g["key"] == "b:tests"] == [
+        "failed", "succeeded"]
+    reviews = [t for t in status.tasks if t.kind == "review"]
+    assert len(reviews) == 3 and all(r.state.value == "succeeded" for r in reviews)
+    assert report["per_agent"] and report["wall_time_s"] > 0

@@ -1,0 +1,234 @@
+"""The command executor runs real processes: output tails, exit codes, and the whole
+process group stopped on timeout and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from pathlib import Path
+
+import psutil
+import pytest
+
+from protocols.task import Outcome, TaskSpec
+from services.agent.executors.base import TAIL_CHARS, RunContext, Tail
+from services.agent.executors.command import CommandExecutor, render
+
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")]
+
+
+def make_ctx(prompt: str, cwd: str = "") -> tuple[RunContext, list[tuple[str, str, dict]]]:
+    events: list[tuple[str, str, dict]] = []
+    spec = TaskSpec(task_id="t1", attempt_id="a1", session_id="s1", prompt=prompt, cwd=cwd)
+    ctx = RunContext(spec=spec, agent_id="agent-1",
+                     progress=lambda kind, summary, data: events.append((kind, summary, data)))
+    return ctx, events
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited; it only waits to be reaped)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return members
+
+
+async def _wait_gone(pgid: int, pids: list[int], within: float = 5.0) -> None:
+    """SIGKILL is delivered asynchronously: give the kernel a bounded moment to finish."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while _group_members(pgid) or any(_alive(p) for p in pids):
+        if loop.time() > deadline:
+            raise AssertionError(f"still alive in group {pgid}: {_group_members(pgid)}; "
+                                 f"pids {[p for p in pids if _alive(p)]}")
+        await asyncio.sleep(0.05)
+
+
+def _pids(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"PID=(\d+)", text)]
+
+
+def test_render_substitutes_prompt_and_cwd_in_every_argument():
+    assert render(["x", "{prompt}", "--dir={cwd}", "{prompt}{cwd}"], "p q", "/w") == [
+        "x", "p q", "--dir=/w", "p q/w"]
+
+
+def test_empty_template_is_refused():
+    with pytest.raises(ValueError):
+        CommandExecutor([])
+
+
+def test_runs_template_in_cwd_and_captures_stdout_stderr_and_exit_code(tmp_path):
+    ex = CommandExecutor(["bash", "-c", "{prompt}", "ignored-argv0", "{cwd}"])
+    ctx, events = make_ctx('echo "out:$(pwd)"; echo "arg:$1"; echo oops >&2', str(tmp_path))
+
+    result = asyncio.run(ex.run(ctx))
+
+    assert result.outcome == Outcome.SUCCEEDED and result.exit_code == 0
+    assert result.error == ""
+    out = ctx.stdout.text()
+    assert f"out:{tmp_path}" in out and f"arg:{tmp_path}" in out
+    assert ctx.stderr.text() == "oops\n"
+    assert ctx.pgid is not None
+    kinds = [k for k, _, _ in events]
+    assert kinds[0] == "started" and events[0][2]["pid"] == ctx.pgid
+    assert "output" in kinds
+
+
+def test_prompt_is_passed_as_one_argument_without_shell_interpretation(tmp_path):
+    ex = CommandExecutor(["printf", "[%s]", "{prompt}"])
+    ctx, _ = make_ctx("a b; echo $HOME `x`", str(tmp_path))
+    result = asyncio.run(ex.run(ctx))
+    assert result.outcome == Outcome.SUCCEEDED
+    assert ctx.stdout.text() == "[a b; echo $HOME `x`]"
+
+
+def test_nonzero_exit_fails_with_the_code(tmp_path):
+    ex = CommandExecutor(["bash", "-c", "{prompt}"])
+    ctx, _ = make_ctx("echo partial; echo bad >&2; exit 3", str(tmp_path))
+    result = asyncio.run(ex.run(ctx))
+    assert result.outcome == Outcome.FAILED
+    assert result.exit_code == 3 and result.error == "exit code 3"
+    assert ctx.stdout.text() == "partial\n" and ctx.stderr.text() == "bad\n"
+
+
+def test_killed_by_a_signal_is_a_failure(tmp_path):
+    ex = CommandExecutor(["bash", "-c", "{prompt}"])
+    ctx, _ = make_ctx("kill -9 $$", str(tmp_path))
+    result = asyncio.run(ex.run(ctx))
+    assert result.outcome == Outcome.FAILED and result.exit_code == -9
+
+
+def test_missing_cwd_fails_clearly(tmp_path):
+    missing = tmp_path / "does" / "not" / "exist"
+    ex = CommandExecutor(["bash", "-c", "{prompt}"])
+    ctx, events = make_ctx("echo hi", str(missing))
+    result = asyncio.run(ex.run(ctx))
+    assert result.outcome == Outcome.FAILED and result.exit_code is None
+    assert str(missing) in result.error and "does not exist" in result.error
+    assert events == [] and ctx.pgid is None
+
+
+def test_missing_binary_fails_clearly(tmp_path):
+    ex = CommandExecutor(["definitely-not-a-real-binary-ccaa", "{prompt}"])
+    ctx, _ = make_ctx("hi", str(tmp_path))
+    result = asyncio.run(ex.run(ctx))
+    assert result.outcome == Outcome.FAILED and result.exit_code is None
+    assert "definitely-not-a-real-binary-ccaa" in result.error
+    assert "cannot start" in result.error
+
+
+def test_empty_cwd_runs_in_the_current_directory():
+    ex = CommandExecutor(["bash", "-c", "{prompt}"])
+    ctx, _ = make_ctx("pwd", "")
+    assert asyncio.run(ex.run(ctx)).outcome == Outcome.SUCCEEDED
+    assert Path(ctx.stdout.text().strip()).resolve() == Path.cwd().resolve()
+
+
+def test_env_is_passed_to_the_command(tmp_path):
+    ex = CommandExecutor(["bash", "-c", "{prompt}"], env={"PATH": os.environ["PATH"],
+                                                          "CCAA_TEST_VALUE": "xyz"})
+    ctx, _ = make_ctx('echo "v=$CCAA_TEST_VALUE"', str(tmp_path))
+    asyncio.run(ex.run(ctx))
+    assert ctx.stdout.text() == "v=xyz\n"
+
+
+def test_output_keeps_only_the_tail(tmp_path):
+    ex = CommandExecutor(["bash", "-c", "{prompt}"])
+    n = TAIL_CHARS * 3
+    ctx, _ = make_ctx(f"head -c {n} /dev/zero | tr '\\0' a; printf END", str(tmp_path))
+    assert asyncio.run(ex.run(ctx)).outcome == Outcome.SUCCEEDED
+    text = ctx.stdout.text()
+    assert len(text) == TAIL_CHARS and text.endswith("aaaEND")
+    assert ctx.stdout.total == n + 3
+
+
+def test_tail_unit():
+    t = Tail(limit=5)
+    assert t.text() == ""
+    for chunk in ("ab", "cd", "efgh", "ij", "klmnopqrstuv"):
+        t.add(chunk)
+    assert t.text() == "rstuv" and t.total == 22
+
+
+def test_background_leftovers_are_killed_after_a_normal_exit(tmp_path):
+    async def go():
+        ex = CommandExecutor(["bash", "-c", "{prompt}"])
+        ctx, _ = make_ctx("sleep 60 >/dev/null 2>&1 & echo PID=$!", str(tmp_path))
+        result = await ex.run(ctx)
+        assert result.outcome == Outcome.SUCCEEDED
+        [pid] = _pids(ctx.stdout.text())
+        await _wait_gone(ctx.pgid, [pid])
+    asyncio.run(go())
+
+
+def test_timeout_stops_the_whole_process_group(tmp_path):
+    async def go():
+        ex = CommandExecutor(["bash", "-c", "{prompt}"])
+        # the background grandchild keeps the pipes open: only killing the group ends it
+        ctx, _ = make_ctx("sleep 60 & echo PID=$!; echo PID=$$; sleep 60", str(tmp_path))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ex.run(ctx), 1.0)
+        assert loop.time() - started < 10
+        assert ctx.pgid is not None
+        pids = _pids(ctx.stdout.text())
+        assert len(pids) == 2, ctx.stdout.text()  # partial output survives the timeout
+        await _wait_gone(ctx.pgid, pids)
+    asyncio.run(go())
+
+
+def test_cancel_stops_the_whole_process_group(tmp_path):
+    async def go():
+        ex = CommandExecutor(["bash", "-c", "{prompt}"])
+        ctx, events = make_ctx("sleep 60 & echo PID=$!; echo PID=$$; sleep 60", str(tmp_path))
+        seen = asyncio.Event()
+        inner = ctx.progress
+
+        def progress(kind, summary, data):
+            inner(kind, summary, data)
+            if len(_pids(ctx.stdout.text())) == 2:
+                seen.set()
+
+        ctx.progress = progress
+        task = asyncio.ensure_future(ex.run(ctx))
+        await asyncio.wait_for(seen.wait(), 20)
+        pids = _pids(ctx.stdout.text())
+        assert all(_alive(p) for p in pids)
+        assert sorted(_group_members(ctx.pgid)) == sorted(set(pids) | {ctx.pgid})
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _wait_gone(ctx.pgid, pids)
+    asyncio.run(go())
+
+
+def test_a_process_ignoring_sigterm_is_killed(tmp_path):
+    async def go():
+        ex = CommandExecutor(["bash", "-c", "{prompt}"])
+        ctx, _ = make_ctx("trap '' TERM; echo PID=$$; while :; do sleep 0.1; done",
+                          str(tmp_path))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ex.run(ctx), 1.0)
+        await _wait_gone(ctx.pgid, _pids(ctx.stdout.text()))
+    asyncio.run(go())
