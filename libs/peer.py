@@ -222,6 +222,7 @@ class Peer:
             metrics_url=self.metrics_url,
         )
         wait = self.comm.heartbeat_interval * self.comm.liveness
+        first_try = time.monotonic()
         while not self._stop.is_set():
             try:
                 reply = await self.request(HUB, body, timeout=wait)
@@ -230,7 +231,13 @@ class Peer:
                 continue
             except RequestFailed as exc:
                 if exc.code == ErrorCode.NAME_TAKEN.value:
-                    raise RegistrationRefused(exc.reason) from None
+                    # a restarted process may find its predecessor's entry still there until
+                    # the hub declares it lost; past that, the name is really taken
+                    if time.monotonic() - first_try > 2 * wait + self.comm.heartbeat_interval:
+                        raise RegistrationRefused(exc.reason) from None
+                    self.log.warning("register.name_taken", reason=exc.reason)
+                    await asyncio.sleep(self.comm.heartbeat_interval)
+                    continue
                 self.log.error("register.failed", code=exc.code, reason=exc.reason)
                 await asyncio.sleep(self.comm.heartbeat_interval)
                 continue

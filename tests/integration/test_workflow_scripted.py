@@ -35,12 +35,17 @@ def make_repo(path: Path) -> str:
     return git(path, "rev-parse", "HEAD").strip()
 
 
-def start_stack(procs, bus, extra_env: dict[str, str] | None = None):
+def stack_args(bus) -> list[str]:
+    """Service flags: architect, manager and worker run the scripted agent CLI."""
     agent_cmd = f'["{sys.executable}", "{SCRIPT}", "{{prompt}}"]'
-    role_args = []
+    args = bus.args() + ["--set", "orchestrator.retry_attempts=0"]
     for role in ("architect", "manager", "worker"):
-        role_args += ["--set", f"agent_hierarchy.{role}.command={agent_cmd}"]
-    args = bus.args() + role_args + ["--set", "orchestrator.retry_attempts=0"]
+        args += ["--set", f"agent_hierarchy.{role}.command={agent_cmd}"]
+    return args
+
+
+def start_stack(procs, bus, extra_env: dict[str, str] | None = None):
+    args = stack_args(bus)
     for m in ("services.commands", "services.orchestrator", "services.distributor"):
         procs.ready(procs.service(m, *args))
     agents = [("architect", "arch-1"), ("manager", "mgr-1"), ("worker", "w-1"),
@@ -113,3 +118,20 @@ def test_plan_gates_review_merge(procs, bus, tmp_path):
     reviews = [t for t in status.tasks if t.kind == "review"]
     assert len(reviews) == 3 and all(r.state.value == "succeeded" for r in reviews)
     assert report["per_agent"] and report["wall_time_s"] > 0
+
+
+@pytest.mark.timeout(150)
+def test_a_worker_that_keeps_failing_escalates_to_a_manager(procs, bus, tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    start_stack(procs, bus, {"SCRIPTED_FAIL_WORK": "c"})
+    status = asyncio.run(run_session(bus, repo))
+    assert status.session.state.value == "succeeded", status.session.detail
+    c = next(t for t in status.tasks if t.kind == "work" and t.key == "c")
+    assert c.role == "manager" and c.agent_id == "mgr-1"
+    assert c.meta["escalations"] == ["manager"]
+    trail = [(h["to_state"], h["detail"]) for h in status.history
+             if h["task_id"] == c.task_id and h["kind"] == "task"]
+    assert ("failed", "exit code 1") in trail
+    assert ("ready", "escalated to manager") in trail
+    assert trail[-1][0] == "succeeded"
