@@ -115,3 +115,35 @@ class CommandStatusReply(Body):
     session: SessionInfo
     tasks: list[TaskInfo]
     history: list[dict[str, Any]] = []
+
+
+class SessionList(Body):
+    TYPE = "session.list"
+    limit: int = Field(default=20, ge=1, le=1000)
+
+
+class SessionListReply(Body):
+    TYPE = "session.list_reply"
+    sessions: list[SessionInfo]
+
+
+class AttemptInfo(Body):
+    attempt_id: str
+    n: int
+    agent_id: str = ""
+    state: str
+    started_at: float
+    ended_at: float = 0.0
+    applied: bool = False
+    result: dict[str, Any] = {}
+
+
+class TaskLogs(Body):
+    TYPE = "task.logs"
+    task_id: str
+
+
+class TaskLogsReply(Body):
+    TYPE = "task.logs_reply"
+    task: TaskInfo
+    attempts: list[AttemptInfo]

@@ -7,14 +7,15 @@ import sys
 from pathlib import Path
 
 from protocols.base import Body
-from protocols.command import SessionInfo, TaskInfo
+from protocols.command import AttemptInfo, SessionInfo, TaskInfo
 from protocols.peer import PeerInfo
 from protocols.registry import MESSAGE_TYPES
 from protocols.task import TaskSpec
 
 #: records that travel inside messages
 NESTED: dict[str, type[Body]] = {"TaskSpec": TaskSpec, "PeerInfo": PeerInfo,
-                                 "SessionInfo": SessionInfo, "TaskInfo": TaskInfo}
+                                 "SessionInfo": SessionInfo, "TaskInfo": TaskInfo,
+                                 "AttemptInfo": AttemptInfo}
 
 BEGIN = "<!-- BEGIN GENERATED: python -m protocols.doc --write -->"
 END = "<!-- END GENERATED -->"
@@ -36,6 +37,10 @@ ROUTES: dict[str, str] = {
     "command.status_reply": "orchestrator -> client (reply to status and cancel)",
     "session.create": "commands -> orchestrator",
     "session.created": "orchestrator -> commands (reply)",
+    "session.list": "client -> orchestrator",
+    "session.list_reply": "orchestrator -> client (reply)",
+    "task.logs": "client -> orchestrator",
+    "task.logs_reply": "orchestrator -> client (reply): the task and every attempt's result",
     "task.enqueue": "orchestrator -> distributor",
     "task.assign": "distributor -> agent",
     "task.dispatched": "distributor -> task owner (orchestrator)",

@@ -7,12 +7,20 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 from libs.client import BusClient
 from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
 from libs.log import setup_logging
 from libs.peer import RegistrationRefused, RequestFailed, RequestTimeout
-from protocols.command import CommandStatus, CommandSubmit, CommandType
+from protocols.command import (
+    CommandCancel,
+    CommandStatus,
+    CommandSubmit,
+    CommandType,
+    SessionList,
+    TaskLogs,
+)
 from protocols.peer import PeerKind
 
 EPILOG = """Typical use:
@@ -56,13 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="worker", help="role that runs the task (default: worker)")
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--task-timeout", type=float, help="seconds one attempt may run")
+    p.add_argument("--budget", type=float, help="stop assigning tasks once the session has "
+                   "cost this many USD")
+    p.add_argument("--max-parallel", type=int, help="tasks of this session running at once")
     p.add_argument("--wait", action="store_true", help="follow the session until it ends")
     p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
 
-    p = sub.add_parser("show", help="a session's state, tasks and history")
+    p = sub.add_parser("show", help="a session: its task DAG with states, gates, cost")
     _config_args(p)
     p.add_argument("session_id")
+    p.add_argument("--history", action="store_true", help="also print every state change")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sessions", help="recent sessions")
+    _config_args(p)
+    p.add_argument("--limit", type=int, default=20)
+
+    p = sub.add_parser("logs", help="a task's attempts: agent, outcome, output, figures")
+    _config_args(p)
+    p.add_argument("task_id")
+
+    p = sub.add_parser("cancel", help="cancel a session (running tasks are stopped)")
+    _config_args(p)
+    p.add_argument("session_id")
+    p.add_argument("--reason", default="cancelled by user")
 
     p = sub.add_parser("demo", help="run the whole system on a sample repository (offline by "
                        "default, with a scripted model server and real Claude Code processes)")
@@ -161,12 +186,14 @@ def _split_type(words: list[str]) -> tuple[CommandType | None, str]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from services.cli import views
     from services.cli.session_view import SessionFollower
 
     config = _load(args)
     type_, text = _split_type(args.words)
     body = CommandSubmit(text=text, repo=os.path.abspath(args.repo), type=type_, role=args.role,
-                         priority=args.priority, timeout_s=args.task_timeout)
+                         priority=args.priority, timeout_s=args.task_timeout,
+                         budget_usd=args.budget, max_parallel=args.max_parallel)
 
     async def go() -> int:
         follower = SessionFollower("")
@@ -185,38 +212,55 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 return 0
             follower.session_id = acc.session_id  # type: ignore[attr-defined]
             final = await follower.follow(bus, sub, args.wait_timeout)
-            s = final.session
-            print(f"session {s.session_id} {s.state.value}: {s.detail}")
-            for t in final.tasks:
-                r = t.result
-                print(f"  {t.task_id} {t.state.value} attempt {t.attempt} on {t.agent_id or '-'}"
-                      f" exit={r.get('exit_code')} {r.get('error', '')}")
-            return 0 if s.state.value == "succeeded" else 1
+            print()
+            print(views.show(final))
+            return 0 if final.session.state.value == "succeeded" else 1
 
     return asyncio.run(go())
+
+
+async def _ask(config: SystemConfig, dst: str, body):
+    async with BusClient(config.communication) as bus:
+        return (await bus.request(dst, body)).body
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    config = _load(args)
+    from services.cli import views
 
-    async def go() -> int:
-        async with BusClient(config.communication) as bus:
-            reply = await bus.request("orchestrator", CommandStatus(session_id=args.session_id))
-        st = reply.body
-        if args.json:
-            print(json.dumps(st.model_dump(mode="json"), indent=2))
-            return 0
-        s = st.session  # type: ignore[attr-defined]
-        print(f"session {s.session_id} {s.type.value} {s.state.value} {s.detail}")
-        print(f"  repo {s.repo}\n  text {s.text}")
-        for t in st.tasks:  # type: ignore[attr-defined]
-            print(f"  task {t.task_id} {t.state.value} attempt {t.attempt} agent {t.agent_id or '-'}")
-        for h in st.history:  # type: ignore[attr-defined]
-            print(f"    {h['kind']:<8} {h['task_id'] or '-':<16} {h['from_state'] or '-':>10} -> "
-                  f"{h['to_state'] or '-':<10} {h['detail']}")
+    st = asyncio.run(_ask(_load(args), "orchestrator", CommandStatus(session_id=args.session_id)))
+    if args.json:
+        print(json.dumps(st.model_dump(mode="json"), indent=2))
         return 0
+    print(views.show(st))
+    if args.history:
+        print("history")
+        for h in st.history:
+            print(f"  {time.strftime('%H:%M:%S', time.localtime(h['ts']))} {h['kind']:<14} "
+                  f"{h['task_id'] or '-':<16} {h['from_state'] or '-':>10} -> "
+                  f"{h['to_state'] or '-':<10} {h['detail']}")
+    return 0
 
-    return asyncio.run(go())
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from services.cli import views
+
+    reply = asyncio.run(_ask(_load(args), "orchestrator", SessionList(limit=args.limit)))
+    print(views.sessions_table(reply.sessions))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from services.cli import views
+
+    print(views.logs(asyncio.run(_ask(_load(args), "orchestrator", TaskLogs(task_id=args.task_id)))))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    st = asyncio.run(_ask(_load(args), "orchestrator",
+                          CommandCancel(session_id=args.session_id, reason=args.reason)))
+    print(f"session {st.session.session_id} {st.session.state.value}: {st.session.detail}")
+    return 0 if st.session.state.value == "cancelled" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         return model_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging("error")
-    handlers = {"demo": cmd_demo, "up": cmd_up, "down": cmd_down, "status": cmd_status, "submit": cmd_submit,
-                "show": cmd_show}
+    handlers = {"demo": cmd_demo, "up": cmd_up, "down": cmd_down, "status": cmd_status,
+                "submit": cmd_submit, "show": cmd_show, "sessions": cmd_sessions,
+                "logs": cmd_logs, "cancel": cmd_cancel}
     try:
         return handlers[args.cmd](args)
     except ConfigError as exc:

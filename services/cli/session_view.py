@@ -13,6 +13,7 @@ from protocols import Message
 from protocols.command import CommandStatus, CommandStatusReply, TERMINAL_SESSION_STATES
 from protocols.events import SessionEvent, TaskEvent
 from protocols.task import TaskProgress
+from services.cli.views import state_counts
 
 
 def _stamp() -> str:
@@ -29,6 +30,7 @@ class SessionFollower:
         self.out = out
         self.poll_interval = poll_interval
         self.printed = 0  # history entries already printed
+        self.labels: dict[str, str] = {}  # task id -> "kind:key" for readable lines
         self.final: CommandStatusReply | None = None
         self._changed = asyncio.Event()
 
@@ -37,11 +39,13 @@ class SessionFollower:
         if getattr(body, "session_id", None) != self.session_id:
             return
         if isinstance(body, TaskProgress):
-            self.out(f"{_stamp()}   {body.task_id} [{body.agent_id}] {body.kind}: {body.summary}")
+            label = self.labels.get(body.task_id, body.task_id)
+            self.out(f"{_stamp()}   {label} [{body.agent_id}] {body.kind}: {body.summary}")
         elif isinstance(body, (TaskEvent, SessionEvent)):
             self._changed.set()
 
     def on_status(self, reply: CommandStatusReply) -> bool:
+        before = self.printed
         for i, h in enumerate(reply.history):
             if i < self.printed:
                 continue
@@ -49,7 +53,16 @@ class SessionFollower:
             if h["kind"] == "task" and h["to_state"]:
                 detail = f" ({h['detail']})" if h["detail"] else ""
                 stamp = time.strftime("%H:%M:%S", time.localtime(h["ts"]))
-                self.out(f"{stamp} task {h['task_id']} {h['to_state']}{detail}")
+                key = self.labels.get(h["task_id"]) or h["task_id"]
+                self.out(f"{stamp} task {key} {h['to_state']}{detail}")
+            elif h["kind"] != "task":
+                self.out(f"{time.strftime('%H:%M:%S', time.localtime(h['ts']))} "
+                         f"{h['kind']}: {h['detail']}")
+        for t in reply.tasks:
+            self.labels[t.task_id] = f"{t.kind}:{t.key}" if t.key else f"{t.kind}:{t.task_id}"
+        if self.printed != before:
+            self.out(f"{_stamp()}   [{state_counts(reply.tasks)} | cost "
+                     f"${reply.session.cost_usd:.4f}]")
         if reply.session.state in TERMINAL_SESSION_STATES:
             self.final = reply
             return True

@@ -25,6 +25,7 @@ from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message, ProtocolError
 from protocols.command import (
+    AttemptInfo,
     CommandCancel,
     CommandStatus,
     CommandStatusReply,
@@ -32,8 +33,12 @@ from protocols.command import (
     SessionCreate,
     SessionCreated,
     SessionInfo,
+    SessionList,
+    SessionListReply,
     SessionState,
     TaskInfo,
+    TaskLogs,
+    TaskLogsReply,
 )
 from protocols.events import SessionEvent, TaskEvent, session_topic, task_topic
 from protocols.peer import PeerKind, RegistryList
@@ -101,6 +106,8 @@ class Orchestrator:
             TaskDispatched.TYPE: self.on_dispatched,
             TaskAccepted.TYPE: self.on_accepted,
             TaskResult.TYPE: self.on_result,
+            SessionList.TYPE: self.on_list,
+            TaskLogs.TYPE: self.on_logs,
         }
 
     # ---- commands ---------------------------------------------------------------------
@@ -165,18 +172,28 @@ class Orchestrator:
         row = self.store.session(session_id)
         if row is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no session {session_id!r}")
-        info = SessionInfo(session_id=row["id"], type=row["type"], text=row["text"],
-                           repo=row["repo"], state=row["state"], created_at=row["created_at"],
-                           updated_at=row["updated_at"], detail=row["detail"],
-                           cost_usd=row["cost_usd"], budget_usd=row["budget_usd"],
-                           base_commit=row["base_commit"], report=json.loads(row["report"]))
-        tasks = [TaskInfo(task_id=t.id, title=t.title, role=t.role, state=t.state,
-                          attempt=t.attempt, attempt_id=t.attempt_id, agent_id=t.agent_id,
-                          result=t.result, updated_at=t.updated_at, kind=t.kind, key=t.key,
-                          depends_on=t.depends_on, parent=t.parent, meta=t.meta)
-                 for t in self.store.tasks(session_id)]
-        return CommandStatusReply(session=info, tasks=tasks,
+        tasks = [_task_info(t) for t in self.store.tasks(session_id)]
+        return CommandStatusReply(session=_session_info(row), tasks=tasks,
                                   history=self.store.history(session_id))
+
+    async def on_list(self, msg: Message) -> SessionListReply:
+        body = msg.body
+        assert isinstance(body, SessionList)
+        return SessionListReply(sessions=[_session_info(r) for r in self.store.sessions(body.limit)])
+
+    async def on_logs(self, msg: Message) -> TaskLogsReply:
+        body = msg.body
+        assert isinstance(body, TaskLogs)
+        task = self.store.task(body.task_id)
+        if task is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no task {body.task_id!r}")
+        rows = self.store.conn.execute("SELECT * FROM attempts WHERE task_id=? ORDER BY n",
+                                       (task.id,)).fetchall()
+        attempts = [AttemptInfo(attempt_id=r["id"], n=r["n"], agent_id=r["agent_id"],
+                                state=r["state"], started_at=r["started_at"],
+                                ended_at=r["ended_at"], applied=bool(r["applied"]),
+                                result=json.loads(r["result"])) for r in rows]
+        return TaskLogsReply(task=_task_info(task), attempts=attempts)
 
     async def on_cancel(self, msg: Message) -> CommandStatusReply:
         body = msg.body
@@ -451,6 +468,21 @@ class Orchestrator:
         self.peer.send(DISTRIBUTOR, TaskReleased(task_id=task.id, attempt_id=attempt_id,
                                                  agent_id=agent_id))
         return True
+
+
+def _session_info(row: Any) -> SessionInfo:
+    return SessionInfo(session_id=row["id"], type=row["type"], text=row["text"],
+                       repo=row["repo"], state=row["state"], created_at=row["created_at"],
+                       updated_at=row["updated_at"], detail=row["detail"],
+                       cost_usd=row["cost_usd"], budget_usd=row["budget_usd"],
+                       base_commit=row["base_commit"], report=json.loads(row["report"]))
+
+
+def _task_info(t: TaskRow) -> TaskInfo:
+    return TaskInfo(task_id=t.id, title=t.title, role=t.role, state=t.state, attempt=t.attempt,
+                    attempt_id=t.attempt_id, agent_id=t.agent_id, result=t.result,
+                    updated_at=t.updated_at, kind=t.kind, key=t.key, depends_on=t.depends_on,
+                    parent=t.parent, meta=t.meta)
 
 
 __all__ = ["Orchestrator", "CommandType"]

@@ -3,8 +3,10 @@ leaving no process behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -69,10 +71,37 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
         sub = ccaa("submit", "RUN", "printf 'made by ccaa' > out.txt", "--repo", str(repo), "--wait",
                    "--wait-timeout", "60", config=config)
         assert sub.returncode == 0, sub.stdout + sub.stderr
-        assert "succeeded" in sub.stdout.splitlines()[-2]
+        sid = sub.stdout.split()[1]
+        assert f"session {sid}  RUN  succeeded" in sub.stdout
         for state in ("queued", "assigned", "running", "succeeded"):
             assert f" {state}" in sub.stdout
         assert (repo / "out.txt").read_text() == "made by ccaa"
+
+        # a long task, cancelled: the session says so and the command's process is gone
+        slow = ccaa("submit", "RUN", "sleep 300", "--repo", str(repo), config=config)
+        assert slow.returncode == 0, slow.stderr
+        slow_id = slow.stdout.split()[1]
+        deadline = time.monotonic() + 30
+        while "running" not in ccaa("show", slow_id, config=config).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)  # wait-ok: polling the CLI under a deadline
+        sleepers = [p for p in psutil.process_iter(["cmdline"])
+                    if p.info["cmdline"] in (["bash", "-c", "sleep 300"], ["sleep", "300"])
+                    and any(a.pid in tree for a in p.parents())]
+        assert len(sleepers) == 1
+        cancel = ccaa("cancel", slow_id, config=config)
+        assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stdout
+        deadline = time.monotonic() + 15
+        while any(_alive(p.pid) for p in sleepers):
+            assert time.monotonic() < deadline, "the cancelled command is still running"
+            time.sleep(0.05)  # wait-ok: polling the process table under a deadline
+
+        listing = ccaa("sessions", config=config)
+        assert sid in listing.stdout and slow_id in listing.stdout
+        shown = ccaa("show", sid, "--json", config=config)
+        task_id = json.loads(shown.stdout)["tasks"][0]["task_id"]
+        logs = ccaa("logs", task_id, config=config)
+        assert logs.returncode == 0 and "attempt 1" in logs.stdout and "exit code 0" in logs.stdout
 
         bad = ccaa("submit", "RUN", "true", "--repo", str(tmp_path / "missing"), config=config)
         assert bad.returncode == 1 and "is not a directory" in bad.stderr
