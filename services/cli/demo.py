@@ -21,19 +21,17 @@ from pathlib import Path
 from libs.client import BusClient
 from libs.config import SystemConfig, load_config
 from protocols.command import CommandSubmit, CommandType
-from services.cli import sample_repo, stack
+from services.cli import sample_repo, stack, views
 from services.cli.session_view import SessionFollower
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "model_server" / "scripts"
 
-#: the commands the demo submits; the offline scripts answer each by its distinctive words
+#: the command the demo submits (the offline script answers the prompts it leads to)
 DEMO_COMMANDS = [
     (CommandType.IMPLEMENT_FEATURE,
-     "Add a multiply(a, b) function in calc/multiply.py with pytest tests in "
-     "tests/test_multiply.py, then run those tests."),
-    (CommandType.IMPLEMENT_FEATURE,
-     "Add a divide(a, b) function in calc/divide.py that raises ZeroDivisionError on b == 0, "
-     "with pytest tests in tests/test_divide.py, then run those tests."),
+     "Add multiply(a, b) and divide(a, b) to calc, each in a module of its own with pytest "
+     "tests (divide must raise ZeroDivisionError for b == 0), and export both from the "
+     "package."),
 ]
 
 CONFIG = """\
@@ -59,18 +57,35 @@ controller = 0
 [reporting]
 http_port = 0
 
+[agent_hierarchy.architect]
+count = 1
+executor = "claude"
+model = "opus"
+max_turns = 20
+disallowed_tools = ["Write", "Edit", "Bash"]
+
+[agent_hierarchy.manager]
+count = 1
+executor = "claude"
+model = "opus"
+max_turns = 20
+allowed_tools = ["Bash(python -m pytest *)", "Bash(git merge *)", "Bash(git add *)", "Bash(git commit *)"]
+
 [agent_hierarchy.worker]
 count = {workers}
 executor = "claude"
 model = "sonnet"
-max_turns = 12
-permission_mode = "acceptEdits"
-allowed_tools = ["Read", "Write", "Edit", "Glob", "Grep", "Bash(python -m pytest *)", "Bash(python3 -m pytest *)"]
+max_turns = 30
+allowed_tools = ["Bash(python -m pytest *)", "Bash(python3 -m pytest *)"]
+
+[agent_hierarchy.utility]
+count = 1
+executor = "command"
 """
 
 
 def start_model_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    scripts = sorted(SCRIPTS_DIR.glob("demo*.yaml"))
+    scripts = sorted(SCRIPTS_DIR.glob("*.yaml"))
     if not scripts:
         raise SystemExit(f"ccaa demo: no demo scripts in {SCRIPTS_DIR}")
     args = [sys.executable, "-m", "services.model_server", "--record",
@@ -138,26 +153,25 @@ async def run_sessions(config: SystemConfig, repo: Path, timeout: float) -> list
 
 
 def show_results(repo: Path, finals: list) -> bool:
-    ok = True
-    print("\nresults")
+    ok = bool(finals)
     for final in finals:
-        s = final.session
-        print(f"  session {s.session_id} {s.state.value}")
+        print()
+        print(views.show(final))
+        ok = ok and final.session.state.value == "succeeded"
         for t in final.tasks:
-            data = t.result.get("data", {})
-            cost = data.get("total_cost_usd")
-            cost_text = f" cost ${cost:.4f}" if isinstance(cost, (int, float)) else ""
-            print(f"    task {t.task_id} {t.state.value} on {t.agent_id or '-'}"
-                  f" turns {data.get('num_turns', '-')}{cost_text}")
-            if data.get("branch"):
-                print(f"      branch {data['branch']} commit {data.get('commit', '-')}")
-            if data.get("diff_stat"):
-                for line in str(data["diff_stat"]).strip().splitlines():
-                    print(f"        {line}")
-        ok = ok and s.state.value == "succeeded"
+            data = t.result.get("data") or {}
+            if t.kind == "work" and data.get("branch"):
+                print(f"  {t.key:<10} {data['branch']} @ {str(data.get('commit', ''))[:12]} "
+                      f"({data.get('num_turns', '-')} turns, claude session "
+                      f"{str(data.get('session_id', '-'))[:8]})")
+        branch = (final.session.report or {}).get("branch")
+        if branch:
+            print(f"\nthe merged result, branch {branch}:")
+            print(sample_repo.git(repo, "log", "--oneline", "--graph", branch).rstrip())
+            print(sample_repo.git(repo, "diff", "--stat", f"{final.session.base_commit}..{branch}")
+                  .rstrip())
     print("\nbranches in the sample repository")
-    print(sample_repo.git(repo, "branch", "--list", "ccaa/*", "-v", "--no-abbrev").rstrip()
-          or "  (none)")
+    print(sample_repo.git(repo, "branch", "--list", "ccaa/*", "-v").rstrip() or "  (none)")
     return ok
 
 
@@ -184,8 +198,8 @@ def demo(workdir: Path, live: bool, workers: int, keep: bool, timeout: float) ->
         print(f"scripted model server at {url} (offline; --live uses the real API)")
     try:
         reply = stack.up(config, str(config_file), env, timeout=60)
-        agents = [p.name for p in reply.peers if p.kind.value == "agent"]
-        print(f"services up; {len(agents)} Claude Code agents: {', '.join(agents)}")
+        agents = [f"{p.name} ({p.role})" for p in reply.peers if p.kind.value == "agent"]
+        print(f"services up; {len(agents)} agents: {', '.join(agents)}")
         finals = asyncio.run(run_sessions(config, repo, timeout * 3))
         ok = show_results(repo, finals)
     finally:

@@ -46,6 +46,8 @@ class SessionFollower:
 
     def on_status(self, reply: CommandStatusReply) -> bool:
         before = self.printed
+        for t in reply.tasks:
+            self.labels[t.task_id] = f"{t.kind}:{t.key}" if t.key else f"{t.kind}:{t.task_id}"
         for i, h in enumerate(reply.history):
             if i < self.printed:
                 continue
@@ -58,8 +60,6 @@ class SessionFollower:
             elif h["kind"] != "task":
                 self.out(f"{time.strftime('%H:%M:%S', time.localtime(h['ts']))} "
                          f"{h['kind']}: {h['detail']}")
-        for t in reply.tasks:
-            self.labels[t.task_id] = f"{t.kind}:{t.key}" if t.key else f"{t.kind}:{t.task_id}"
         if self.printed != before:
             self.out(f"{_stamp()}   [{state_counts(reply.tasks)} | cost "
                      f"${reply.session.cost_usd:.4f}]")
