@@ -85,10 +85,24 @@ def diff(repo: str, base: str, commit: str, limit: int = DIFF_LIMIT) -> str:
     return text
 
 
-def remove_worktrees(repo: str, root: Path) -> None:
-    """Remove the merge worktrees of a session (branches stay)."""
-    if root.is_dir():
-        for path in root.iterdir():
-            git(repo, "worktree", "remove", "--force", str(path), check=False)
+def remove_worktrees(repo: str, under: list[Path]) -> list[str]:
+    """Remove every worktree of ``repo`` that lies under one of the ``under`` directories
+    (the session's merge and agent worktrees); branches stay. Returns the paths removed."""
+    listing = git(repo, "worktree", "list", "--porcelain", check=False).stdout
+    paths = [line.split(" ", 1)[1] for line in listing.splitlines()
+             if line.startswith("worktree ")]
+    roots = [str(p.resolve()) + "/" for p in under]
+    removed = []
+    for path in paths:
+        if any(str(Path(path).resolve()).startswith(r) for r in roots):
+            git(repo, "worktree", "remove", "--force", path, check=False)
+            removed.append(path)
+    for root in under:
         shutil.rmtree(root, ignore_errors=True)
     git(repo, "worktree", "prune", check=False)
+    return removed
+
+
+def delete_branches(repo: str, branches: list[str]) -> None:
+    for branch in branches:
+        git(repo, "branch", "-D", branch, check=False)

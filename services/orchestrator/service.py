@@ -447,6 +447,7 @@ class Orchestrator:
             merged = {**json.loads(row["report"]), **report}
             self.store.update_session(session_id, report=merged)
         self.store.set_session_state(session_id, state, detail)
+        self.workflow.cleanup(session_id)
         self.metrics.sessions.labels(state).inc()
         self.log.info("session.finished", session=session_id, state=state, detail=detail)
         self.events.publish(session_topic(state),

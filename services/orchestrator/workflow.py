@@ -454,6 +454,27 @@ class Workflow:
             parts.append("final gates failed: " + ", ".join(t.meta["gate"] for t in gates_failed))
         self.orch.finish_session(sid, state, "; ".join(parts), report)
 
+    def cleanup(self, sid: str) -> None:
+        """The session ended: remove its worktrees (merge and agent ones on this host) and
+        the branches of tasks that only read (gates, reviews, plans) or merged bases; the
+        work branches and the result branch stay."""
+        row = self.store.session(sid)
+        if row is None or not row["base_commit"]:
+            return
+        repo = row["repo"]
+        try:
+            removed = merge.remove_worktrees(repo, [self._merge_root(sid),
+                                                    self.config.data_path() / "worktrees" / sid])
+            scratch = [f"ccaa/{sid}/{t.id}" for t in self.store.tasks(sid)
+                       if t.kind not in ("work", "run", "resolve")]
+            scratch += [f"ccaa/{sid}/{t.id}-base" for t in self.store.tasks(sid)
+                        if t.kind == "work"]
+            merge.delete_branches(repo, scratch)
+        except (merge.GitError, OSError) as exc:
+            self.store.record(sid, "cleanup_failed", detail=str(exc)[:500])
+            return
+        self.store.record(sid, "cleanup", detail=f"{len(removed)} worktree(s) removed")
+
     def judge_gate(self, task: TaskRow, result: dict[str, Any]) -> tuple[bool, str]:
         gate = self.gates(task.session_id).get(task.meta.get("gate", ""))
         if gate is None:
