@@ -53,6 +53,8 @@ class OrchestratorConfig(_Section):
     retry_backoff: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
     result_resend_interval: float = Field(2.0, gt=0, description="agent resends unacked results")
     reconcile_interval: float = Field(2.0, gt=0, description="seconds between agent checks")
+    resume_on_retry: bool = Field(True, description="a retried Claude Code task resumes the "
+                                  "previous attempt's session, keeping its context")
     isolate_worktrees: bool = Field(
         True, description="tasks on a git repository run in their own worktree and branch "
         "(ccaa/<session>/<task>) made from the session's base commit")

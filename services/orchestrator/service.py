@@ -364,7 +364,9 @@ class Orchestrator:
         elif task.attempt - task.meta.get("attempt_base", 0) <= self.config.orchestrator.retry_attempts:
             n = task.attempt - task.meta.get("attempt_base", 0)
             delay = self.config.orchestrator.retry_backoff * (2 ** (n - 1))
-            meta = {**task.meta, "resume_session": (body.data or {}).get("session_id", "")}
+            resume = (body.data or {}).get("session_id", "") if \
+                self.config.orchestrator.resume_on_retry else ""
+            meta = {**task.meta, "resume_session": resume}
             self.move(task, "ready", f"retry after {outcome.value}: {body.error}"[:500],
                       result=result, ready_at=self.clock() + delay, agent_id="", meta=meta)
             self.peer.spawn(self._schedule_after(delay))
