@@ -264,6 +264,8 @@ class Workflow:
             self._escalate(work)
             return
         meta = {**work.meta, "rounds": rounds, "feedback": work.meta.get("feedback", []) + feedback}
+        if self.config.orchestrator.resume_on_retry:  # the worker keeps its context
+            meta["resume_session"] = str((work.result.get("data") or {}).get("session_id") or "")
         sub = meta.get("subtask", {})
         prompt = prompts.work(work.title, sub.get("prompt", work.prompt),
                               sub.get("acceptance_criteria", []), sub.get("files", []),

@@ -10,9 +10,12 @@ With ``spec.isolate`` on a git repository the run happens in a worktree of its o
 branch ``ccaa/<session>/<task>``, and whatever changed is committed there afterwards.
 
 The SDK starts the CLI as a child in our own process group, so it cannot be killed as a
-group: the executor follows the process tree instead (the CLI's pid from the transport,
-its descendants and the process groups they lead, e.g. each Bash tool's shell) and, in
-a ``finally``, terminates the CLI, then kills every process of that tree and its groups.
+group: the executor follows the process tree instead (``ProcessTree``): the CLI's pid
+from the transport, its descendants and the process groups they lead (each Bash tool's
+shell has its own), watched while the run lasts, plus every process whose environment
+carries the run's ``$CCAA_RUN_COOKIE`` (which catches a grandchild re-parented after its
+shell exited). In a ``finally`` it sends the CLI SIGTERM (so it can save its session),
+then SIGKILLs all of them, and only then lets the SDK close its end.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import psutil
-from claude_agent_sdk import ClaudeAgentOptions, query
-from claude_agent_sdk._errors import ProcessError
+from claude_agent_sdk import ClaudeAgentOptions, ProcessError, query
+
+# not exported by the SDK: subclassed to learn the CLI's pid (checked with 0.2.187)
 from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
 
 from libs.config import RoleConfig
@@ -42,6 +47,8 @@ CLI_PATH_ENV = "CCAA_CLAUDE_PATH"
 GRACE_SECONDS = 3.0
 #: seconds to wait for killed processes to disappear, and for the SDK to close
 CLOSE_SECONDS = 10.0
+#: set in the CLI's environment to a value unique to the run; marks its processes
+RUN_COOKIE_ENV = "CCAA_RUN_COOKIE"
 #: seconds between looks at the CLI's process tree while it runs
 WATCH_SECONDS = 0.2
 
@@ -117,10 +124,13 @@ def _gone(proc: psutil.Process) -> bool:
 
 class ProcessTree:
     """A process, its descendants and the process groups they lead, seen over time
-    (``refresh`` on every message), so that even children the CLI left behind, or
-    that were re-parented after a double fork, can be found and killed at the end."""
+    (``watch``), so that even children the CLI left behind, or that were re-parented
+    after a double fork, can be found and killed at the end. ``cookie``, the value of
+    ``$CCAA_RUN_COOKIE`` given to the CLI (and inherited by everything it starts),
+    finds those that left both the tree and their group before they were seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, cookie: str = "") -> None:
+        self.cookie = cookie
         self.root: psutil.Process | None = None
         self.known: dict[int, psutil.Process] = {}
         self.groups: set[int] = set()
@@ -152,16 +162,18 @@ class ProcessTree:
                 self.groups.add(group)
 
     def _members(self) -> list[psutil.Process]:
-        """Every live process of the tree: known ones and members of its groups."""
+        """Every live process of the tree: known ones, members of its groups, and any
+        process started since the run whose environment carries the run's cookie."""
         procs = {p.pid: p for p in self.known.values() if not _gone(p)}
-        if self.groups:
-            for proc in psutil.process_iter():
-                try:
-                    if (proc.pid not in procs and os.getpgid(proc.pid) in self.groups
-                            and proc.create_time() >= self.since and not _gone(proc)):
-                        procs[proc.pid] = proc
-                except (OSError, psutil.Error):
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid in procs or proc.create_time() < self.since or _gone(proc):
                     continue
+                if os.getpgid(proc.pid) in self.groups or (
+                        self.cookie and proc.environ().get(RUN_COOKIE_ENV) == self.cookie):
+                    procs[proc.pid] = proc
+            except (OSError, psutil.Error):
+                continue
         return list(procs.values())
 
     async def watch(self, interval: float = WATCH_SECONDS) -> None:
@@ -230,13 +242,14 @@ class ClaudeExecutor:
                        reason="the Claude Code CLI has no temperature setting; the role's "
                               "temperature is ignored by the claude executor")
 
-    def options(self, ctx: RunContext, cwd: str, cli: str) -> ClaudeAgentOptions:
+    def options(self, ctx: RunContext, cwd: str, cli: str, cookie: str = "") -> ClaudeAgentOptions:
         role, spec = self.role, ctx.spec
         system_prompt: dict[str, Any] = {"type": "preset", "preset": "claude_code"}
         if role.system_prompts:
             system_prompt["append"] = "\n\n".join(role.system_prompts)
         return ClaudeAgentOptions(
-            cwd=cwd, cli_path=cli, env=dict(self.env), model=role.model or None,
+            cwd=cwd, cli_path=cli, env={**self.env, RUN_COOKIE_ENV: cookie},
+            model=role.model or None,
             system_prompt=system_prompt,  # type: ignore[arg-type]
             max_turns=role.max_turns, max_budget_usd=role.max_budget_usd,
             allowed_tools=list(role.allowed_tools),
@@ -280,7 +293,8 @@ class ClaudeExecutor:
                 await asyncio.to_thread(worktree.head, run_dir)
 
         stream = ClaudeStream(ctx)
-        tree = ProcessTree()
+        cookie = f"{spec.attempt_id}-{uuid.uuid4().hex[:12]}"
+        tree = ProcessTree(cookie)
 
         def started(pid: int) -> None:
             tree.set_root(pid)
@@ -288,7 +302,7 @@ class ClaudeExecutor:
             ctx.progress("started", f"pid {pid}: {os.path.basename(cli)} in {run_dir}",
                          {"pid": pid, "cli": cli, "resume": spec.resume_session or None})
 
-        options = self.options(ctx, run_dir, cli)
+        options = self.options(ctx, run_dir, cli, cookie)
         transport = _Transport(spec.prompt, options, on_start=started)
         consumer = asyncio.ensure_future(self._consume(spec.prompt, options, transport,
                                                        stream, tree))
@@ -305,7 +319,8 @@ class ClaudeExecutor:
         if isinstance(exc, ProcessError) and exc.exit_code is not None:
             code = exc.exit_code
         if exc is not None and stream.result is None:
-            log.warning("claude.run_failed", task=spec.task_id, error=f"{type(exc).__name__}: {exc}")
+            log.warning("claude.run_failed", task=spec.task_id,
+                        error=f"{type(exc).__name__}: {exc}")
         return stream.outcome(exc, code)
 
     async def _consume(self, prompt: str, options: ClaudeAgentOptions, transport: _Transport,
@@ -322,6 +337,8 @@ class ClaudeExecutor:
                        wt: worktree.Worktree | None, run_dir: str, base: str,
                        status: str) -> None:
         interrupted = not consumer.done()
+        if interrupted:
+            ctx.data["interrupted"] = True
         left = await tree.stop(grace=GRACE_SECONDS if interrupted else 0.0)
         if left:
             ctx.data["processes_left"] = left

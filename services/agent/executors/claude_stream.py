@@ -124,8 +124,9 @@ class ClaudeStream:
         d = msg.data or {}
         if msg.subtype == "init":
             self.data["session_id"] = d.get("session_id", self.data.get("session_id", ""))
-            if d.get("model"):
-                self.data["model"] = d["model"]
+            for key, field in (("model", "model"), ("claude_code_version", "cli_version")):
+                if d.get(key):
+                    self.data[field] = d[key]
             self._progress("session", f"claude session {d.get('session_id', '?')} "
                            f"model {d.get('model', '?')} in {d.get('cwd', '?')}",
                            {"session_id": d.get("session_id"), "model": d.get("model"),
@@ -246,4 +247,7 @@ class ClaudeStream:
                 error += f": {type(exc).__name__}: {exc}"
             if self.api_error:
                 error += f"; last API error: {self.api_error}"
+            stderr = self.ctx.stderr.text().strip()
+            if stderr:
+                error += f"; stderr: {stderr[-800:]}"
         return ExecutionResult(Outcome.FAILED, exit_code=exit_code, error=error[:4000])
