@@ -82,6 +82,9 @@ def show(st: CommandStatusReply) -> str:
         lines.append(_task_line(t, by_id))
         for c in children.get(t.task_id, []):
             lines.append(_task_line(c, by_id, indent="      "))
+    if report.get("analysis"):
+        lines.append("analysis")
+        lines += [f"  {line}" for line in str(report["analysis"]).splitlines()]
     agents = report.get("per_agent") or {}
     if agents:
         lines.append("agents")

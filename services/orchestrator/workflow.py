@@ -105,6 +105,8 @@ class Workflow:
 
     def _single_done(self, task: TaskRow) -> None:
         report = self._report(task.session_id)
+        if task.kind == "analyze" and task.state == "succeeded":
+            report["analysis"] = answer_text(task)
         state = "succeeded" if task.state == "succeeded" else "failed"
         detail = f"{task.kind} {task.state}"
         if task.state == "succeeded" and commit_of(task):
