@@ -15,7 +15,8 @@
 
 Criteria: ``turn`` (1-based: assistant messages so far + 1), ``prompt_contains`` (the first
 user message's text: the task prompt), ``system_contains`` (the system prompt),
-``last_tool_result_contains`` (the latest tool result sent back). Turns are tried in file
+``last_tool_result_contains`` (the latest tool result sent back), ``latest_user_contains``
+(the text of the latest user message: a resumed session's new instructions). Turns are tried in file
 order, files in the order given; the first match answers.
 """
 
@@ -38,6 +39,7 @@ class Match(_Model):
     prompt_contains: str | None = None
     system_contains: str | None = None
     last_tool_result_contains: str | None = None
+    latest_user_contains: str | None = None
 
 
 class Usage(_Model):
@@ -137,7 +139,8 @@ def features(body: dict[str, Any]) -> dict[str, Any]:
     last = _tool_result_text(user[-1].get("content")) if user else ""
     turn = 1 + sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
     return {"prompt": prompt, "system": _text(body.get("system", "")), "turn": turn,
-            "last_tool_result": last}
+            "last_tool_result": last,
+            "latest_user": _text(user[-1].get("content")) if user else ""}
 
 
 def pick(turns: list[tuple[str, Turn]], body: dict[str, Any]) -> tuple[str, Turn] | None:
@@ -152,6 +155,9 @@ def pick(turns: list[tuple[str, Turn]], body: dict[str, Any]) -> tuple[str, Turn
             continue
         if (m.last_tool_result_contains is not None
                 and m.last_tool_result_contains not in f["last_tool_result"]):
+            continue
+        if (m.latest_user_contains is not None
+                and m.latest_user_contains not in f["latest_user"]):
             continue
         return name, turn
     return None

@@ -5,7 +5,9 @@ The ``claude`` executor also reads the agent's environment:
 
 - ``CCAA_MODEL_BASE_URL``: the Anthropic-compatible API the CLI talks to (e.g. the
   scripted model server); becomes the child's ``ANTHROPIC_BASE_URL``, and
-  ``ANTHROPIC_API_KEY`` defaults to ``"offline"`` when it is not set.
+  ``ANTHROPIC_API_KEY`` defaults to ``"offline"`` when it is not set, and the CLI's
+  config and sessions go to ``<data_dir>/claude`` (``CLAUDE_CONFIG_DIR``) rather than
+  the user's ``~/.claude``.
 - ``CCAA_CLAUDE_PATH``: the ``claude`` binary (default: ``claude`` on PATH, then the one
   bundled with claude-agent-sdk).
 """
@@ -25,7 +27,7 @@ CLAUDE_PATH_ENV = "CCAA_CLAUDE_PATH"
 EXECUTORS = ("command", "claude")
 
 
-def claude_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def claude_env(environ: Mapping[str, str] | None = None, config_dir: str = "") -> dict[str, str]:
     """What the claude executor adds to the CLI's environment, from the agent's."""
     environ = os.environ if environ is None else environ
     env: dict[str, str] = {}
@@ -34,13 +36,16 @@ def claude_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         env["ANTHROPIC_BASE_URL"] = base_url
         if not environ.get("ANTHROPIC_API_KEY"):
             env["ANTHROPIC_API_KEY"] = "offline"
+        if config_dir and not environ.get("CLAUDE_CONFIG_DIR"):
+            # offline runs keep their sessions out of the user's own ~/.claude
+            env["CLAUDE_CONFIG_DIR"] = config_dir
     return env
 
 
 def _claude(config: SystemConfig, role: RoleConfig) -> Executor:
     from services.agent.executors.claude import ClaudeExecutor  # the SDK loads only if used
 
-    return ClaudeExecutor(role, env=claude_env(),
+    return ClaudeExecutor(role, env=claude_env(config_dir=str(config.data_path() / "claude")),
                           cli_path=os.environ.get(CLAUDE_PATH_ENV) or None,
                           worktree_root=str(config.data_path() / "worktrees"),
                           worktree_setup=config.orchestrator.worktree_setup)
