@@ -154,9 +154,10 @@ class Distributor:
             self.refused.inc()
             self.log.warning("assign.failed", agent=agent_name, task=spec.task_id, error=str(exc))
             agent = self.agents.get(agent_name)
-            if agent is not None:
-                agent.inflight.discard(spec.attempt_id)
-                agent.cooldown_until = self.clock() + COOLDOWN_SECONDS
+            if agent is None or spec.attempt_id not in agent.inflight:
+                return  # released meanwhile (it ran after all) or the agent is gone
+            agent.inflight.discard(spec.attempt_id)
+            agent.cooldown_until = self.clock() + COOLDOWN_SECONDS
             self.assigned_at.pop(spec.attempt_id, None)
             self.attempt_task.pop(spec.attempt_id, None)
             self.queue[spec.attempt_id] = entry

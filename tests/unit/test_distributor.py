@@ -103,12 +103,15 @@ class FakePeer:
         self.silent: set[str] = set()  # agents that never answer
         self.tasks: list[asyncio.Task] = []
         self.agents: list[PeerInfo] = []
+        self.gate: asyncio.Event | None = None
 
     def send(self, dst: str, body: Body, corr: str = "") -> str:
         self.sent.append((dst, body))
         return "id"
 
     async def request(self, dst: str, body: Body, timeout: float | None = None) -> Message:
+        if self.gate is not None:
+            await self.gate.wait()  # lets a test act while the request is in flight
         if isinstance(body, RegistryList):
             reply: Body = RegistryListReply(hub_id="h", peers=self.agents)
             return Message(make_header(reply.TYPE, "hub", self.name), reply)
@@ -421,4 +424,22 @@ def test_tasks_an_agent_reports_but_this_distributor_did_not_assign_take_its_cap
         assert w.d.agents["agent-busy"].load == 1
         await w.enqueue(spec("a1"))
         assert w.peer.dispatched() == [("a1", "agent-idle")]
+    run(go)
+
+
+def test_an_assignment_that_times_out_after_its_release_is_not_queued_again():
+    """The agent ran the task although its answer to task.assign was lost: the
+    orchestrator released the attempt before the request timed out, so it must not be
+    handed out a second time."""
+    async def go(w: World):
+        w.d.agent_up("agent-1", "worker", [], 1)
+        w.peer.silent.add("agent-1")
+        w.peer.gate = asyncio.Event()
+        await w.d.on_enqueue(w.msg(TaskEnqueue(task=spec("a1"))))
+        assert w.d.agents["agent-1"].inflight == {"a1"}
+        await w.d.on_released(w.msg(TaskReleased(task_id="t-a1", attempt_id="a1",
+                                                 agent_id="agent-1")))
+        w.peer.gate.set()  # now the assign request times out
+        await w.peer.settle()
+        assert w.d.queue == {} and w.d.agents["agent-1"].inflight == set()
     run(go)

@@ -56,6 +56,11 @@ def executor_factory(config: SystemConfig, role_name: str) -> Callable[[TaskSpec
     if role.executor not in EXECUTORS:
         raise ConfigError(f"role {role_name!r}: executor {role.executor!r} is not available")
 
+    if role.executor == "claude":
+        # load the SDK now: importing it inside a task would stall the agent's loop (and
+        # its heartbeats) for a second or more
+        import services.agent.executors.claude  # noqa: F401
+
     def make(spec: TaskSpec) -> Executor:
         kind = spec.executor or role.executor
         if kind == "command":
