@@ -338,6 +338,11 @@ class Orchestrator:
                                   f"{body.outcome.value} from {body.agent_id} (not applied)")
             return TaskResultAck(task_id=task.id, attempt_id=body.attempt_id,
                                  applied=bool(already and attempt["applied"]))
+        if task.state == "queued":  # its dispatched/accepted messages were lost
+            self.move(task, "assigned", f"to {body.agent_id} (known from its result)",
+                      agent_id=body.agent_id)
+        if task.state == "assigned":
+            self.move(task, "running", f"on {body.agent_id} (known from its result)")
         self._release(task)
         self._apply(task, body, result)
         self.schedule()

@@ -338,6 +338,25 @@ def test_succeeded_result_finishes_task_and_session(tmp_path):
     scenario(tmp_path, go)
 
 
+def test_result_whose_dispatch_and_acceptance_were_lost_still_walks_every_state(tmp_path):
+    """The agent's result can be the first the orchestrator hears of an assignment (its
+    task.accepted and the distributor's task.dispatched were lost): the audit trail still
+    shows assigned and running, marked as known from the result, and the slot is freed."""
+    async def go(w: World):
+        task_id = await w.create("s1")
+        attempt_id = w.task(task_id).attempt_id
+        ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-7", exit_code=0)
+        assert ack.applied
+        assert _task_history(w, "s1", task_id) == ["ready", "queued", "assigned", "running",
+                                                    "succeeded"]
+        details = [e["detail"] for e in w.store.history("s1") if e["to_state"] == "assigned"]
+        assert details == ["to agent-7 (known from its result)"]
+        assert w.task(task_id).agent_id == "agent-7"
+        assert w.peer.sent_of(TaskReleased) == [("distributor", TaskReleased(
+            task_id=task_id, attempt_id=attempt_id, agent_id="agent-7"))]
+    scenario(tmp_path, go)
+
+
 def test_resent_result_after_it_was_applied_is_acked_applied_once(tmp_path):
     async def go(w: World):
         task_id = await w.create("s1")
