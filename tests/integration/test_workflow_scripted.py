@@ -135,3 +135,25 @@ def test_a_worker_that_keeps_failing_escalates_to_a_manager(procs, bus, tmp_path
     assert ("failed", "exit code 1") in trail
     assert ("ready", "escalated to manager") in trail
     assert trail[-1][0] == "succeeded"
+
+
+@pytest.mark.timeout(150)
+def test_a_merge_conflict_becomes_a_manager_task_that_resolves_it(procs, bus, tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    start_stack(procs, bus, {"SCRIPTED_CONFLICT": "1"})
+    status = asyncio.run(run_session(bus, repo))
+    st = status.session
+    assert st.state.value == "succeeded", st.detail
+    conflicts = [h for h in status.history if h["kind"] == "merge_conflict"]
+    assert len(conflicts) == 1 and "shared.txt" in conflicts[0]["detail"]
+    (resolve,) = [t for t in status.tasks if t.kind == "resolve"]
+    assert resolve.role == "manager" and resolve.state.value == "succeeded"
+    assert git(repo, "merge-base", "--is-ancestor", resolve.result["data"]["commit"],
+               branch) == ""
+    branch = st.report["branch"]
+    assert git(repo, "show", f"{branch}:shared.txt") == "left\nright\n"
+    for t in status.tasks:
+        if t.kind == "work":  # both sides are in the result
+            assert git(repo, "merge-base", "--is-ancestor", t.result["data"]["commit"],
+                       branch) == ""
