@@ -149,9 +149,9 @@ def test_a_merge_conflict_becomes_a_manager_task_that_resolves_it(procs, bus, tm
     assert len(conflicts) == 1 and "shared.txt" in conflicts[0]["detail"]
     (resolve,) = [t for t in status.tasks if t.kind == "resolve"]
     assert resolve.role == "manager" and resolve.state.value == "succeeded"
+    branch = st.report["branch"]
     assert git(repo, "merge-base", "--is-ancestor", resolve.result["data"]["commit"],
                branch) == ""
-    branch = st.report["branch"]
     assert git(repo, "show", f"{branch}:shared.txt") == "left\nright\n"
     for t in status.tasks:
         if t.kind == "work":  # both sides are in the result
