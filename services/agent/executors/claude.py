@@ -37,7 +37,7 @@ from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITra
 
 from libs.config import RoleConfig
 from libs.log import get_logger
-from services.agent import worktree
+from services.agent import isolation, worktree
 from services.agent.executors.base import ExecutionResult, RunContext
 from services.agent.executors.claude_stream import ClaudeStream
 from protocols.task import Outcome
@@ -270,27 +270,12 @@ class ClaudeExecutor:
             return ExecutionResult(Outcome.FAILED, error=str(exc))
         if self.role.temperature is not None:
             ctx.data["temperature_ignored"] = self.role.temperature
-        is_repo = await asyncio.to_thread(worktree.is_git_repo, cwd)
-        wt: worktree.Worktree | None = None
-        if spec.isolate and is_repo:
-            try:
-                wt = await asyncio.to_thread(
-                    worktree.create, cwd, spec.session_id, spec.task_id, spec.base_commit,
-                    self.worktree_root, self.worktree_setup, self.setup_timeout)
-            except RuntimeError as exc:
-                return ExecutionResult(Outcome.FAILED, error=f"worktree: {exc}")
-            ctx.data.update(worktree=wt.path, branch=wt.branch, base_commit=wt.base)
-            ctx.progress("worktree", f"{'new' if wt.created else 'reused'} worktree {wt.path} "
-                         f"on {wt.branch}", {"path": wt.path, "branch": wt.branch,
-                                             "created": wt.created})
-        elif spec.isolate:
-            ctx.data["isolated"] = False
-            ctx.progress("worktree", f"{cwd} is not a git repository: running in place", {})
-        run_dir = wt.path if wt else cwd
-        base = ""
-        if is_repo:
-            base = (wt.base if wt else spec.base_commit) or \
-                await asyncio.to_thread(worktree.head, run_dir)
+        try:
+            ws = await isolation.prepare(ctx, self.worktree_root, self.worktree_setup,
+                                         self.setup_timeout)
+        except RuntimeError as exc:
+            return ExecutionResult(Outcome.FAILED, error=f"worktree: {exc}")
+        run_dir = ws.run_dir
 
         stream = ClaudeStream(ctx)
         cookie = f"{spec.attempt_id}-{uuid.uuid4().hex[:12]}"
@@ -313,7 +298,7 @@ class ClaudeExecutor:
             status = "ok" if stream.result and not stream.result.is_error else "failed"
         finally:
             watcher.cancel()
-            await _shielded(self._cleanup(ctx, consumer, tree, wt, run_dir, base, status))
+            await _shielded(self._cleanup(ctx, consumer, tree, ws, status))
         exc = None if consumer.cancelled() else consumer.exception()
         code = transport.returncode
         if isinstance(exc, ProcessError) and exc.exit_code is not None:
@@ -334,8 +319,7 @@ class ClaudeExecutor:
             await messages.aclose()
 
     async def _cleanup(self, ctx: RunContext, consumer: asyncio.Future[None], tree: ProcessTree,
-                       wt: worktree.Worktree | None, run_dir: str, base: str,
-                       status: str) -> None:
+                       ws: isolation.Workspace, status: str) -> None:
         interrupted = not consumer.done()
         if interrupted:
             ctx.data["interrupted"] = True
@@ -346,27 +330,7 @@ class ClaudeExecutor:
         if interrupted:
             consumer.cancel()
             await asyncio.wait({consumer}, timeout=CLOSE_SECONDS)
-        if base:
-            try:
-                await asyncio.to_thread(self._record_changes, ctx, wt, run_dir, base, status)
-            except RuntimeError as exc:
-                ctx.data["git_error"] = str(exc)
-
-    def _record_changes(self, ctx: RunContext, wt: worktree.Worktree | None, run_dir: str,
-                        base: str, status: str) -> None:
-        if wt is not None:
-            spec = ctx.spec
-            title = (spec.title or spec.prompt).strip().splitlines()[0][:72]
-            note = "" if status == "ok" else f"\n\nThe attempt ended {status}; partial work."
-            sha = worktree.commit(wt, f"ccaa {spec.task_id}: {title}\n\n"
-                                      f"session {spec.session_id}, attempt {spec.attempt_id}"
-                                      f"{note}")
-            ctx.data["committed"] = sha is not None
-            if sha is not None and status != "ok":
-                ctx.data["committed_after_failure"] = True
-            ctx.data["commit"] = sha or worktree.head(wt.path)
-        ctx.data["files_changed"] = worktree.files_changed(run_dir, base)
-        ctx.data["diff_stat"] = worktree.diff_stat(run_dir, base)
+        await isolation.finish(ctx, ws, status)
 
 
 async def _shielded(coro: Any) -> None:
