@@ -84,6 +84,10 @@ executor = "command"
 """
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def start_model_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     scripts = sorted(SCRIPTS_DIR.glob("*.yaml"))
     if not scripts:
@@ -176,6 +180,9 @@ def show_results(repo: Path, finals: list) -> bool:
 
 
 def demo(workdir: Path, live: bool, workers: int, keep: bool, timeout: float) -> int:
+    # SIGTERM/SIGHUP end the demo like Ctrl-C: through the clean-up below
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     workdir = workdir.resolve()
     run = workdir / "run"
     run.mkdir(parents=True, exist_ok=True)
@@ -203,9 +210,19 @@ def demo(workdir: Path, live: bool, workers: int, keep: bool, timeout: float) ->
         finals = asyncio.run(run_sessions(config, repo, timeout * 3))
         ok = show_results(repo, finals)
     finally:
-        if not keep:
-            stack.down(config)
-            print("services stopped")
-        if server is not None:
-            stop_process(server)
+        try:
+            if not keep:
+                stack.down(config)
+                _say("services stopped")
+        finally:
+            if server is not None:
+                stop_process(server)
     return 0 if ok else 1
+
+
+def _say(line: str) -> None:
+    """Print, unless stdout is gone (a closed pipe must not stop the clean-up)."""
+    try:
+        print(line, flush=True)
+    except (BrokenPipeError, OSError):
+        pass

@@ -84,7 +84,7 @@ async def wait_until(predicate: Any, timeout: float, what: str) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # wait-ok: polling a condition under a deadline
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ async def _wait_gone(pgid: int, pids: list[int], within: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"still alive in group {pgid}: {_group_members(pgid)}; "
                                  f"pids {[p for p in pids if _alive(p)]}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # wait-ok: polling the process table under a deadline
 
 
 def _pids(text: str) -> list[int]:
