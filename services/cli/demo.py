@@ -204,7 +204,8 @@ def demo(workdir: Path, live: bool, workers: int, keep: bool, timeout: float) ->
         env["CCAA_MODEL_BASE_URL"] = url
         print(f"scripted model server at {url} (offline; --live uses the real API)")
     try:
-        reply = stack.up(config, str(config_file), env, timeout=60)
+        reply = stack.up(config, str(config_file), env, timeout=60,
+                         progress=lambda line: _say(f"  ... {line}"))
         agents = [f"{p.name} ({p.role})" for p in reply.peers if p.kind.value == "agent"]
         print(f"services up; {len(agents)} agents: {', '.join(agents)}")
         finals = asyncio.run(run_sessions(config, repo, timeout * 3))

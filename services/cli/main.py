@@ -125,7 +125,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from services.cli import stack
 
     config = _load(args)
-    reply = stack.up(config, args.config, _env_overrides(args.set), args.timeout)
+    reply = stack.up(config, args.config, _env_overrides(args.set), args.timeout,
+                     progress=lambda line: print(f"  ... {line}", file=sys.stderr, flush=True))
     comm = config.communication
     print(f"ccaa is up (hub {reply.hub_id})")
     print(f"  bus (ROUTER)     {comm.router()}")

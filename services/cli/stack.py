@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from libs.client import BusClient
 from libs.config import SystemConfig
@@ -80,26 +81,44 @@ def expected_agents(config: SystemConfig) -> int:
     return min(wanted, config.resources.max_agents_total)
 
 
-async def wait_ready(config: SystemConfig, timeout: float, pid: int) -> RegistryListReply:
+async def wait_ready(config: SystemConfig, timeout: float, pid: int,
+                     progress: Callable[[str], None] | None = None) -> RegistryListReply:
+    """Wait until every service and the configured agents have registered, reporting what
+    is still missing as it changes; fail early if supervisord or a program dies."""
     deadline = time.monotonic() + timeout
     want_agents = expected_agents(config)
     last: RegistryListReply | None = None
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            raise SystemExit("ccaa up: supervisord exited; see " + str(run_dir(config)
-                                                                        / "supervisord.log"))
-        try:
-            last = await registry(config, timeout=min(2.0, max(0.5, deadline - time.monotonic())))
-        except (RequestTimeout, RequestFailed, ConnectionError):
+    said = ""
+    bus: BusClient | None = None
+    try:
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                raise SystemExit("ccaa up: supervisord exited; see "
+                                 + str(run_dir(config) / "supervisord.log"))
             _raise_if_fatal(config)
+            try:
+                if bus is None:
+                    bus = await BusClient(config.communication, connect_timeout=2.0).__aenter__()
+                reply = await bus.request("hub", RegistryList(), timeout=2.0)
+                assert isinstance(reply.body, RegistryListReply)
+                last = reply.body
+            except (RequestTimeout, RequestFailed, ConnectionError):
+                bus = None
+                status = "waiting for the hub"
+            else:
+                names = {p.name for p in last.peers if p.kind == PeerKind.SERVICE}
+                agents = [p for p in last.peers if p.kind == PeerKind.AGENT]
+                if set(BUS_SERVICES) <= names and len(agents) >= want_agents:
+                    return last
+                status = (f"services {len(names & set(BUS_SERVICES)) + 1}/{len(SERVICES)}, "
+                          f"agents {len(agents)}/{want_agents}")
+            if progress is not None and status != said:
+                progress(status)
+                said = status
             await asyncio.sleep(0.2)
-            continue
-        _raise_if_fatal(config)
-        names = {p.name for p in last.peers if p.kind == PeerKind.SERVICE}
-        agents = [p for p in last.peers if p.kind == PeerKind.AGENT]
-        if set(BUS_SERVICES) <= names and len(agents) >= want_agents:
-            return last
-        await asyncio.sleep(0.2)
+    finally:
+        if bus is not None:
+            await bus.close()
     have = sorted(p.name for p in last.peers) if last else []
     raise SystemExit(f"ccaa up: not every service registered within {timeout:g}s "
                      f"(registered: {', '.join(have) or 'none'}); logs in {run_dir(config)/'logs'}")
@@ -125,7 +144,7 @@ def _raise_if_fatal(config: SystemConfig) -> None:
 
 
 def up(config: SystemConfig, config_file: str | None, env_overrides: dict[str, str],
-       timeout: float) -> RegistryListReply:
+       timeout: float, progress: Callable[[str], None] | None = None) -> RegistryListReply:
     rdir = run_dir(config)
     (rdir / "logs").mkdir(parents=True, exist_ok=True)
     pid = supervisord_pid(config)
@@ -148,7 +167,7 @@ def up(config: SystemConfig, config_file: str | None, env_overrides: dict[str, s
             if time.monotonic() > deadline:
                 raise SystemExit(f"ccaa up: supervisord did not start; see {rdir}/supervisord.log")
             time.sleep(0.05)
-    return asyncio.run(wait_ready(config, timeout, pid))
+    return asyncio.run(wait_ready(config, timeout, pid, progress))
 
 
 def _alive(pid: int) -> bool:
