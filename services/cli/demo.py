@@ -26,8 +26,10 @@ from services.cli.session_view import SessionFollower
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "model_server" / "scripts"
 
-#: the command the demo submits (the offline script answers the prompts it leads to)
+#: the commands the demo submits (the offline script answers the prompts they lead to)
 DEMO_COMMANDS = [
+    (CommandType.ANALYZE_PROJECT,
+     "Analyse the calc package: its structure, how to test it, and its risks."),
     (CommandType.IMPLEMENT_FEATURE,
      "Add multiply(a, b) and divide(a, b) to calc, each in a module of its own with pytest "
      "tests (divide must raise ZeroDivisionError for b == 0), and export both from the "

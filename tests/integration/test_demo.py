@@ -24,6 +24,7 @@ def test_demo_ends_with_a_merged_branch_made_by_claude_code(tmp_path):
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-3000:]
     assert "IMPLEMENT_FEATURE  succeeded" in out
+    assert "ANALYZE_PROJECT  succeeded" in out and "calc is a tiny arithmetic package" in out
     for key in ("multiply", "divide", "exports"):
         assert f"work       {key}" in out
     # the workers' progress came from real claude processes
