@@ -154,13 +154,19 @@ LIVENESS = 3
 
 
 @pytest.fixture
-def bus(procs: Procs, tmp_path: Path) -> Bus:
+def bus(procs: Procs, tmp_path: Path, request: pytest.FixtureRequest) -> Bus:
+    """A hub on ephemeral ports. Tests that run real Claude Code processes (CPU-heavy on
+    two cores) ask for a longer liveness budget with ``@pytest.mark.bus(heartbeat=...,
+    liveness=...)``."""
+    marker = request.node.get_closest_marker("bus")
+    heartbeat = (marker.kwargs.get("heartbeat") if marker else None) or HEARTBEAT
+    liveness = (marker.kwargs.get("liveness") if marker else None) or LIVENESS
     hub = procs.service("services.hub", "--hub", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
                         "--sub", "tcp://127.0.0.1:0", "--metrics-port", "0",
-                        "--set", f"communication.heartbeat_interval={HEARTBEAT}",
-                        "--set", f"communication.liveness={LIVENESS}")
+                        "--set", f"communication.heartbeat_interval={heartbeat}",
+                        "--set", f"communication.liveness={liveness}")
     ready = procs.ready(hub)
     data = tmp_path / "data"
     data.mkdir()
     return Bus(ready["router"], ready["pub"], ready["sub"], ready["metrics"], data,
-               HEARTBEAT, LIVENESS)
+               heartbeat, liveness)

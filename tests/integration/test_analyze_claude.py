@@ -18,6 +18,7 @@ from tests.integration.test_bus_flow import session_state, wait_for
 SCRIPTS = Path(__file__).resolve().parents[2] / "services" / "model_server" / "scripts"
 
 
+@pytest.mark.bus(heartbeat=0.5, liveness=6)
 @pytest.mark.timeout(180)
 def test_analysis_by_claude_and_its_cache(procs, bus, tmp_path):
     repo = tmp_path / "calc"

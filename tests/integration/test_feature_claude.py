@@ -20,6 +20,7 @@ from tests.integration.test_bus_flow import session_state, wait_for
 SCRIPT = Path(__file__).resolve().parents[1] / "model_scripts" / "feature_gate.yaml"
 
 
+@pytest.mark.bus(heartbeat=0.5, liveness=6)
 @pytest.mark.timeout(240)
 def test_feature_with_a_failing_gate_sent_back_and_fixed(procs, bus, tmp_path):
     repo = tmp_path / "calc"
