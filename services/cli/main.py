@@ -137,6 +137,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  {p.name:<16} pid {p.pid:<7} {p.metrics_url}")
     agents = [p for p in reply.peers if p.kind == PeerKind.AGENT]
     print(f"  agents           {len(agents)} registered")
+    reporter = next((p for p in reply.peers if p.name == "reporter"), None)
+    if reporter is not None and reporter.metrics_url:
+        print(f"  dashboard        {reporter.metrics_url.removesuffix('metrics')}")
     print(f"  logs             {stack.run_dir(config) / 'logs'}")
     return 0
 

@@ -14,6 +14,7 @@ from libs.peer import RequestFailed, RequestTimeout
 from libs.runner import common_parser, run_main
 from libs.service import ServiceContext, run_service
 from protocols.peer import RegistryList
+from services.reporter.dashboard import page
 from services.reporter.service import Reporter
 
 #: seconds between registry refreshes for /api/targets (Prometheus service discovery)
@@ -25,6 +26,11 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
     def summary(_query: dict[str, str]):
         return json_response(holder["reporter"].summary())
+
+    html = page(config.reporting.dashboard_refresh_interval)
+
+    def dashboard(_query: dict[str, str]):
+        return 200, "text/html; charset=utf-8", html
 
     def targets(_query: dict[str, str]):
         return json_response(holder["reporter"].scrape_targets())
@@ -61,7 +67,8 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         return shutdown
 
     return await run_service("reporter", args, config, build,
-                             routes={"/api/summary": summary, "/api/targets": targets})
+                             routes={"/": dashboard, "/api/summary": summary,
+                                     "/api/targets": targets})
 
 
 def main(argv: list[str] | None = None) -> int:
