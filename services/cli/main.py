@@ -9,6 +9,8 @@ import os
 import sys
 import time
 
+from pydantic import ValidationError
+
 from libs.client import BusClient
 from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
 from libs.log import setup_logging
@@ -140,6 +142,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     reporter = next((p for p in reply.peers if p.name == "reporter"), None)
     if reporter is not None and reporter.metrics_url:
         print(f"  dashboard        {reporter.metrics_url.removesuffix('metrics')}")
+    hub_port = config.metrics.ports.get("hub", 0)
+    if hub_port:
+        print(f"  hub metrics      http://{config.metrics.host}:{hub_port}/metrics")
     print(f"  logs             {stack.run_dir(config) / 'logs'}")
     return 0
 
@@ -294,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RegistrationRefused, TimeoutError) as exc:
         print(f"ccaa: {exc}", file=sys.stderr)
         return 1
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors())
+        print(f"ccaa: invalid request: {problems}", file=sys.stderr)
+        return 2
 
 
 def _agent_argv(rest: list[str]) -> list[str]:

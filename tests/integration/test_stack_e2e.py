@@ -105,6 +105,12 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
 
         bad = ccaa("submit", "RUN", "true", "--repo", str(tmp_path / "missing"), config=config)
         assert bad.returncode == 1 and "is not a directory" in bad.stderr
+        bad = ccaa("submit", "RUN", "true", "--budget", "-1", config=config)
+        assert bad.returncode == 2 and "budget_usd: Input should be greater than 0" in bad.stderr
+        assert "Traceback" not in bad.stderr
+        bad = ccaa("submit", "RUN", "true", "--role", "nobody", "--repo", str(repo),
+                   config=config)
+        assert bad.returncode == 1 and "unknown role 'nobody'" in bad.stderr
         # everything still alive after the bad request
         tree = [supervisord.pid] + [c.pid for c in supervisord.children(recursive=True)]
     finally:
