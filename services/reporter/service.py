@@ -69,7 +69,14 @@ class Reporter:
             gauge.labels(state).set(counts.get(state, 0))
 
     def set_peers(self, peers: list[PeerInfo]) -> None:
+        """The hub's registry (refreshed periodically) is the truth about live agents: it
+        also covers agents that registered before this reporter subscribed."""
         self.peers = peers
+        live = {p.name: p.state.value for p in peers if p.kind.value == "agent"}
+        gone = {n: s for n, s in self.agent_state.items()
+                if n not in live and s in ("lost", "disconnected")}
+        self.agent_state = {**gone, **live}
+        self._recount(self.agents_by_state, self.agent_state)
 
     def scrape_targets(self) -> list[dict[str, Any]]:
         """Prometheus HTTP service discovery: every registered peer's /metrics endpoint."""

@@ -190,3 +190,19 @@ def test_scrape_targets_from_peers(env):
             "__metrics_path__": "/metrics", "ccaa_peer": "a1", "ccaa_kind": "agent",
             "ccaa_role": "worker", "host": ""}},
     ]
+
+
+def test_registry_refresh_is_the_truth_about_live_agents(env):
+    """Agents that registered before the reporter subscribed are known from the registry;
+    lost agents stay counted as lost; agents gone quietly disappear."""
+    from protocols.peer import PeerState
+
+    reporter, registry, _ = env
+    agent(reporter, "old", "registered")
+    agent(reporter, "dead", "lost")
+    reporter.set_peers([PeerInfo(name="early", kind=PeerKind.AGENT, state=PeerState.BUSY),
+                        PeerInfo(name="svc", kind=PeerKind.SERVICE)])
+    assert reporter.agent_state == {"early": "busy", "dead": "lost"}
+    assert value(registry, "ccaa_agents", state="busy") == 1
+    assert value(registry, "ccaa_agents", state="idle") == 0
+    assert value(registry, "ccaa_agents", state="lost") == 1
