@@ -55,8 +55,11 @@ class Workflow:
         row = self.store.session(session_id)
         return {k: GateConfig.model_validate(v) for k, v in json.loads(row["gates"]).items()}
 
-    def roles(self) -> list[str]:
-        return sorted(self.config.agent_hierarchy)
+    @staticmethod
+    def roles(template: Template) -> list[str]:
+        """Roles a plan may give subtasks: the escalation tiers below the architect (the
+        utility tier runs commands, not instructions)."""
+        return [r for r in template.escalation if r != "architect"] or ["worker"]
 
     def _task(self, session_id: str, **fields: Any) -> dict[str, Any]:
         row = self.store.session(session_id)
@@ -86,7 +89,7 @@ class Workflow:
         assert template.plan is not None
         return [{"id": new_id("task"), "title": "plan", "kind": "plan",
                  "role": template.plan.role, "isolate": 1,
-                 "prompt": prompts.plan(text, template.plan.instructions, self.roles()),
+                 "prompt": prompts.plan(text, template.plan.instructions, self.roles(template)),
                  **common}]
 
     # ---- after a task ends ----------------------------------------------------------------
@@ -123,7 +126,7 @@ class Workflow:
             return
         template = self.template(sid)
         try:
-            plan = parse_plan(answer_text(task), set(self.roles()))
+            plan = parse_plan(answer_text(task), set(self.roles(template)))
         except PlanError as exc:
             row = self.store.session(sid)
             rounds = row["plan_rounds"] + 1
@@ -135,7 +138,7 @@ class Workflow:
                 return
             self._add(sid, self._task(
                 sid, title="plan (re-asked)", kind="plan", role=template.plan.role,
-                prompt=prompts.plan(row["text"], template.plan.instructions, self.roles(),
+                prompt=prompts.plan(row["text"], template.plan.instructions, self.roles(template),
                                     error=str(exc))))
             return
         self.store.record(sid, "plan_accepted", task.id, task.attempt_id,
@@ -265,7 +268,8 @@ class Workflow:
             self.orch.move(work, "failed", f"{why}; {limit} round(s) of changes used up")
             self._escalate(work)
             return
-        meta = {**work.meta, "rounds": rounds, "feedback": work.meta.get("feedback", []) + feedback}
+        meta = {**work.meta, "rounds": rounds, "feedback": work.meta.get("feedback", []) + feedback,
+                "attempt_base": work.attempt}  # a send-back does not use up the retries
         if self.config.orchestrator.resume_on_retry:  # the worker keeps its context
             meta["resume_session"] = str((work.result.get("data") or {}).get("session_id") or "")
         sub = meta.get("subtask", {})
@@ -293,7 +297,7 @@ class Workflow:
                 sid, title=f"re-plan: {work.key}", kind="replan", role=ladder[nxt],
                 parent=work.id, key=f"{work.key}:replan",
                 prompt=prompts.replan(row["text"], work.meta.get("subtask", {}), history,
-                                      self.roles())))
+                                      self.roles(self.template(sid)))))
             return
         self._cancel_dependents(work, f"dependency {work.key or work.id} {work.state}")
         self._maybe_merge(sid)
@@ -305,7 +309,7 @@ class Workflow:
         plan = None
         if task.state == "succeeded":
             try:
-                plan = parse_plan(answer_text(task), set(self.roles()))
+                plan = parse_plan(answer_text(task), set(self.roles(self.template(sid))))
             except PlanError as exc:
                 self.store.record(sid, "replan_rejected", task.id, detail=str(exc))
         if plan is None:
