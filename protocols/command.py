@@ -43,6 +43,7 @@ class CommandSubmit(Body):
     budget_usd: float | None = Field(default=None, gt=0)
     max_parallel: int | None = Field(default=None, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
+    gates: list[str] | None = None  # quality gates to run instead of the template's
 
 
 class CommandAccepted(Body):

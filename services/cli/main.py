@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, help="stop assigning tasks once the session has "
                    "cost this many USD")
     p.add_argument("--max-parallel", type=int, help="tasks of this session running at once")
+    p.add_argument("--gate", action="append", dest="gates", metavar="NAME",
+                   help="quality gate to run (repeatable; replaces the workflow's: tests, "
+                        "coverage, lint, security, benchmark, or one from .ccaa.toml)")
     p.add_argument("--wait", action="store_true", help="follow the session until it ends")
     p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
 
@@ -202,7 +205,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     type_, text = _split_type(args.words)
     body = CommandSubmit(text=text, repo=os.path.abspath(args.repo), type=type_, role=args.role,
                          priority=args.priority, timeout_s=args.task_timeout,
-                         budget_usd=args.budget, max_parallel=args.max_parallel)
+                         budget_usd=args.budget, max_parallel=args.max_parallel,
+                         gates=args.gates)
 
     async def go() -> int:
         follower = SessionFollower("")

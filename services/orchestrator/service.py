@@ -126,6 +126,15 @@ class Orchestrator:
             gates = project_gates(cmd.repo, self.config.gates)
         except GateConfigError as exc:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        if cmd.gates is not None:
+            unknown = sorted(set(cmd.gates) - set(gates))
+            if unknown:
+                raise ProtocolError(ErrorCode.INVALID_REQUEST,
+                                    f"unknown gates: {', '.join(unknown)}; configured: "
+                                    f"{', '.join(sorted(gates))}")
+            template = template.model_copy(update={
+                "gates": list(cmd.gates),
+                "final_gates": list(cmd.gates) if template.final_gates else []})
         base = head_commit(cmd.repo) if self.config.orchestrator.isolate_worktrees else ""
         if template.plan is not None and not base:
             raise ProtocolError(ErrorCode.INVALID_REQUEST,

@@ -772,3 +772,26 @@ def test_higher_priority_ready_task_is_queued_first(tmp_path):
         await w.result(first, Outcome.SUCCEEDED)
         assert w.task(high).state == "queued" and w.task(low).state == "ready"
     scenario(tmp_path, go, max_parallel_tasks=1)
+
+
+def test_requested_gates_replace_the_templates_and_unknown_ones_are_refused(tmp_path):
+    import subprocess
+
+    async def go(w: World):
+        subprocess.run(["git", "init", "-q", w.repo], check=True)
+        subprocess.run(["git", "-C", w.repo, "-c", "user.name=t", "-c", "user.email=t@t",
+                        "commit", "-q", "--allow-empty", "-m", "base"], check=True)
+        w.config.orchestrator.isolate_worktrees = True
+        cmd = CommandSubmit(text="add it", repo=w.repo, gates=["lint", "nope"])
+        with pytest.raises(ProtocolError) as err:
+            await w.orch.on_session_create(w.msg(SessionCreate(
+                session_id="s1", command=cmd, type=CommandType.IMPLEMENT_FEATURE),
+                src="commands"))
+        assert err.value.code == ErrorCode.INVALID_REQUEST
+        assert "unknown gates: nope" in err.value.reason
+        cmd = CommandSubmit(text="add it", repo=w.repo, gates=["lint"])
+        await w.orch.on_session_create(w.msg(SessionCreate(
+            session_id="s2", command=cmd, type=CommandType.IMPLEMENT_FEATURE), src="commands"))
+        template = w.orch.workflow.template("s2")
+        assert template.gates == ["lint"] and template.final_gates == ["lint"]
+    scenario(tmp_path, go)
