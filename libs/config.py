@@ -143,6 +143,8 @@ class RoleConfig(_Section):
         default_factory=lambda: ["bash", "-c", "{prompt}"],
         description="command executor template; {prompt} and {cwd} are substituted",
     )
+    cli_path: str = Field("", description="claude executor: the CLI to run (default: "
+                          "$CCAA_CLAUDE_PATH, then `claude` on PATH, then the SDK's own)")
     model: str = "sonnet"
     temperature: float | None = None
     max_tokens: int | None = None

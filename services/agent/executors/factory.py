@@ -46,7 +46,7 @@ def _claude(config: SystemConfig, role: RoleConfig) -> Executor:
     from services.agent.executors.claude import ClaudeExecutor  # the SDK loads only if used
 
     return ClaudeExecutor(role, env=claude_env(config_dir=str(config.data_path() / "claude")),
-                          cli_path=os.environ.get(CLAUDE_PATH_ENV) or None,
+                          cli_path=role.cli_path or os.environ.get(CLAUDE_PATH_ENV) or None,
                           worktree_root=str(config.data_path() / "worktrees"),
                           worktree_setup=config.orchestrator.worktree_setup)
 
