@@ -157,11 +157,17 @@ class RoleConfig(_Section):
 
 
 def _default_hierarchy() -> dict[str, RoleConfig]:
+    """Claude Code plans, reviews and implements; utility agents run gate commands."""
     return {
-        "architect": RoleConfig(model="opus"),
-        "manager": RoleConfig(model="opus"),
-        "worker": RoleConfig(count=2),
-        "utility": RoleConfig(),
+        "architect": RoleConfig(count=1, executor="claude", model="opus",
+                                disallowed_tools=["Write", "Edit", "NotebookEdit"]),
+        "manager": RoleConfig(count=1, executor="claude", model="opus",
+                              allowed_tools=["Bash(git merge *)", "Bash(git add *)",
+                                             "Bash(git commit *)", "Bash(git status *)",
+                                             "Bash(python -m pytest *)"]),
+        "worker": RoleConfig(count=2, executor="claude", model="sonnet",
+                             allowed_tools=["Bash(python -m pytest *)", "Bash(pytest *)"]),
+        "utility": RoleConfig(count=1, executor="command"),
     }
 
 

@@ -139,7 +139,9 @@ class Bus:
                 "--set", f"communication.liveness={self.liveness}",
                 "--set", "orchestrator.reconcile_interval=0.5",
                 "--set", "orchestrator.retry_backoff=0.1",
-                "--set", "orchestrator.result_resend_interval=0.5"]
+                "--set", "orchestrator.result_resend_interval=0.5",
+                # shell commands as tasks; tests of Claude Code set executor="claude"
+                "--set", 'agent_hierarchy.worker.executor="command"']
 
     def comm(self):
         from libs.config import CommunicationConfig

@@ -57,6 +57,10 @@ class Distributor:
                                  registry=registry)
         self.agents_gauge = Gauge("ccaa_agents_known", "agents known to the distributor",
                                   registry=registry)
+        self.no_agent = Gauge("ccaa_queue_without_agents",
+                              "queued tasks whose role has no registered agent, by role",
+                              ["role"], registry=registry)
+        self._roles_missing: set[str] = set()
         self.handlers = {TaskEnqueue.TYPE: self.on_enqueue, TaskReleased.TYPE: self.on_released}
 
     # ---- intake -----------------------------------------------------------------------
@@ -145,6 +149,22 @@ class Distributor:
             self.assigned.labels(strategy).inc()
             self.peer.spawn(self._assign(agent.name, entry))
         self.queue_depth.set(len(self.queue))
+        self._check_roles()
+
+    def _check_roles(self) -> None:
+        """Say so when queued work waits for a role no agent has: it would wait forever."""
+        roles = {a.role for a in self.agents.values()}
+        waiting: dict[str, int] = {}
+        for entry in self.queue.values():
+            if entry.spec.role not in roles:
+                waiting[entry.spec.role] = waiting.get(entry.spec.role, 0) + 1
+        for role in set(waiting) - self._roles_missing:
+            self.log.warning("role.no_agents", role=role, queued=waiting[role],
+                             hint=f"start one: ccaa agent --role {role}, or set "
+                                  f"agent_hierarchy.{role}.count")
+        for role in self._roles_missing | set(waiting):
+            self.no_agent.labels(role).set(waiting.get(role, 0))
+        self._roles_missing = set(waiting)
 
     async def _assign(self, agent_name: str, entry: Queued) -> None:
         spec = entry.spec

@@ -67,7 +67,11 @@ def test_agent_reregisters_with_a_restarted_hub(procs, tmp_path):
 @pytest.mark.timeout(90)
 def test_controller_restarts_dead_agents_and_stops_them_all(procs, bus):
     controller = procs.service("services.controller", *bus.args(), "--host-name", "testhost",
-                               "--set", "agent_hierarchy.worker.count=2")
+                               "--set", "agent_hierarchy.worker.count=2",
+                               "--set", 'agent_hierarchy.worker.executor="command"',
+                               "--set", "agent_hierarchy.architect.count=0",
+                               "--set", "agent_hierarchy.manager.count=0",
+                               "--set", "agent_hierarchy.utility.count=0")
     procs.ready(controller)
     comm = bus.comm()
     names = {"agent-worker-testhost-1", "agent-worker-testhost-2"}

@@ -32,6 +32,13 @@ controller = 0
 http_port = 0
 [agent_hierarchy.worker]
 count = 2
+executor = "command"
+[agent_hierarchy.architect]
+count = 0
+[agent_hierarchy.manager]
+count = 0
+[agent_hierarchy.utility]
+count = 0
 """
 
 

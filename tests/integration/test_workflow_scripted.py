@@ -40,7 +40,8 @@ def stack_args(bus) -> list[str]:
     agent_cmd = f'["{sys.executable}", "{SCRIPT}", "{{prompt}}"]'
     args = bus.args() + ["--set", "orchestrator.retry_attempts=0"]
     for role in ("architect", "manager", "worker"):
-        args += ["--set", f"agent_hierarchy.{role}.command={agent_cmd}"]
+        args += ["--set", f"agent_hierarchy.{role}.command={agent_cmd}",
+                 "--set", f'agent_hierarchy.{role}.executor="command"']
     return args
 
 

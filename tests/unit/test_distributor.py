@@ -443,3 +443,15 @@ def test_an_assignment_that_times_out_after_its_release_is_not_queued_again():
         await w.peer.settle()
         assert w.d.queue == {} and w.d.agents["agent-1"].inflight == set()
     run(go)
+
+
+def test_work_for_a_role_without_agents_is_reported():
+    async def go(w: World):
+        await w.enqueue(spec("a1", role="architect"))
+        assert w.metric("ccaa_queue_without_agents", role="architect") == 1
+        w.d.agent_up("arch-1", "architect", [], 1)
+        w.d.dispatch()
+        await w.peer.settle()
+        assert w.peer.dispatched() == [("a1", "arch-1")]
+        assert w.metric("ccaa_queue_without_agents", role="architect") == 0
+    run(go)
