@@ -113,9 +113,17 @@ class ReportingConfig(_Section):
 
 
 class AutoScalingConfig(_Section):
+    """Each host's controller grows a role's pool while work for that role waits and all its
+    agents are busy, and shrinks it while agents sit idle, within min/max per role (a role
+    missing from min_agents_per_type keeps its configured count as the minimum)."""
+
     enabled: bool = False
     min_agents_per_type: dict[str, int] = {}
     max_agents_per_type: dict[str, int] = {}
+    interval: float = Field(2.0, gt=0, description="seconds between scaling decisions")
+    cooldown: float = Field(15.0, ge=0, description="seconds after a change before the next")
+    idle_before_scale_down: float = Field(60.0, ge=0, description="seconds a surplus agent "
+                                          "stays idle before it is stopped")
 
 
 class MetricsConfig(_Section):

@@ -42,6 +42,8 @@ ROUTES: dict[str, str] = {
     "task.logs": "client -> orchestrator",
     "task.logs_reply": "orchestrator -> client (reply): the task and every attempt's result",
     "task.enqueue": "orchestrator -> distributor",
+    "queue.stats": "controller -> distributor (auto-scaling)",
+    "queue.stats_reply": "distributor -> controller (reply)",
     "task.assign": "distributor -> agent",
     "task.dispatched": "distributor -> task owner (orchestrator)",
     "task.accepted": "agent -> distributor (reply to task.assign) and -> owner",

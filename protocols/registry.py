@@ -35,6 +35,8 @@ _MODELS: list[type[Body]] = [
     task.TaskResultAck,
     task.TaskCancel,
     task.TaskReleased,
+    task.QueueStats,
+    task.QueueStatsReply,
     events.TaskEvent,
     events.SessionEvent,
     events.PeerEvent,

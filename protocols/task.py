@@ -125,3 +125,16 @@ class TaskReleased(Body):
     task_id: str
     attempt_id: str
     agent_id: str
+
+
+class QueueStats(Body):
+    """Ask the distributor how much work waits, per role."""
+
+    TYPE = "queue.stats"
+
+
+class QueueStatsReply(Body):
+    TYPE = "queue.stats_reply"
+    queued: dict[str, int]  # role -> tasks waiting for an agent
+    agents: dict[str, int]  # role -> agents known
+    busy: dict[str, int]  # role -> agents at capacity

@@ -7,9 +7,15 @@ import asyncio
 import os
 import socket
 import sys
+import time
 from typing import Awaitable, Callable
 
 from prometheus_client import Counter, Gauge
+
+from libs.peer import RequestFailed, RequestTimeout
+from protocols.peer import PeerKind, RegistryList
+from protocols.task import QueueStats
+from services.controller.scaling import Scaler
 
 from libs.config import SystemConfig
 from libs.runner import common_parser, run_main
@@ -39,12 +45,44 @@ def agent_args(args: argparse.Namespace, config: SystemConfig, slot: Slot) -> li
     return argv
 
 
+async def scale_once(ctx: ServiceContext, config: SystemConfig, pool: AgentPool,
+                     scaler: Scaler, host: str, scaled: Counter) -> None:
+    """One auto-scaling decision per role, from the distributor's queue and the hub's view
+    of this host's agents."""
+    try:
+        stats = (await ctx.peer.request("distributor", QueueStats())).body
+        peers = (await ctx.peer.request("hub", RegistryList(kind=PeerKind.AGENT))).body
+    except (RequestFailed, RequestTimeout, ConnectionError) as exc:
+        ctx.log.warning("autoscale.no_data", error=str(exc))
+        return
+    states = {p.name: p.state.value for p in peers.peers}  # type: ignore[attr-defined]
+    now = time.monotonic()
+    for role in config.agent_hierarchy:
+        mine = sorted((s for s in pool.slots.values() if s.role == role), key=lambda s: s.index)
+        agents = {s.name: states[s.name] for s in mine if s.name in states}
+        last = mine[-1].name if mine else ""
+        queued = stats.queued.get(role, 0)  # type: ignore[attr-defined]
+        new = scaler.step(role, queued, agents, last, now)
+        if new is None:
+            continue
+        direction = "up" if new > len(mine) else "down"
+        ctx.log.info("pool.scaled", role=role, agents=new, direction=direction, queued=queued)
+        scaled.labels(role, direction).inc()
+        pool.resize(role, new, host)
+        await pool.ensure()
+        ctx.events.publish("pool.scaled", PeerEvent(name=f"{role}@{host}", kind="pool",
+                                                    role=role, state=str(new),
+                                                    reason=f"{direction}: {queued} queued"))
+
+
 async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
         running = Gauge("ccaa_pool_agents", "agent processes alive, by role", ["role"],
                         registry=ctx.registry)
         restarts = Counter("ccaa_pool_restarts_total", "agent restarts, by role", ["role"],
                            registry=ctx.registry)
+        scaled = Counter("ccaa_pool_scaled_total", "auto-scaling changes, by role and direction",
+                         ["role", "direction"], registry=ctx.registry)
         log_dir = str(config.data_path() / "logs" / "agents")
 
         def on_change(event: str, slot: Slot) -> None:
@@ -66,6 +104,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
             total += count
             pool.resize(role, count, args.host_name)
         await pool.ensure()
+        counts = {role: sum(1 for s in pool.slots.values() if s.role == role)
+                  for role in config.agent_hierarchy}
+        scaler = Scaler(config.auto_scaling, counts)
 
         async def keep() -> None:
             while not ctx.stop.is_set():
@@ -74,10 +115,23 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                 except asyncio.TimeoutError:
                     await pool.ensure()
 
-        keeper = asyncio.ensure_future(keep())
+        async def autoscale() -> None:
+            while not ctx.stop.is_set():
+                try:
+                    await asyncio.wait_for(ctx.stop.wait(), config.auto_scaling.interval)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+                if ctx.peer.registered:
+                    await scale_once(ctx, config, pool, scaler, args.host_name, scaled)
+
+        loops = [asyncio.ensure_future(keep())]
+        if config.auto_scaling.enabled:
+            loops.append(asyncio.ensure_future(autoscale()))
 
         async def shutdown() -> None:
-            keeper.cancel()
+            for loop in loops:
+                loop.cancel()
             await pool.stop()
 
         return shutdown

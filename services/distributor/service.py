@@ -19,7 +19,15 @@ from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import Message
 from protocols.peer import Ack, PeerInfo, PeerKind, RegistryList
-from protocols.task import TaskAssign, TaskDispatched, TaskEnqueue, TaskReleased, TaskSpec
+from protocols.task import (
+    QueueStats,
+    QueueStatsReply,
+    TaskAssign,
+    TaskDispatched,
+    TaskEnqueue,
+    TaskReleased,
+    TaskSpec,
+)
 from services.distributor.choice import AgentSlot, choose
 
 #: seconds of waiting worth one priority point
@@ -61,7 +69,8 @@ class Distributor:
                               "queued tasks whose role has no registered agent, by role",
                               ["role"], registry=registry)
         self._roles_missing: set[str] = set()
-        self.handlers = {TaskEnqueue.TYPE: self.on_enqueue, TaskReleased.TYPE: self.on_released}
+        self.handlers = {TaskEnqueue.TYPE: self.on_enqueue, TaskReleased.TYPE: self.on_released,
+                         QueueStats.TYPE: self.on_stats}
 
     # ---- intake -----------------------------------------------------------------------
 
@@ -85,6 +94,17 @@ class Distributor:
             agent.busy_seconds += self.clock() - self.assigned_at.pop(body.attempt_id, self.clock())
         self.dispatch()
         return None
+
+    async def on_stats(self, msg: Message) -> QueueStatsReply:
+        queued: dict[str, int] = {}
+        for entry in self.queue.values():
+            queued[entry.spec.role] = queued.get(entry.spec.role, 0) + 1
+        agents: dict[str, int] = {}
+        busy: dict[str, int] = {}
+        for a in self.agents.values():
+            agents[a.role] = agents.get(a.role, 0) + 1
+            busy[a.role] = busy.get(a.role, 0) + (not a.free)
+        return QueueStatsReply(queued=queued, agents=agents, busy=busy)
 
     # ---- agents -----------------------------------------------------------------------
 

@@ -101,3 +101,53 @@ def test_controller_restarts_dead_agents_and_stops_them_all(procs, bus):
     while any(_alive(p) for p in tree):
         assert time.monotonic() < deadline, [p for p in tree if _alive(p)]
         time.sleep(0.05)  # wait-ok: polling the process table under a deadline
+
+
+@pytest.mark.timeout(120)
+def test_controller_scales_a_pool_up_while_work_waits_and_down_when_idle(procs, bus, tmp_path):
+    from protocols.command import CommandSubmit, CommandType
+    from tests.integration.test_bus_flow import session_state, wait_for
+
+    args = bus.args()
+    for m in ("services.commands", "services.orchestrator", "services.distributor"):
+        procs.ready(procs.service(m, *args))
+    controller = procs.service(
+        "services.controller", *args, "--host-name", "h",
+        "--set", "agent_hierarchy.worker.count=1", "--set", "agent_hierarchy.architect.count=0",
+        "--set", "agent_hierarchy.manager.count=0", "--set", "agent_hierarchy.utility.count=0",
+        "--set", "auto_scaling.enabled=true", "--set", "auto_scaling.interval=0.3",
+        "--set", "auto_scaling.cooldown=0", "--set", "auto_scaling.idle_before_scale_down=1",
+        "--set", "auto_scaling.min_agents_per_type={worker = 1}",
+        "--set", "auto_scaling.max_agents_per_type={worker = 2}")
+    procs.ready(controller)
+    comm = bus.comm()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    async def go():
+        await wait_for_peers(comm, {"agent-worker-h-1"}, 30)
+        async with BusClient(comm) as client:
+            sids = []
+            for i in range(2):
+                acc = await client.request("commands", CommandSubmit(
+                    text=f"sleep 2; echo {i}", repo=str(repo), type=CommandType.RUN))
+                sids.append(acc.body.session_id)
+            # the second task waits, the only agent is busy: a second agent is started
+            await wait_for_peers(comm, {"agent-worker-h-2"}, 20)
+            for sid in sids:
+                async def done(sid=sid):
+                    st = await session_state(client, sid)
+                    return st if st.session.state.value != "running" else None
+                st = await wait_for(done, 30, "the sessions")
+                assert st.session.state.value == "succeeded"
+            # idle again: back to the minimum of one
+            deadline = time.monotonic() + 20
+            while True:
+                reply = await client.request("hub", RegistryList(kind=PeerKind.AGENT))
+                names = {p.name for p in reply.body.peers}
+                if names == {"agent-worker-h-1"}:
+                    break
+                assert time.monotonic() < deadline, names
+                await asyncio.sleep(0.2)  # wait-ok: polling the registry under a deadline
+
+    asyncio.run(go())
