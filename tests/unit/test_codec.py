@@ -57,6 +57,8 @@ from protocols.peer import (
     RegistryListReply,
 )
 from protocols.task import (
+    QueueStats,
+    QueueStatsReply,
     Outcome,
     TaskAccepted,
     TaskAssign,
@@ -131,6 +133,9 @@ SAMPLES: dict[str, Body] = {
     "session.create": SessionCreate(session_id="sess-1", command=_submit(),
                                     type=CommandType.FIX_ISSUES, classification="cue words"),
     "session.created": SessionCreated(session_id="sess-1"),
+    "queue.stats": QueueStats(),
+    "queue.stats_reply": QueueStatsReply(queued={"worker": 3}, agents={"worker": 2},
+                                         busy={"worker": 2}),
     "session.list": SessionList(limit=5),
     "session.list_reply": SessionListReply(sessions=[
         SessionInfo(session_id="sess-1", type=CommandType.IMPLEMENT_FEATURE, text="t", repo="/r",
