@@ -101,7 +101,9 @@ def _default_gates() -> dict[str, GateConfig]:
 
 class ResourceLimits(_Section):
     max_agents_total: int = Field(16, ge=1, description="agents one controller may run")
-    max_memory_mb: int = Field(0, ge=0, description="per-agent RSS limit, 0 = unlimited")
+    max_memory_mb: int = Field(0, ge=0, description="per-agent resident memory limit, its "
+                               "Claude Code runs included; the controller stops an agent "
+                               "over it (it restarts; its task is re-queued). 0 = unlimited")
 
 
 class ReportingConfig(_Section):

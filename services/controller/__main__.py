@@ -81,6 +81,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                         registry=ctx.registry)
         restarts = Counter("ccaa_pool_restarts_total", "agent restarts, by role", ["role"],
                            registry=ctx.registry)
+        memory_kills = Counter("ccaa_pool_memory_stops_total",
+                               "agents stopped for exceeding resources.max_memory_mb, by role",
+                               ["role"], registry=ctx.registry)
         scaled = Counter("ccaa_pool_scaled_total", "auto-scaling changes, by role and direction",
                          ["role", "direction"], registry=ctx.registry)
         log_dir = str(config.data_path() / "logs" / "agents")
@@ -108,11 +111,16 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                   for role in config.agent_hierarchy}
         scaler = Scaler(config.auto_scaling, counts)
 
+        limit = config.resources.max_memory_mb
+
         async def keep() -> None:
             while not ctx.stop.is_set():
                 try:
                     await asyncio.wait_for(ctx.stop.wait(), 1.0)
                 except asyncio.TimeoutError:
+                    if limit:
+                        for slot, _ in await pool.enforce_memory(limit):
+                            memory_kills.labels(slot.role).inc()
                     await pool.ensure()
 
         async def autoscale() -> None:

@@ -129,6 +129,35 @@ class AgentPool:
         for watcher in list(self._watchers):
             watcher.cancel()
 
+    def memory_mb(self, slot: Slot) -> float:
+        """Resident memory of an agent and everything it started (its Claude Code runs)."""
+        import psutil
+
+        if slot.proc is None or slot.proc.returncode is not None:
+            return 0.0
+        try:
+            root = psutil.Process(slot.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total / 1e6
+
+    async def enforce_memory(self, limit_mb: int) -> list[tuple[Slot, float]]:
+        """Stop agents over ``limit_mb`` (they restart through the usual backoff; their
+        running task is re-queued as a lost attempt). Returns (slot, MB) stopped."""
+        over = [(s, mb) for s in self.live() if (mb := self.memory_mb(s)) > limit_mb]
+        for slot, mb in over:
+            self.log.warning("agent.memory_limit", agent=slot.name, rss_mb=round(mb, 1),
+                             limit_mb=limit_mb)
+            await self._terminate(slot)
+        return over
+
     def live(self) -> list[Slot]:
         return [s for s in self.slots.values() if s.proc is not None and s.proc.returncode is None]
 

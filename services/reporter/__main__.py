@@ -39,7 +39,8 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         args.metrics_port = config.reporting.http_port
 
     async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
-        reporter = Reporter(ctx.registry)
+        reporter = Reporter(ctx.registry,
+                            retention_hours=config.reporting.report_retention_hours)
         holder["reporter"] = reporter
         subscriber = EventSubscriber(config.communication.sub(), [""], reporter.on_event,
                                      log=ctx.log)
@@ -53,6 +54,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                         reporter.set_peers(reply.body.peers)  # type: ignore[attr-defined]
                     except (RequestFailed, RequestTimeout, ConnectionError):
                         pass
+                reporter.prune()
                 try:
                     await asyncio.wait_for(ctx.stop.wait(), PEER_REFRESH_SECONDS)
                 except asyncio.TimeoutError:

@@ -19,9 +19,15 @@ TASK_STATES = ("pending", "ready", "queued", "assigned", "running", "succeeded",
                "timed_out", "cancelled")
 
 
+FINAL_TASK_STATES = ("succeeded", "failed", "timed_out", "cancelled")
+FINAL_SESSION_STATES = ("succeeded", "partial", "failed", "cancelled")
+
+
 class Reporter:
-    def __init__(self, registry: CollectorRegistry, clock=time.time):
+    def __init__(self, registry: CollectorRegistry, clock=time.time,
+                 retention_hours: float = 24.0):
         self.clock = clock
+        self.retention = retention_hours * 3600
         self.started = clock()
         self.events_total = Counter("ccaa_events_total", "events seen, by topic",
                                     ["topic"], registry=registry)
@@ -38,6 +44,7 @@ class Reporter:
         self.activity: dict[str, dict[str, Any]] = {}  # agent -> last progress
         self.peers: list[PeerInfo] = []  # from the hub's registry, refreshed periodically
         self._known: dict[int, set[str]] = {id(self.tasks_by_state): set(TASK_STATES)}
+        self._seen: dict[str, float] = {}  # task/session id -> when last heard of
         for state in TASK_STATES:
             self.tasks_by_state.labels(state).set(0)
 
@@ -47,9 +54,11 @@ class Reporter:
         body = msg.body
         if isinstance(body, TaskEvent):
             self.task_state[body.task_id] = body.state
+            self._seen[body.task_id] = self.clock()
             self._recount(self.tasks_by_state, self.task_state)
         elif isinstance(body, SessionEvent):
             self.session_state[body.session_id] = body.state
+            self._seen[body.session_id] = self.clock()
             self._recount(self.sessions_by_state, self.session_state)
         elif isinstance(body, PeerEvent) and body.kind == "agent" and not topic.startswith("pool."):
             if body.state in ("lost", "disconnected"):
@@ -60,6 +69,26 @@ class Reporter:
         elif isinstance(body, TaskProgress):
             self.activity[body.agent_id] = {"task_id": body.task_id, "kind": body.kind,
                                             "summary": body.summary, "ts": msg.header.ts}
+
+    def prune(self) -> int:
+        """Forget finished tasks and sessions, and agent activity, older than the retention
+        (reporting.report_retention_hours); returns how many entries went."""
+        cutoff = self.clock() - self.retention
+        dropped = 0
+        for states, final in ((self.task_state, FINAL_TASK_STATES),
+                              (self.session_state, FINAL_SESSION_STATES)):
+            for key in [k for k, v in states.items()
+                        if v in final and self._seen.get(k, 0) < cutoff]:
+                del states[key]
+                self._seen.pop(key, None)
+                dropped += 1
+        for agent in [a for a, x in self.activity.items() if (x.get("ts") or 0) < cutoff]:
+            del self.activity[agent]
+            dropped += 1
+        if dropped:
+            self._recount(self.tasks_by_state, self.task_state)
+            self._recount(self.sessions_by_state, self.session_state)
+        return dropped
 
     def _recount(self, gauge: Gauge, states: dict[str, str]) -> None:
         counts = Tally(states.values())

@@ -151,3 +151,27 @@ def test_controller_scales_a_pool_up_while_work_waits_and_down_when_idle(procs, 
                 await asyncio.sleep(0.2)  # wait-ok: polling the registry under a deadline
 
     asyncio.run(go())
+
+
+@pytest.mark.timeout(90)
+def test_controller_stops_and_restarts_an_agent_over_its_memory_limit(procs, bus):
+    import urllib.request
+
+    controller = procs.service(
+        "services.controller", *bus.args(), "--host-name", "m",
+        "--set", "agent_hierarchy.worker.count=1", "--set", "agent_hierarchy.architect.count=0",
+        "--set", "agent_hierarchy.manager.count=0", "--set", "agent_hierarchy.utility.count=0",
+        "--set", "resources.max_memory_mb=5")  # any Python process is over 5 MB
+    ready = procs.ready(controller)
+    first = {c.pid for c in psutil.Process(controller.pid).children()}
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(ready["metrics"] + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        stopped = 'ccaa_pool_memory_stops_total{role="worker"}' in text and \
+            'ccaa_pool_memory_stops_total{role="worker"} 0.0' not in text
+        now = {c.pid for c in psutil.Process(controller.pid).children()}
+        if stopped and now - first:
+            break  # stopped for memory, and a new process took its place
+        assert time.monotonic() < deadline, text[-2000:]
+        time.sleep(0.2)  # wait-ok: polling metrics and the process table under a deadline

@@ -206,3 +206,22 @@ def test_registry_refresh_is_the_truth_about_live_agents(env):
     assert value(registry, "ccaa_agents", state="busy") == 1
     assert value(registry, "ccaa_agents", state="idle") == 0
     assert value(registry, "ccaa_agents", state="lost") == 1
+
+
+def test_finished_work_older_than_the_retention_is_forgotten():
+    registry = CollectorRegistry()
+    clock = Clock(1000.0)
+    reporter = Reporter(registry, clock=clock, retention_hours=1)
+    task(reporter, "old", "succeeded")
+    task(reporter, "busy", "running")
+    feed(reporter, "session.succeeded", SessionEvent(session_id="s-old", state="succeeded"))
+    clock.now += 1800
+    task(reporter, "recent", "failed")
+    assert reporter.prune() == 0
+    clock.now += 1801  # "old" and "s-old" are now past the hour; "busy" is not finished
+    assert reporter.prune() == 2
+    assert reporter.task_state == {"busy": "running", "recent": "failed"}
+    assert reporter.session_state == {}
+    assert value(registry, "ccaa_tasks", state="succeeded") == 0
+    assert value(registry, "ccaa_sessions", state="succeeded") == 0
+    assert value(registry, "ccaa_tasks", state="failed") == 1
