@@ -35,6 +35,11 @@ class CommunicationConfig(_Section):
     heartbeat_interval: float = Field(1.0, gt=0, description="seconds between heartbeats")
     liveness: int = Field(3, ge=1, description="heartbeats missed before a peer is lost")
     message_timeout: float = Field(10.0, gt=0, description="seconds a request waits for reply")
+    curve: bool = Field(False, description="encrypt and authenticate every bus socket with "
+                        "CurveZMQ (keys from `ccaa keys init`); needed off loopback")
+    keys_dir: str = Field("~/.ccaa/keys", description="CurveZMQ keys: hub.key, the client "
+                          "keypairs, authorized/ (the hub's allow-list)")
+    client_key: str = Field("client", description="this peer's keypair in keys_dir")
 
     def router(self) -> str:
         return self.router_endpoint or f"tcp://{self.hub_host}:{self.hub_port}"

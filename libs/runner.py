@@ -10,6 +10,7 @@ import signal
 import sys
 from typing import Any, Awaitable, Callable
 
+from libs import security
 from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
 from libs.log import setup_logging
 
@@ -62,7 +63,9 @@ def run_main(setup: Callable[[argparse.Namespace, SystemConfig], Awaitable[int]]
     setup_logging(args.log_level)
     try:
         config = config_from_args(args)
-    except ConfigError as exc:
+        comm = config.communication
+        security.configure(comm.curve, comm.keys_dir, comm.client_key)
+    except (ConfigError, security.KeyError_) as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2
     try:

@@ -16,6 +16,8 @@ from typing import Callable
 
 import zmq
 
+from libs.security import apply_client
+
 FrameHandler = Callable[[list[bytes]], None]
 
 #: Messages handled before the pump yields to other coroutines.
@@ -27,8 +29,10 @@ def context() -> zmq.Context:
 
 
 def socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
+    """A socket with linger 0; client kinds get CURVE keys when security is configured."""
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    apply_client(sock)
     return sock
 
 

@@ -11,6 +11,7 @@ import time
 
 from pydantic import ValidationError
 
+from libs import security
 from libs.client import BusClient
 from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
 from libs.log import setup_logging
@@ -103,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the services running")
     p.add_argument("--task-timeout", type=float, default=300)
 
+    p = sub.add_parser("keys", help="CurveZMQ keys: `init` (hub + first client), `add NAME`")
+    _config_args(p)
+    p.add_argument("action", choices=["init", "add"])
+    p.add_argument("name", nargs="?", default="client", help="client key name")
+
     p = sub.add_parser("agent", help="run one agent attached to a hub (any host)",
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -114,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> SystemConfig:
-    return load_config(args.config, overrides=flag_overrides(args.set))
+    config = load_config(args.config, overrides=flag_overrides(args.set))
+    comm = config.communication
+    security.configure(comm.curve, comm.keys_dir, comm.client_key)
+    return config
 
 
 def _env_overrides(assignments: list[str]) -> dict[str, str]:
@@ -269,6 +278,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    config = load_config(args.config, overrides=flag_overrides(args.set))
+    keys_dir = config.communication.keys_dir
+    made = (security.init(keys_dir, args.name) if args.action == "init"
+            else security.add(keys_dir, args.name))
+    for path in made:
+        print(f"wrote {path}")
+    print(f"keys in {security.keys_path(keys_dir)}; set communication.curve = true on every "
+          "host, give peers hub.key and their own keypair (communication.client_key)")
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     st = asyncio.run(_ask(_load(args), "orchestrator",
                           CommandCancel(session_id=args.session_id, reason=args.reason)))
@@ -288,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("error")
     handlers = {"demo": cmd_demo, "up": cmd_up, "down": cmd_down, "status": cmd_status,
                 "submit": cmd_submit, "show": cmd_show, "sessions": cmd_sessions,
-                "logs": cmd_logs, "cancel": cmd_cancel}
+                "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys}
     try:
         return handlers[args.cmd](args)
     except ConfigError as exc:
@@ -303,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RegistrationRefused, TimeoutError) as exc:
         print(f"ccaa: {exc}", file=sys.stderr)
         return 1
+    except security.KeyError_ as exc:
+        print(f"ccaa: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                              for e in exc.errors())

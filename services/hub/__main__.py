@@ -8,6 +8,7 @@ import sys
 
 import zmq
 
+from libs import security
 from libs.config import SystemConfig
 from libs.http import HttpServer, metrics_route
 from libs.log import get_logger
@@ -29,9 +30,21 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     router.setsockopt(zmq.SNDHWM, 100_000)
     router.setsockopt(zmq.RCVHWM, 100_000)
+    auth = None
+    secure = None
+    if comm.curve:
+        try:
+            auth = security.start_authenticator(ctx, comm.keys_dir)
+            security.apply_server(router, comm.keys_dir)
+        except security.KeyError_ as exc:
+            print(f"hub: {exc}", file=sys.stderr)
+            return 2
+
+        def secure(sock: zmq.Socket) -> None:
+            security.apply_server(sock, comm.keys_dir)
     try:
         router_endpoint = bind(router, comm.router())
-        proxy = EventProxy(ctx, comm.pub(), comm.sub())
+        proxy = EventProxy(ctx, comm.pub(), comm.sub(), secure)
     except zmq.ZMQError as exc:
         print(f"hub: cannot bind: {exc} (is another hub running?)", file=sys.stderr)
         return 1
@@ -60,7 +73,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
     pump_task = asyncio.ensure_future(pump.run())
     live_task = asyncio.ensure_future(liveness())
-    log.info("started", router=router_endpoint, pub=proxy.pub_endpoint, sub=proxy.sub_endpoint,
+    log.info("started", curve=comm.curve, router=router_endpoint, pub=proxy.pub_endpoint, sub=proxy.sub_endpoint,
              metrics=http.url, hub_id=hub.hub_id)
     announce(service="hub", router=router_endpoint, pub=proxy.pub_endpoint,
              sub=proxy.sub_endpoint, metrics=http.url, hub_id=hub.hub_id)
@@ -74,6 +87,8 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     proxy.stop()
     events.close(linger=0)
     router.close(linger=0)
+    if auth is not None:
+        auth.stop()
     return 0
 
 

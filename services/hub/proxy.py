@@ -6,6 +6,7 @@ The hub's own events enter through an inproc endpoint on the same XSUB socket.
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import zmq
 
@@ -15,10 +16,14 @@ INPROC = "inproc://ccaa-hub-events"
 
 
 class EventProxy:
-    def __init__(self, ctx: zmq.Context, pub_endpoint: str, sub_endpoint: str):
+    def __init__(self, ctx: zmq.Context, pub_endpoint: str, sub_endpoint: str,
+                 secure: Callable[[zmq.Socket], None] | None = None):
         self.ctx = ctx
         self.xsub = socket(ctx, zmq.XSUB)
         self.xpub = socket(ctx, zmq.XPUB)
+        if secure is not None:  # CURVE server on both, before they bind
+            secure(self.xsub)
+            secure(self.xpub)
         self.pub_endpoint = bind(self.xsub, pub_endpoint)
         bind(self.xsub, INPROC)
         self.sub_endpoint = bind(self.xpub, sub_endpoint)
