@@ -25,18 +25,15 @@ from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message, ProtocolError
 from protocols.command import (
-    AttemptInfo,
     CommandCancel,
     CommandStatus,
     CommandStatusReply,
     CommandType,
     SessionCreate,
     SessionCreated,
-    SessionInfo,
     SessionList,
     SessionListReply,
     SessionState,
-    TaskInfo,
     TaskLogs,
     TaskLogsReply,
 )
@@ -53,6 +50,7 @@ from protocols.task import (
     TaskResultAck,
     TaskSpec,
 )
+from services.orchestrator import queries
 from services.orchestrator.gates import GateConfigError, project_gates
 from services.orchestrator.report import session_report
 from services.orchestrator.store import Store, TaskRow
@@ -178,31 +176,17 @@ class Orchestrator:
         return self.status(body.session_id)
 
     def status(self, session_id: str) -> CommandStatusReply:
-        row = self.store.session(session_id)
-        if row is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no session {session_id!r}")
-        tasks = [_task_info(t) for t in self.store.tasks(session_id)]
-        return CommandStatusReply(session=_session_info(row), tasks=tasks,
-                                  history=self.store.history(session_id))
+        return queries.status(self.store, session_id)
 
     async def on_list(self, msg: Message) -> SessionListReply:
         body = msg.body
         assert isinstance(body, SessionList)
-        return SessionListReply(sessions=[_session_info(r) for r in self.store.sessions(body.limit)])
+        return queries.sessions(self.store, body.limit)
 
     async def on_logs(self, msg: Message) -> TaskLogsReply:
         body = msg.body
         assert isinstance(body, TaskLogs)
-        task = self.store.task(body.task_id)
-        if task is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no task {body.task_id!r}")
-        rows = self.store.conn.execute("SELECT * FROM attempts WHERE task_id=? ORDER BY n",
-                                       (task.id,)).fetchall()
-        attempts = [AttemptInfo(attempt_id=r["id"], n=r["n"], agent_id=r["agent_id"],
-                                state=r["state"], started_at=r["started_at"],
-                                ended_at=r["ended_at"], applied=bool(r["applied"]),
-                                result=json.loads(r["result"])) for r in rows]
-        return TaskLogsReply(task=_task_info(task), attempts=attempts)
+        return queries.logs(self.store, body.task_id)
 
     async def on_cancel(self, msg: Message) -> CommandStatusReply:
         body = msg.body
@@ -485,21 +469,6 @@ class Orchestrator:
         self.peer.send(DISTRIBUTOR, TaskReleased(task_id=task.id, attempt_id=attempt_id,
                                                  agent_id=agent_id))
         return True
-
-
-def _session_info(row: Any) -> SessionInfo:
-    return SessionInfo(session_id=row["id"], type=row["type"], text=row["text"],
-                       repo=row["repo"], state=row["state"], created_at=row["created_at"],
-                       updated_at=row["updated_at"], detail=row["detail"],
-                       cost_usd=row["cost_usd"], budget_usd=row["budget_usd"],
-                       base_commit=row["base_commit"], report=json.loads(row["report"]))
-
-
-def _task_info(t: TaskRow) -> TaskInfo:
-    return TaskInfo(task_id=t.id, title=t.title, role=t.role, state=t.state, attempt=t.attempt,
-                    attempt_id=t.attempt_id, agent_id=t.agent_id, result=t.result,
-                    updated_at=t.updated_at, kind=t.kind, key=t.key, depends_on=t.depends_on,
-                    parent=t.parent, meta=t.meta)
 
 
 __all__ = ["Orchestrator", "CommandType"]

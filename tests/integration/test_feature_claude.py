@@ -60,7 +60,6 @@ def test_feature_with_a_failing_gate_sent_back_and_fixed(procs, bus, tmp_path):
     work = {t.key: t for t in status.tasks if t.kind == "work"}
     assert set(work) == {"multiply", "divide", "exports"}
     # the two independent subtasks ran at the same time on the two workers
-    runs = {k: (t.result["data"]["duration_ms"], t.agent_id) for k, t in work.items()}
     history = status.history
 
     def at(task_id, state):

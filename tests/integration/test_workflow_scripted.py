@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from libs.client import BusClient
-from protocols.command import CommandStatus, CommandSubmit, CommandType
+from protocols.command import CommandSubmit, CommandType
 from tests.integration.test_bus_flow import session_state, wait_for
 
 SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "scripted_agent.py"
@@ -95,9 +94,12 @@ def test_plan_gates_review_merge(procs, bus, tmp_path):
     sent_back = [h for h in history if h["task_id"] == work["b"].task_id
                  and h["to_state"] == "ready" and "sent back" in h["detail"]]
     assert len(sent_back) == 1
-    # a and b ran before c; c started from both
-    started = {t.key: t for t in status.tasks}
+    # c ran once, after a and b were accepted, from both of their branches
     assert work["c"].attempt == 1
+    accepted = {h["task_id"]: h["ts"] for h in history if h["kind"] == "accepted"}
+    c_ready = next(h["ts"] for h in history if h["task_id"] == work["c"].task_id
+                   and h["to_state"] == "ready")
+    assert c_ready >= max(accepted[work["a"].task_id], accepted[work["b"].task_id])
 
     # the session branch has all three files, merged on top of the base commit
     report = st.report

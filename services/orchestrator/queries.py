@@ -1,0 +1,58 @@
+"""Read-only answers about sessions and tasks: status, the session list, a task's logs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from protocols import ErrorCode, ProtocolError
+from protocols.command import (
+    AttemptInfo,
+    CommandStatusReply,
+    SessionInfo,
+    SessionListReply,
+    TaskInfo,
+    TaskLogsReply,
+)
+from services.orchestrator.store import Store, TaskRow
+
+
+def session_info(row: Any) -> SessionInfo:
+    return SessionInfo(session_id=row["id"], type=row["type"], text=row["text"],
+                       repo=row["repo"], state=row["state"], created_at=row["created_at"],
+                       updated_at=row["updated_at"], detail=row["detail"],
+                       cost_usd=row["cost_usd"], budget_usd=row["budget_usd"],
+                       base_commit=row["base_commit"], report=json.loads(row["report"]))
+
+
+def task_info(t: TaskRow) -> TaskInfo:
+    return TaskInfo(task_id=t.id, title=t.title, role=t.role, state=t.state, attempt=t.attempt,
+                    attempt_id=t.attempt_id, agent_id=t.agent_id, result=t.result,
+                    updated_at=t.updated_at, kind=t.kind, key=t.key, depends_on=t.depends_on,
+                    parent=t.parent, meta=t.meta)
+
+
+def status(store: Store, session_id: str) -> CommandStatusReply:
+    row = store.session(session_id)
+    if row is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no session {session_id!r}")
+    return CommandStatusReply(session=session_info(row),
+                              tasks=[task_info(t) for t in store.tasks(session_id)],
+                              history=store.history(session_id))
+
+
+def sessions(store: Store, limit: int) -> SessionListReply:
+    return SessionListReply(sessions=[session_info(r) for r in store.sessions(limit)])
+
+
+def logs(store: Store, task_id: str) -> TaskLogsReply:
+    task = store.task(task_id)
+    if task is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no task {task_id!r}")
+    rows = store.conn.execute("SELECT * FROM attempts WHERE task_id=? ORDER BY n",
+                              (task.id,)).fetchall()
+    attempts = [AttemptInfo(attempt_id=r["id"], n=r["n"], agent_id=r["agent_id"],
+                            state=r["state"], started_at=r["started_at"], ended_at=r["ended_at"],
+                            applied=bool(r["applied"]), result=json.loads(r["result"]))
+                for r in rows]
+    return TaskLogsReply(task=task_info(task), attempts=attempts)
