@@ -27,9 +27,12 @@ from protocols.command import (
 from protocols.peer import PeerKind
 
 EPILOG = """Typical use:
+  ccaa demo                                the whole system, offline, on a sample repository
   ccaa up                                  start the services (supervisord) and agents
   ccaa status                              services and agents with role, state, load
-  ccaa submit "make test" --repo . --wait  run a command on a repository, follow it
+  ccaa submit IMPLEMENT_FEATURE "add a --json flag" --repo . --wait
+                                           plan, implement, gate, review, merge; follow it
+  ccaa show SESSION                        the task DAG with states, gates and cost
   ccaa agent --hub tcp://HOST:5555         attach one more agent from any host
   ccaa down                                stop everything
 """
@@ -65,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "then the command text")
     p.add_argument("--repo", default=".", help="repository directory (default: .)")
     p.add_argument("--role", default="worker", help="role that runs the task (default: worker)")
-    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--priority", type=int, default=0,
+                   help="-100..100; higher runs first (waiting work gains priority over time)")
     p.add_argument("--task-timeout", type=float, help="seconds one attempt may run")
     p.add_argument("--budget", type=float, help="stop assigning tasks once the session has "
                    "cost this many USD")
