@@ -108,8 +108,8 @@ def init(keys_dir: str, client: str = "client") -> list[str]:
 
 
 def add(keys_dir: str, name: str) -> list[str]:
-    """A new client keypair, allowed by the hub (restart not needed: ZAP reads the
-    allow-list when the hub starts, so restart the hub to pick it up)."""
+    """A new client keypair, added to the hub's allow-list (send the hub SIGHUP, or
+    restart it, to pick it up)."""
     root = keys_path(keys_dir)
     if not (root / AUTHORIZED).is_dir():
         raise KeyError_(f"{root} has no keys yet (run `ccaa keys init`)")

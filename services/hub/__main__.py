@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 import zmq
@@ -63,6 +64,13 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
     stop = asyncio.Event()
     install_stop_signals(stop)
+    if auth is not None:  # SIGHUP: re-read the allow-list (clients added or removed)
+        def reload_keys() -> None:
+            auth.configure_curve(domain="*", location=str(
+                security.keys_path(comm.keys_dir) / security.AUTHORIZED))
+            log.info("keys.reloaded")
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys)
 
     async def liveness() -> None:
         while not stop.is_set():

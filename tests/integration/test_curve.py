@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 import zmq.auth
@@ -67,6 +69,20 @@ def test_curve_allows_listed_keys_only(procs, tmp_path):
         asyncio.run(allowed())
         security.configure(True, str(stranger), "client")  # a key the hub does not list
         asyncio.run(refused())
+        # listed afterwards and the hub told (SIGHUP): the same key is let in
+        (keys / "authorized" / "stranger.key").write_bytes((stranger / "client.key").read_bytes())
+        os.kill(hub.pid, signal.SIGHUP)
+
+        async def admitted():
+            for _ in range(20):  # the reload is asynchronous: retry under a deadline
+                try:
+                    async with BusClient(comm, name="stranger", connect_timeout=0.5):
+                        return
+                except RequestTimeout:
+                    continue
+            raise AssertionError("the newly listed key was not admitted")
+
+        asyncio.run(admitted())
         security.configure(False, "", "")  # no encryption at all
         asyncio.run(refused())
     finally:
