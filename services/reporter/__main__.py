@@ -13,6 +13,7 @@ from libs.http import json_response
 from libs.peer import RequestFailed, RequestTimeout
 from libs.runner import common_parser, run_main
 from libs.service import ServiceContext, run_service
+from protocols.command import SessionList
 from protocols.peer import RegistryList
 from services.reporter.dashboard import page
 from services.reporter.service import Reporter
@@ -52,6 +53,8 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                     try:
                         reply = await ctx.peer.request("hub", RegistryList())
                         reporter.set_peers(reply.body.peers)  # type: ignore[attr-defined]
+                        listed = await ctx.peer.request("orchestrator", SessionList(limit=20))
+                        reporter.set_sessions(listed.body.sessions)  # type: ignore[attr-defined]
                     except (RequestFailed, RequestTimeout, ConnectionError):
                         pass
                 reporter.prune()

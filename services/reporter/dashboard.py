@@ -20,6 +20,7 @@ PAGE = """<!doctype html>
  <div><h2>Sessions</h2><table id="sessions_by_state"></table></div>
  <div><h2>Agents</h2><table id="agents_by_state"></table></div>
 </div>
+<h2>Recent sessions</h2><table id="sessions"></table>
 <h2>Agent activity</h2><table id="activity"></table>
 <h2>Events</h2><table id="events_by_topic"></table>
 <script>
@@ -38,6 +39,12 @@ async function refresh() {
     counts("sessions_by_state", s.sessions_by_state);
     counts("agents_by_state", s.agents_by_state);
     counts("events_by_topic", s.events_by_topic);
+    const ses = s.recent_sessions || [];
+    document.getElementById("sessions").innerHTML = ses.length
+      ? "<tr><th>session</th><th>type</th><th>state</th><th>cost</th><th>request</th></tr>" +
+        ses.map(x => `<tr><td>${esc(x.id)}</td><td>${esc(x.type)}</td><td>${esc(x.state)}</td>` +
+          `<td class="n">$${x.cost_usd.toFixed(4)}</td><td>${esc(x.text)}</td></tr>`).join("")
+      : "<tr><td>no sessions yet</td></tr>";
     const act = Object.entries(s.agent_activity || {}).sort();
     document.getElementById("activity").innerHTML = act.length
       ? "<tr><th>agent</th><th>task</th><th>doing</th></tr>" + act.map(([a, x]) =>

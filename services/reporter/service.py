@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from protocols import Message
+from protocols.command import SessionInfo
 from protocols.events import PeerEvent, SessionEvent, TaskEvent
 from protocols.peer import PeerInfo
 from protocols.task import TaskProgress
@@ -43,6 +44,7 @@ class Reporter:
         self.agent_state: dict[str, str] = {}
         self.activity: dict[str, dict[str, Any]] = {}  # agent -> last progress
         self.peers: list[PeerInfo] = []  # from the hub's registry, refreshed periodically
+        self.sessions: list[dict[str, Any]] = []  # from the orchestrator, refreshed too
         self._known: dict[int, set[str]] = {id(self.tasks_by_state): set(TASK_STATES)}
         self._seen: dict[str, float] = {}  # task/session id -> when last heard of
         for state in TASK_STATES:
@@ -119,6 +121,13 @@ class Reporter:
                 "ccaa_kind": p.kind.value, "ccaa_role": p.role or "none", "host": p.host}})
         return targets
 
+    def set_sessions(self, sessions: list[SessionInfo]) -> None:
+        """Recent sessions from the orchestrator (refreshed periodically), for the dashboard."""
+        self.sessions = [{"id": s.session_id, "type": s.type.value, "state": s.state.value,
+                          "cost_usd": round(s.cost_usd, 6), "detail": s.detail[:200],
+                          "text": s.text.splitlines()[0][:120] if s.text else "",
+                          "created_at": s.created_at} for s in sessions]
+
     def summary(self) -> dict[str, Any]:
         return {
             "uptime_s": round(self.clock() - self.started, 3),
@@ -127,4 +136,5 @@ class Reporter:
             "sessions_by_state": dict(Tally(self.session_state.values())),
             "agents_by_state": dict(Tally(self.agent_state.values())),
             "agent_activity": self.activity,
+            "recent_sessions": self.sessions,
         }

@@ -154,7 +154,8 @@ def test_summary_shape_is_json(env):
     clock.now += 12.3456
     summary = json.loads(json.dumps(reporter.summary()))
     assert set(summary) == {"uptime_s", "events_by_topic", "tasks_by_state",
-                            "sessions_by_state", "agents_by_state", "agent_activity"}
+                            "sessions_by_state", "agents_by_state", "agent_activity",
+                            "recent_sessions"}
     assert summary["uptime_s"] == pytest.approx(12.346)
     assert summary["events_by_topic"] == {"task.queued": 1, "task.running": 2,
                                           "session.running": 1, "agent.registered": 1,
@@ -225,3 +226,17 @@ def test_finished_work_older_than_the_retention_is_forgotten():
     assert value(registry, "ccaa_tasks", state="succeeded") == 0
     assert value(registry, "ccaa_sessions", state="succeeded") == 0
     assert value(registry, "ccaa_tasks", state="failed") == 1
+
+
+def test_recent_sessions_for_the_dashboard(env):
+    from protocols.command import CommandType, SessionInfo, SessionState
+
+    reporter, _, _ = env
+    reporter.set_sessions([SessionInfo(
+        session_id="s-1", type=CommandType.IMPLEMENT_FEATURE, text="add x\nmore", repo="/r",
+        state=SessionState.PARTIAL, created_at=5.0, updated_at=6.0, cost_usd=0.1234567,
+        detail="1/2 subtasks merged")])
+    (row,) = reporter.summary()["recent_sessions"]
+    assert row == {"id": "s-1", "type": "IMPLEMENT_FEATURE", "state": "partial",
+                   "cost_usd": 0.123457, "detail": "1/2 subtasks merged", "text": "add x",
+                   "created_at": 5.0}
