@@ -13,11 +13,22 @@
       - match: {prompt_contains: "never"}
         reply: {stall: true}
 
-Criteria: ``turn`` (1-based: assistant messages so far + 1), ``prompt_contains`` (the first
-user message's text: the task prompt), ``system_contains`` (the system prompt),
-``last_tool_result_contains`` (the latest tool result sent back), ``latest_user_contains``
-(the text of the latest user message: a resumed session's new instructions). Turns are tried in file
-order, files in the order given; the first match answers.
+Criteria (all optional; all given must hold):
+
+- ``turn``: 1-based index of the assistant turn (assistant messages so far + 1);
+- ``prompt_contains``: substring of the first user message's text (the task prompt; Claude
+  Code also puts a ``<system-reminder>`` text block there);
+- ``system_contains``: substring of the system prompt (a string or a list of text blocks)
+  or of a ``role: system`` message (Claude Code sends its environment block that way:
+  working directory, model id, tool list);
+- ``last_tool_result_contains``: substring of the tool results in the latest user message;
+- ``latest_user_contains``: substring of the latest user message's text (a resumed
+  session's new instructions).
+
+A reply is ``content`` (text and tool_use blocks, with optional ``stop_reason`` and
+``usage``), or ``error`` (an HTTP error with an Anthropic error body), or ``stall: true``
+(never answer). Turns are tried in file order, files in the order given; the first match
+answers. A request nothing matches gets a short "no scripted turn matched" text.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Model(BaseModel):
@@ -55,6 +66,14 @@ class Block(_Model):
     name: str = ""
     input: dict[str, Any] = {}
 
+    @model_validator(mode="after")
+    def _check(self) -> "Block":
+        if self.type == "tool_use" and not self.name:
+            raise ValueError("a tool_use block needs a name (Write, Edit, Bash, Read, ...)")
+        if self.type == "text" and (self.name or self.input):
+            raise ValueError("a text block takes only text")
+        return self
+
 
 class ApiError(_Model):
     status: int = Field(500, ge=400, le=599)
@@ -68,6 +87,15 @@ class Reply(_Model):
     usage: Usage = Usage()
     error: ApiError | None = None
     stall: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Reply":
+        kinds = [k for k, on in (("content", bool(self.content)), ("error", self.error is not None),
+                                 ("stall", self.stall)) if on]
+        if len(kinds) != 1:
+            raise ValueError("a reply is exactly one of: content (non-empty), error, stall: true"
+                             f" (got {', '.join(kinds) or 'none'})")
+        return self
 
     def stop(self) -> str:
         if self.stop_reason:
@@ -138,7 +166,10 @@ def features(body: dict[str, Any]) -> dict[str, Any]:
     prompt = _text(user[0].get("content")) if user else ""
     last = _tool_result_text(user[-1].get("content")) if user else ""
     turn = 1 + sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
-    return {"prompt": prompt, "system": _text(body.get("system", "")), "turn": turn,
+    system = [_text(body.get("system", ""))]
+    system += [_text(m.get("content")) for m in messages
+               if isinstance(m, dict) and m.get("role") == "system"]
+    return {"prompt": prompt, "system": "\n".join(system), "turn": turn,
             "last_tool_result": last,
             "latest_user": _text(user[-1].get("content")) if user else ""}
 
