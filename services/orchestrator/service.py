@@ -222,28 +222,34 @@ class Orchestrator:
         now = self.clock()
         room = self.config.orchestrator.max_parallel_tasks - self.store.count_active()
         sessions: dict[str, Any] = {}
-        exhausted: set[str] = set()
-        for task in self.store.tasks(states=("ready",)):
-            if room <= 0:
+        skipped: set[str] = set()  # ready tasks that cannot start now (session limits)
+        while room > 0:
+            # only as many ready tasks as can start are read (plus those skipped so far)
+            page = [t for t in self.store.tasks(states=("ready",), ready_by=now,
+                                                limit=room + len(skipped) + 16)
+                    if t.id not in skipped]
+            if not page:
                 break
-            if task.ready_at > now:
-                continue
-            row = sessions.get(task.session_id) or self.store.session(task.session_id)
-            sessions[task.session_id] = row
-            if row["state"] != "running":
-                continue
-            if row["budget_usd"] is not None and row["cost_usd"] >= row["budget_usd"]:
-                if task.session_id not in exhausted:
-                    exhausted.add(task.session_id)
-                    self._budget_exhausted(row)
-                continue
-            if row["max_parallel"] and self.store.count_active(task.session_id) >= row["max_parallel"]:
-                continue
-            attempt_id = self.store.new_attempt(task)
-            self.move(task, "queued", f"attempt {task.attempt}", attempt=task.attempt,
-                      attempt_id=attempt_id, agent_id="", enqueued_at=now)
-            room -= 1
-            self.peer.spawn(self._enqueue(task))
+            for task in page:
+                if room <= 0:
+                    break
+                row = sessions.get(task.session_id) or self.store.session(task.session_id)
+                sessions[task.session_id] = row
+                if row["budget_usd"] is not None and row["cost_usd"] >= row["budget_usd"] \
+                        and row["state"] == "running":
+                    self._budget_exhausted(row)  # cancels the session's waiting tasks
+                    sessions.pop(task.session_id)
+                    break  # read the ready tasks again
+                if row["state"] != "running" or (
+                        row["max_parallel"]
+                        and self.store.count_active(task.session_id) >= row["max_parallel"]):
+                    skipped.add(task.id)
+                    continue
+                attempt_id = self.store.new_attempt(task)
+                self.move(task, "queued", f"attempt {task.attempt}", attempt=task.attempt,
+                          attempt_id=attempt_id, agent_id="", enqueued_at=now)
+                room -= 1
+                self.peer.spawn(self._enqueue(task))
         self.metrics.active.set(self.store.count_active())
 
     def _budget_exhausted(self, row: Any) -> None:

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     isolate INTEGER NOT NULL DEFAULT 1, tier INTEGER NOT NULL DEFAULT 0,
     meta TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, priority DESC, created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_session ON tasks(session_id);
 CREATE TABLE IF NOT EXISTS attempts (
     id TEXT PRIMARY KEY, task_id TEXT NOT NULL REFERENCES tasks(id), n INTEGER NOT NULL,
@@ -199,7 +199,11 @@ class Store:
         row = self.conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
         return TaskRow.from_row(row) if row else None
 
-    def tasks(self, session_id: str | None = None, states: tuple[str, ...] = ()) -> list[TaskRow]:
+    def tasks(self, session_id: str | None = None, states: tuple[str, ...] = (),
+              ready_by: float | None = None, limit: int | None = None,
+              offset: int = 0) -> list[TaskRow]:
+        """Tasks, highest priority then oldest first; ``ready_by`` keeps those whose backoff
+        ends by then; ``limit``/``offset`` page through them."""
         sql, params = "SELECT * FROM tasks WHERE 1=1", []
         if session_id is not None:
             sql += " AND session_id=?"
@@ -207,7 +211,13 @@ class Store:
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
             params.extend(states)
+        if ready_by is not None:
+            sql += " AND ready_at <= ?"
+            params.append(ready_by)
         sql += " ORDER BY priority DESC, created_at"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [limit, offset]
         return [TaskRow.from_row(r) for r in self.conn.execute(sql, params)]
 
     def count_active(self, session_id: str | None = None) -> int:
