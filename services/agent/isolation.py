@@ -7,7 +7,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
-from services.agent import worktree
+from libs import worktree
 from services.agent.executors.base import RunContext
 
 

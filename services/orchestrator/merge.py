@@ -5,7 +5,6 @@ branch ``ccaa/<session>/<name>``; the user's checkout is never touched."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,24 +82,6 @@ def diff(repo: str, base: str, commit: str, limit: int = DIFF_LIMIT) -> str:
     if len(text) > limit:
         text = text[:limit] + f"\n... diff truncated at {limit} characters ...\n"
     return text
-
-
-def remove_worktrees(repo: str, under: list[Path]) -> list[str]:
-    """Remove every worktree of ``repo`` that lies under one of the ``under`` directories
-    (the session's merge and agent worktrees); branches stay. Returns the paths removed."""
-    listing = git(repo, "worktree", "list", "--porcelain", check=False).stdout
-    paths = [line.split(" ", 1)[1] for line in listing.splitlines()
-             if line.startswith("worktree ")]
-    roots = [str(p.resolve()) + "/" for p in under]
-    removed = []
-    for path in paths:
-        if any(str(Path(path).resolve()).startswith(r) for r in roots):
-            git(repo, "worktree", "remove", "--force", path, check=False)
-            removed.append(path)
-    for root in under:
-        shutil.rmtree(root, ignore_errors=True)
-    git(repo, "worktree", "prune", check=False)
-    return removed
 
 
 def delete_branches(repo: str, branches: list[str]) -> None:

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.config import SystemConfig
 from libs.events import EventPublisher
-from libs.gitrepo import head_commit
+from libs.worktree import head_commit
 from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message, ProtocolError

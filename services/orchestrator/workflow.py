@@ -15,10 +15,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from libs import worktree
 from libs.config import GateConfig
 from services.orchestrator import merge, prompts
 from services.orchestrator.gates import evaluate
-from services.orchestrator.plan import Plan, PlanError, parse_plan, topological_order
+from services.orchestrator.plan import (
+    Plan,
+    PlanError,
+    extract_json,
+    parse_plan,
+    topological_order,
+)
 from services.orchestrator.store import TaskRow, new_id
 from services.orchestrator.templates import Template
 
@@ -26,7 +33,6 @@ if TYPE_CHECKING:
     from services.orchestrator.service import Orchestrator
 
 FINAL = ("succeeded", "failed", "timed_out", "cancelled")
-WORK_KINDS = ("work",)
 
 
 def answer_text(task: TaskRow) -> str:
@@ -242,7 +248,7 @@ class Workflow:
             self._accept(work, note="accepted without review")
             return
         try:
-            verdict = json.loads(parse_json_object(answer_text(review)))
+            verdict = json.loads(extract_json(answer_text(review)))
             decision = str(verdict.get("verdict", "")).lower()
             reasons = [str(r) for r in verdict.get("reasons", [])]
         except (ValueError, AttributeError):
@@ -471,14 +477,16 @@ class Workflow:
             return
         repo = row["repo"]
         try:
-            removed = merge.remove_worktrees(repo, [self._merge_root(sid),
-                                                    self.config.data_path() / "worktrees" / sid])
+            removed = []
+            for root in (self.config.data_path() / "merges",
+                         self.config.data_path() / "worktrees"):
+                removed += worktree.remove_session(repo, sid, str(root))
             scratch = [f"ccaa/{sid}/{t.id}" for t in self.store.tasks(sid)
                        if t.kind not in ("work", "run", "resolve")]
             scratch += [f"ccaa/{sid}/{t.id}-base" for t in self.store.tasks(sid)
                         if t.kind == "work"]
             merge.delete_branches(repo, scratch)
-        except (merge.GitError, OSError) as exc:
+        except (merge.GitError, RuntimeError, OSError) as exc:
             self.store.record(sid, "cleanup_failed", detail=str(exc)[:500])
             return
         self.store.record(sid, "cleanup", detail=f"{len(removed)} worktree(s) removed")
@@ -493,8 +501,3 @@ class Workflow:
     def _report(self, sid: str) -> dict[str, Any]:
         return self.orch.report(sid)
 
-
-def parse_json_object(text: str) -> str:
-    from services.orchestrator.plan import extract_json
-
-    return extract_json(text)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.agent import worktree
+from libs import worktree
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -37,7 +37,8 @@ from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITra
 
 from libs.config import RoleConfig
 from libs.log import get_logger
-from services.agent import isolation, worktree
+from libs import worktree
+from services.agent import isolation
 from services.agent.executors.base import ExecutionResult, RunContext
 from services.agent.executors.claude_stream import ClaudeStream
 from protocols.task import Outcome

@@ -81,6 +81,14 @@ def head(path: str) -> str:
     return git(path, "rev-parse", "--verify", "--quiet", "HEAD", check=False)
 
 
+def head_commit(path: str) -> str:
+    """Like ``head``, but "" also when ``path`` is no git work tree or git is missing."""
+    try:
+        return head(path)
+    except RuntimeError:
+        return ""
+
+
 def _safe(part: str) -> str:
     cleaned = _UNSAFE.sub("-", part).strip(".-")
     return cleaned.replace("..", ".") or "x"
