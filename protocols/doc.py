@@ -10,12 +10,13 @@ from protocols.base import Body
 from protocols.command import AttemptInfo, SessionInfo, TaskInfo
 from protocols.peer import PeerInfo
 from protocols.registry import MESSAGE_TYPES
-from protocols.task import TaskSpec
+from protocols.task import AgentRecord, TaskSpec
 
 #: records that travel inside messages
 NESTED: dict[str, type[Body]] = {"TaskSpec": TaskSpec, "PeerInfo": PeerInfo,
                                  "SessionInfo": SessionInfo, "TaskInfo": TaskInfo,
-                                 "AttemptInfo": AttemptInfo}
+                                 "AttemptInfo": AttemptInfo,
+                                 "AgentRecord": AgentRecord}
 
 BEGIN = "<!-- BEGIN GENERATED: python -m protocols.doc --write -->"
 END = "<!-- END GENERATED -->"
@@ -52,6 +53,9 @@ ROUTES: dict[str, str] = {
     "task.result_ack": "owner -> agent (reply)",
     "task.cancel": "owner -> agent",
     "task.released": "orchestrator -> distributor",
+    "task.waiting": "distributor -> task owner: no agent could take it (or one can again)",
+    "agent.stats": "distributor -> orchestrator (at start: the agents' attempt record)",
+    "agent.stats_reply": "orchestrator -> distributor (reply)",
     "event.task": "orchestrator -> event topic task.<state>",
     "event.session": "orchestrator -> event topic session.<state>",
     "event.peer": "hub -> agent.<state> / service.<state> / client.<state>; controller -> pool.<event>",

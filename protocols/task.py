@@ -33,7 +33,10 @@ class Outcome(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
-    CANCELLED = "cancelled"
+    CANCELLED = "cancelled"  # stopped on the owner's request (task.cancel)
+    #: the agent went away mid-run (stopping, restarting, over its memory limit): not the
+    #: task's fault, so the owner runs it again without using up a retry
+    INTERRUPTED = "interrupted"
 
 
 class TaskSpec(Body):
@@ -121,10 +124,45 @@ class TaskCancel(Body):
 
 
 class TaskReleased(Body):
+    """The attempt no longer holds an agent slot (result applied, cancelled, agent lost).
+    ``outcome`` and ``duration_s`` come from the agent's result when there was one: the
+    distributor's performance record."""
+
     TYPE = "task.released"
     task_id: str
     attempt_id: str
     agent_id: str
+    outcome: str = ""  # an Outcome value, "lost", or "" (withdrawn before it ran)
+    duration_s: float = 0.0
+
+
+class TaskWaiting(Body):
+    """The distributor tells a task's owner that no registered agent could ever take a
+    queued attempt (``reason`` says which role or capability is missing), or, with an
+    empty reason, that one can again."""
+
+    TYPE = "task.waiting"
+    task_id: str
+    attempt_id: str
+    reason: str = ""
+
+
+class AgentStats(Body):
+    """Ask the orchestrator for each agent's attempt record (performance_based choice)."""
+
+    TYPE = "agent.stats"
+    since_s: float = Field(default=7 * 86400.0, gt=0)  # look back this many seconds
+
+
+class AgentRecord(Body):
+    attempts: int = 0  # attempts with a result (not lost)
+    succeeded: int = 0
+    busy_s: float = 0.0  # summed duration of those attempts
+
+
+class AgentStatsReply(Body):
+    TYPE = "agent.stats_reply"
+    agents: dict[str, AgentRecord] = {}
 
 
 class QueueStats(Body):

@@ -57,8 +57,12 @@ from protocols.peer import (
     RegistryListReply,
 )
 from protocols.task import (
+    AgentRecord,
+    AgentStats,
+    AgentStatsReply,
     QueueStats,
     QueueStatsReply,
+    TaskWaiting,
     Outcome,
     TaskAccepted,
     TaskAssign,
@@ -134,6 +138,11 @@ SAMPLES: dict[str, Body] = {
                                     type=CommandType.FIX_ISSUES, classification="cue words"),
     "session.created": SessionCreated(session_id="sess-1"),
     "queue.stats": QueueStats(),
+    "task.waiting": TaskWaiting(task_id="task-1", attempt_id="att-1",
+                                reason="no agent with role manager"),
+    "agent.stats": AgentStats(since_s=3600),
+    "agent.stats_reply": AgentStatsReply(agents={"agent-w-1": AgentRecord(
+        attempts=3, succeeded=2, busy_s=4.5)}),
     "queue.stats_reply": QueueStatsReply(queued={"worker": 3}, agents={"worker": 2},
                                          busy={"worker": 2}),
     "session.list": SessionList(limit=5),
