@@ -56,6 +56,9 @@ class OrchestratorConfig(_Section):
     task_timeout: float = Field(600.0, gt=0, description="seconds one attempt may run")
     retry_attempts: int = Field(2, ge=0, description="retries after a failed attempt")
     retry_backoff: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
+    max_interruptions: int = Field(
+        5, ge=0, description="times a task is run again because its agent went away (stopped, "
+        "restarted, lost) before it fails; these do not use up retry_attempts")
     result_resend_interval: float = Field(2.0, gt=0, description="agent resends unacked results")
     reconcile_interval: float = Field(2.0, gt=0, description="seconds between agent checks")
     resume_on_retry: bool = Field(True, description="a retried Claude Code task resumes the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import sys
 from typing import Awaitable, Callable
@@ -56,6 +57,15 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         for type_, handler in agent.handlers.items():
             peer.on(type_, handler)
         loops = [asyncio.ensure_future(agent.resend_loop(ctx.stop))]
+
+        def stop_signal() -> None:
+            # a stop signal usually reaches the whole process group, the task's processes
+            # too: whatever fails from now on is reported interrupted, not failed
+            agent.stopping = True
+            ctx.stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop_signal)
         if args.parent_pid:
             loops.append(asyncio.ensure_future(watch_parent(args.parent_pid, ctx.stop)))
 

@@ -52,6 +52,7 @@ class Agent:
         self.running: dict[str, Running] = {}  # attempt_id -> run
         self.unacked: dict[str, TaskResult] = {}  # attempt_id -> result awaiting ack
         self.owners: dict[str, str] = {}  # attempt_id -> peer that owns the task
+        self.stopping = False  # set by stop(), or early by the process's stop signal
         self.finished = Counter("ccaa_agent_attempts_total", "attempts finished, by outcome",
                                 ["outcome"], registry=registry)
         self.busy = Gauge("ccaa_agent_running", "attempts running now", registry=registry)
@@ -131,11 +132,18 @@ class Agent:
                                      error=f"timed out after {spec.timeout_s:g}s")
         except asyncio.CancelledError:
             run = self.running.get(spec.attempt_id)
-            reason = run.cancel_reason if run else "agent stopping"
-            result = ExecutionResult(Outcome.CANCELLED, error=reason)
+            if run is not None and run.cancel_reason:  # the owner asked (task.cancel)
+                result = ExecutionResult(Outcome.CANCELLED, error=run.cancel_reason)
+            else:
+                result = ExecutionResult(Outcome.INTERRUPTED, error="agent stopping")
         except Exception as exc:
             self.log.exception("executor.failed", task=spec.task_id)
             result = ExecutionResult(Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+        if self.stopping and result.outcome in (Outcome.FAILED, Outcome.CANCELLED):
+            # its processes died with the agent (a signal to the whole group): not the
+            # task's fault, so the owner runs it again
+            result = ExecutionResult(Outcome.INTERRUPTED, exit_code=result.exit_code,
+                                     error=f"agent stopping ({result.error or 'killed'})")
         self.running.pop(spec.attempt_id, None)
         self.busy.set(len(self.running))
         report = TaskResult(
@@ -174,8 +182,10 @@ class Agent:
                     self.resend_all()
 
     async def stop(self) -> None:
+        """Stop every running attempt; each is reported ``interrupted`` (run again by its
+        owner elsewhere, not failed)."""
+        self.stopping = True
         for run in list(self.running.values()):
-            run.cancel_reason = "agent stopping"
             run.task.cancel()
         if self.running:
             await asyncio.gather(*(r.task for r in self.running.values()), return_exceptions=True)

@@ -342,7 +342,7 @@ class Orchestrator:
                       agent_id=body.agent_id)
         if task.state == "assigned":
             self.move(task, "running", f"on {body.agent_id} (known from its result)")
-        self._release(task)
+        self._release(task, outcome=body.outcome.value, duration_s=body.duration_s)
         self._apply(task, body, result)
         self.schedule()
         return TaskResultAck(task_id=task.id, attempt_id=body.attempt_id, applied=True)
@@ -356,15 +356,19 @@ class Orchestrator:
 
     def _apply(self, task: TaskRow, body: TaskResult, result: dict[str, Any]) -> None:
         outcome = body.outcome
-        if task.kind in NO_RETRY and outcome != Outcome.CANCELLED:
+        if outcome in (Outcome.INTERRUPTED, Outcome.CANCELLED):
+            # the current attempt was stopped by its agent going away, not by the user (a
+            # user's cancel has already ended the task, so its result is not current)
+            self._run_again(task, f"agent {body.agent_id} stopped mid-run: {body.error}",
+                            result=result)
+            return
+        if task.kind in NO_RETRY:
             passed, detail = self.workflow.judge_gate(task, result)
             meta = {**task.meta, "verdict": detail}
             self.move(task, "succeeded" if passed else "failed", f"gate: {detail}",
                       result=result, meta=meta)
         elif outcome == Outcome.SUCCEEDED:
             self.move(task, "succeeded", f"on {body.agent_id}", result=result)
-        elif outcome == Outcome.CANCELLED:
-            self.move(task, "cancelled", body.error, result=result)
         elif task.attempt - task.meta.get("attempt_base", 0) <= self.config.orchestrator.retry_attempts:
             n = task.attempt - task.meta.get("attempt_base", 0)
             delay = self.config.orchestrator.retry_backoff * (2 ** (n - 1))
@@ -379,6 +383,22 @@ class Orchestrator:
             self.move(task, outcome.value, body.error[:500], result=result)
         self.workflow.on_final(task)
 
+    def _run_again(self, task: TaskRow, why: str, **fields: Any) -> None:
+        """The attempt's agent went away (stopped, restarted, lost): queue a new attempt at
+        once, without using up a retry; past ``max_interruptions`` the task fails."""
+        n = task.meta.get("interruptions", 0) + 1
+        limit = self.config.orchestrator.max_interruptions
+        self.log.warning("task.interrupted", task=task.id, agent=task.agent_id, n=n, why=why)
+        if n > limit:
+            self.move(task, "failed", f"{why}; its agents went away {n} times "
+                      f"(orchestrator.max_interruptions = {limit})"[:500], **fields)
+            self.workflow.on_final(task)
+            return
+        meta = {**task.meta, "interruptions": n,
+                "attempt_base": task.meta.get("attempt_base", 0) + 1}
+        self.move(task, "ready", f"run again: {why}"[:500], agent_id="", ready_at=0,
+                  meta=meta, **fields)
+
     async def on_agents_lost(self, names: set[str]) -> None:
         """Agents gone (hub event or reconciliation): their attempts are lost; re-queue."""
         requeued = False
@@ -387,10 +407,9 @@ class Orchestrator:
                 continue
             self.metrics.lost_attempts.inc()
             self.store.set_attempt(task.attempt_id, state="lost", ended_at=self.clock())
-            self._release(task)
-            self.move(task, "ready", f"agent {task.agent_id} lost", agent_id="", ready_at=0)
+            self._release(task, outcome="lost")
+            self._run_again(task, f"agent {task.agent_id} lost")
             requeued = True
-            self.log.warning("task.requeued", task=task.id, agent=task.agent_id)
         if requeued:
             self.schedule()
 
@@ -459,12 +478,15 @@ class Orchestrator:
         self.events.publish(session_topic(state),
                             SessionEvent(session_id=session_id, state=state, detail=detail[:500]))
 
-    def _release(self, task: TaskRow, withdraw: bool = False) -> None:
+    def _release(self, task: TaskRow, withdraw: bool = False, outcome: str = "",
+                 duration_s: float = 0.0) -> None:
         """Tell the distributor the agent's slot is free (``withdraw``: also take a task
-        that is still queued out of its queue)."""
+        that is still queued out of its queue); ``outcome``/``duration_s`` feed its record
+        of the agent's performance."""
         if task.agent_id or withdraw:
-            self.peer.send(DISTRIBUTOR, TaskReleased(task_id=task.id, attempt_id=task.attempt_id,
-                                                     agent_id=task.agent_id))
+            self.peer.send(DISTRIBUTOR, TaskReleased(
+                task_id=task.id, attempt_id=task.attempt_id, agent_id=task.agent_id,
+                outcome=outcome, duration_s=duration_s))
 
     def _stop_cancelled(self, task: TaskRow, attempt_id: str, agent_id: str) -> bool:
         """An agent took an attempt of a task cancelled meanwhile: stop it, free the slot."""

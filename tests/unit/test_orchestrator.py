@@ -326,7 +326,8 @@ def test_succeeded_result_finishes_task_and_session(tmp_path):
         assert t.result["stdout"] == "done" and t.result["outcome"] == "succeeded"
         assert w.store.session("s1")["state"] == "succeeded"
         assert w.peer.sent_of(TaskReleased) == [("distributor", TaskReleased(
-            task_id=task_id, attempt_id=attempt_id, agent_id="agent-1"))]
+            task_id=task_id, attempt_id=attempt_id, agent_id="agent-1",
+            outcome="succeeded"))]
         att = w.store.attempt(attempt_id)
         assert (att["state"], att["ended_at"], att["applied"]) == ("succeeded", w.clock.now, 1)
         assert w.events.topics()[-2:] == ["task.succeeded", "session.succeeded"]
@@ -353,7 +354,8 @@ def test_result_whose_dispatch_and_acceptance_were_lost_still_walks_every_state(
         assert details == ["to agent-7 (known from its result)"]
         assert w.task(task_id).agent_id == "agent-7"
         assert w.peer.sent_of(TaskReleased) == [("distributor", TaskReleased(
-            task_id=task_id, attempt_id=attempt_id, agent_id="agent-7"))]
+            task_id=task_id, attempt_id=attempt_id, agent_id="agent-7",
+            outcome="succeeded"))]
     scenario(tmp_path, go)
 
 
@@ -474,7 +476,7 @@ def test_failure_retries_with_doubling_backoff_then_fails_the_session(tmp_path):
         t = w.task(task_id)
         assert (t.state, t.agent_id, t.ready_at) == ("ready", "", t0 + 1.0)
         assert ("distributor", TaskReleased(task_id=task_id, attempt_id=attempts[0],
-                                            agent_id="agent-1")) in w.peer.sent
+                                            agent_id="agent-1", outcome="failed")) in w.peer.sent
         w.orch.schedule()  # backoff not over yet
         assert w.task(task_id).state == "ready"
         w.clock.now = t0 + 1.0
@@ -558,14 +560,51 @@ def test_no_retries_configured_fails_at_once(tmp_path):
     scenario(tmp_path, go, retry_attempts=0)
 
 
-def test_cancelled_outcome_is_not_retried(tmp_path):
+def test_an_agent_stopping_mid_run_runs_the_task_again_without_using_a_retry(tmp_path):
     async def go(w: World):
         task_id = await w.create("s1")
+        for n, outcome in enumerate([Outcome.INTERRUPTED, Outcome.CANCELLED], start=1):
+            await w.run(task_id, f"agent-{n}")
+            old = w.task(task_id).attempt_id
+            await w.result(task_id, outcome, agent=f"agent-{n}", error="agent stopping")
+            t = w.task(task_id)
+            assert t.state == "queued" and t.attempt == n + 1 and t.attempt_id != old
+            assert t.meta["interruptions"] == n
+            assert w.store.attempt(old)["state"] == outcome.value
+            assert ("distributor", TaskReleased(task_id=task_id, attempt_id=old,
+                                                agent_id=f"agent-{n}", outcome=outcome.value)
+                    ) in w.peer.sent
+        assert w.store.session("s1")["state"] == "running"
+        # the retry budget is untouched: two real failures still retry, the third ends it
+        for _ in range(2):
+            await w.run(task_id)
+            await w.result(task_id, Outcome.FAILED, error="boom")
+            w.clock.now += 100
+            w.orch.schedule()
+            await w.settle()
+            assert w.task(task_id).state == "queued"
         await w.run(task_id)
-        await w.result(task_id, Outcome.CANCELLED, error="killed")
-        assert w.task(task_id).state == "cancelled"
+        await w.result(task_id, Outcome.FAILED, error="boom")
+        assert w.task(task_id).state == "failed"
+    scenario(tmp_path, go, retry_attempts=2)
+
+
+def test_a_task_whose_agents_keep_going_away_fails_past_max_interruptions(tmp_path):
+    async def go(w: World):
+        task_id = await w.create("s1")
+        for n in range(3):
+            await w.run(task_id, f"agent-{n}")
+            await w.result(task_id, Outcome.INTERRUPTED, agent=f"agent-{n}",
+                           error="agent stopping")
+        t = w.task(task_id)
+        assert t.state == "failed" and "went away 3 times" in _last_detail(w, task_id)
         assert w.store.session("s1")["state"] == "failed"
-    scenario(tmp_path, go)
+    scenario(tmp_path, go, max_interruptions=2)
+
+
+def _last_detail(w: World, task_id: str) -> str:
+    t = w.task(task_id)
+    return [e["detail"] for e in w.store.history(t.session_id) if e["task_id"] == task_id][-1]
 
 
 # ---- lost agents ------------------------------------------------------------------------
@@ -586,7 +625,7 @@ def test_lost_agent_requeues_its_running_task_as_a_new_attempt(tmp_path):
         assert w.peer.enqueued()[-1].attempt_id == t.attempt_id
         assert w.store.attempt(old)["state"] == "lost"
         assert ("distributor", TaskReleased(task_id=t1, attempt_id=old,
-                                            agent_id="agent-1")) in w.peer.sent
+                                            agent_id="agent-1", outcome="lost")) in w.peer.sent
         assert _task_history(w, "s1", t1)[-2:] == ["ready", "queued"]
         assert w.task(t2).state == "running"  # other agents' tasks are untouched
         assert w.metric("ccaa_attempts_lost_total") == 1
