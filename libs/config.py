@@ -59,6 +59,11 @@ class OrchestratorConfig(_Section):
     max_interruptions: int = Field(
         5, ge=0, description="times a task is run again because its agent went away (stopped, "
         "restarted, lost) before it fails; these do not use up retry_attempts")
+    max_replans: int = Field(1, ge=0, description="times the architect may re-plan one "
+                             "subtask's line (re-planning a replacement counts again)")
+    max_replans_per_session: int = Field(3, ge=0, description="re-plans in one session; past "
+                                         "either limit the subtask ends failed and the "
+                                         "session ends partial, naming it")
     result_resend_interval: float = Field(2.0, gt=0, description="agent resends unacked results")
     reconcile_interval: float = Field(2.0, gt=0, description="seconds between agent checks")
     resume_on_retry: bool = Field(True, description="a retried Claude Code task resumes the "

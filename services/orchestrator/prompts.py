@@ -68,10 +68,12 @@ def work(title: str, prompt: str, criteria: list[str], files: list[str],
     return "\n".join(parts)
 
 
-def review(title: str, prompt: str, criteria: list[str], diff: str) -> str:
+def review(title: str, prompt: str, criteria: list[str], diff: str, problem: str = "") -> str:
     crit = "\n".join(f"- {c}" for c in criteria) or "- (none given: judge against the task)"
+    again = (f"Your previous review could not be used: {problem}. Review again and answer "
+             "exactly as asked.\n\n") if problem else ""
     return (
-        f"[ccaa:review] {title}\n\n"
+        f"[ccaa:review] {title}\n\n{again}"
         "You are the reviewing manager. A worker did the task below; its change is checked "
         "out in your working directory and its diff follows. Check it against the task and "
         "the acceptance criteria. Do not modify files.\n\n"

@@ -153,7 +153,8 @@ class Workflow:
         self.store.update_task(task, meta={**task.meta, "plan": plan.model_dump()})
         self._add_subtasks(sid, plan, prefix="", extra_deps=[])
 
-    def _add_subtasks(self, sid: str, plan: Plan, prefix: str, extra_deps: list[str]) -> list[str]:
+    def _add_subtasks(self, sid: str, plan: Plan, prefix: str, extra_deps: list[str],
+                      depth: int = 0) -> list[str]:
         order = topological_order(plan)
         ids = {s.id: new_id("task") for s in plan.subtasks}
         by_id = {s.id: s for s in plan.subtasks}
@@ -168,7 +169,7 @@ class Workflow:
                 prompt=prompts.work(s.title, s.prompt, s.acceptance_criteria, s.files, []),
                 depends_on=deps, state="pending" if deps else "ready", tier=tier,
                 meta={"subtask": s.model_dump(), "feedback": [], "rounds": 0,
-                      "attempt_base": 0}))
+                      "attempt_base": 0, "replan_depth": depth}))
         self._add(sid, *tasks)
         for t in tasks:  # extra deps may be accepted already
             if t["state"] == "pending":
@@ -202,7 +203,7 @@ class Workflow:
                           executor="command", prompt=gate.command, base=base,
                           timeout_s=gate.timeout, key=f"{subject}:{name}",
                           parent=parent.id if parent else "",
-                          meta={"gate": name, "round": parent.meta.get("rounds", 0) if parent else 0})
+                          meta={"gate": name, "round": parent.attempt if parent else 0})
 
     def _gate_done(self, task: TaskRow) -> None:
         parent = self.store.task(task.parent)
@@ -229,14 +230,19 @@ class Workflow:
         if review is None:
             self._accept(work)
             return
+        self._add_review(work, review.role)
+
+    def _add_review(self, work: TaskRow, role: str, problem: str = "", asked: int = 0) -> None:
         row = self.store.session(work.session_id)
         sub = work.meta.get("subtask", {})
         diff = merge.diff(row["repo"], self._base_of(work), commit_of(work)) if commit_of(work) else ""
         self._add(work.session_id, self._task(
-            work.session_id, title=f"review: {work.key}", kind="review", role=review.role,
+            work.session_id, title=f"review: {work.key}", kind="review", role=role,
             parent=work.id, base=commit_of(work), key=f"{work.key}:review",
+            meta={"asked": asked},
             prompt=prompts.review(work.title, sub.get("prompt", work.prompt),
-                                  sub.get("acceptance_criteria", []), diff or "(no changes)")))
+                                  sub.get("acceptance_criteria", []), diff or "(no changes)",
+                                  problem=problem)))
 
     def _review_done(self, review: TaskRow) -> None:
         work = self.store.task(review.parent)
@@ -244,8 +250,8 @@ class Workflow:
             return
         if review.state != "succeeded":
             self.store.record(review.session_id, "review_unavailable", work.id,
-                              detail=f"review {review.state}; accepted without a verdict")
-            self._accept(work, note="accepted without review")
+                              detail=f"review by {review.role} {review.state}")
+            self._review_elsewhere(work, review, f"the review by a {review.role} {review.state}")
             return
         try:
             verdict = json.loads(extract_json(answer_text(review)))
@@ -263,7 +269,27 @@ class Workflow:
         else:
             self.store.record(review.session_id, "review_unreadable", work.id,
                               detail=answer_text(review)[:300])
-            self._accept(work, note="review verdict unreadable")
+            problem = ('it held no JSON object with "verdict" set to "approve" or '
+                       '"changes_requested"')
+            if review.meta.get("asked", 0) < 1:  # ask the same reviewer once more
+                self._add_review(work, review.role, problem=problem,
+                                 asked=review.meta.get("asked", 0) + 1)
+            else:
+                self._review_elsewhere(work, review, f"the {review.role}'s review was "
+                                       f"unreadable twice ({problem})")
+
+    def _review_elsewhere(self, work: TaskRow, review: TaskRow, why: str) -> None:
+        """No verdict from this reviewer: ask the next tier up; with none left the work is
+        not accepted (it never merges unreviewed)."""
+        ladder = self.template(work.session_id).escalation
+        above = ladder[ladder.index(review.role) + 1:] if review.role in ladder else []
+        if above:
+            self.store.record(work.session_id, "review_escalated", work.id,
+                              detail=f"{why}; asking the {above[0]}")
+            self._add_review(work, above[0])
+            return
+        self.orch.move(work, "failed", f"no review verdict: {why}")
+        self._give_up(work, "it was never reviewed")
 
     def _send_back(self, work: TaskRow, feedback: list[str], why: str) -> None:
         template = self.template(work.session_id)
@@ -289,12 +315,17 @@ class Workflow:
         ladder = self.template(sid).escalation
         nxt = work.tier + 1
         if nxt < len(ladder) and ladder[nxt] != "architect":
-            meta = {**work.meta, "attempt_base": work.attempt,
+            meta = {**work.meta, "attempt_base": work.attempt, "rounds": 0,
                     "escalations": work.meta.get("escalations", []) + [ladder[nxt]]}
             self.orch.reopen(work, f"escalated to {ladder[nxt]}", role=ladder[nxt], tier=nxt,
                              meta=meta)
             return
         if nxt < len(ladder) and work.kind == "work" and not work.meta.get("replanned"):
+            limit = self._replan_limit(work)
+            if limit:
+                self.store.record(sid, "replan_limit", work.id, detail=limit)
+                self._give_up(work, limit)
+                return
             row = self.store.session(sid)
             history = "\n".join(f"{h['to_state']}: {h['detail']}" for h in
                                 self.store.history(sid) if h["task_id"] == work.id)
@@ -305,8 +336,29 @@ class Workflow:
                 prompt=prompts.replan(row["text"], work.meta.get("subtask", {}), history,
                                       self.roles(self.template(sid)))))
             return
+        self._give_up(work, "no higher tier left" if nxt >= len(ladder) else "")
+
+    def _replan_limit(self, work: TaskRow) -> str:
+        """Why ``work`` may not be re-planned again ("" if it may)."""
+        orch = self.config.orchestrator
+        depth = work.meta.get("replan_depth", 0)
+        if depth >= orch.max_replans:
+            return (f"re-planned {depth} time(s) already (orchestrator.max_replans = "
+                    f"{orch.max_replans})")
+        done = sum(1 for t in self.store.tasks(work.session_id) if t.kind == "replan")
+        if done >= orch.max_replans_per_session:
+            return (f"the session has used its {done} re-plan(s) "
+                    f"(orchestrator.max_replans_per_session = {orch.max_replans_per_session})")
+        return ""
+
+    def _give_up(self, work: TaskRow, why: str) -> None:
+        """``work`` ends for good: say why, cancel what depends on it, merge the rest."""
+        last = next((h["detail"] for h in reversed(self.store.history(work.session_id))
+                     if h["task_id"] == work.id and h["kind"] == "task"), "")
+        reason = "; ".join(filter(None, [last, why]))[:300]
+        self.store.update_task(work, meta={**work.meta, "gave_up": reason})
         self._cancel_dependents(work, f"dependency {work.key or work.id} {work.state}")
-        self._maybe_merge(sid)
+        self._maybe_merge(work.session_id)
 
     def _replan_done(self, task: TaskRow) -> None:
         failed = self.store.task(task.parent)
@@ -319,11 +371,12 @@ class Workflow:
             except PlanError as exc:
                 self.store.record(sid, "replan_rejected", task.id, detail=str(exc))
         if plan is None:
-            self._cancel_dependents(failed, f"dependency {failed.key} failed")
-            self._maybe_merge(sid)
+            self._give_up(failed, f"re-plan {task.state}" if task.state != "succeeded"
+                          else "re-plan rejected")
             return
         new_ids = self._add_subtasks(sid, plan, prefix=f"{failed.key}.",
-                                     extra_deps=list(failed.depends_on))
+                                     extra_deps=list(failed.depends_on),
+                                     depth=failed.meta.get("replan_depth", 0) + 1)
         self.store.update_task(failed, meta={**failed.meta, "replaced_by": new_ids})
         for t in self.store.tasks(sid):
             if failed.id in t.depends_on:
@@ -463,7 +516,9 @@ class Workflow:
             state = "succeeded"
         parts = [f"{len(done)}/{len(work)} subtasks merged"]
         if missing:
-            parts.append("not done: " + ", ".join(f"{t.key} ({t.state})" for t in missing))
+            parts.append("not done: " + ", ".join(
+                f"{t.key} ({t.state}" + (f": {t.meta['gave_up']}" if t.meta.get("gave_up")
+                                         else "") + ")" for t in missing))
         if gates_failed:
             parts.append("final gates failed: " + ", ".join(t.meta["gate"] for t in gates_failed))
         self.orch.finish_session(sid, state, "; ".join(parts), report)
