@@ -85,5 +85,6 @@ def diff(repo: str, base: str, commit: str, limit: int = DIFF_LIMIT) -> str:
 
 
 def delete_branches(repo: str, branches: list[str]) -> None:
-    for branch in branches:
-        git(repo, "branch", "-D", branch, check=False)
+    """Delete the branches that exist (one git call per few hundred)."""
+    for i in range(0, len(branches), 200):
+        git(repo, "branch", "-D", *branches[i:i + 200], check=False)

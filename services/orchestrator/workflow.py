@@ -11,6 +11,7 @@ planned: plan (architect) -> work subtasks as a DAG (workers, in parallel) -> pe
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -526,25 +527,30 @@ class Workflow:
     def cleanup(self, sid: str) -> None:
         """The session ended: remove its worktrees (merge and agent ones on this host) and
         the branches of tasks that only read (gates, reviews, plans) or merged bases; the
-        work branches and the result branch stay."""
+        work branches and the result branch stay. The git work runs in a thread, so ending
+        a session with hundreds of tasks (a cancel) answers at once."""
         row = self.store.session(sid)
         if row is None or not row["base_commit"]:
             return
-        repo = row["repo"]
-        try:
-            removed = []
-            for root in (self.config.data_path() / "merges",
-                         self.config.data_path() / "worktrees"):
-                removed += worktree.remove_session(repo, sid, str(root))
-            scratch = [f"ccaa/{sid}/{t.id}" for t in self.store.tasks(sid)
-                       if t.kind not in ("work", "run", "resolve")]
-            scratch += [f"ccaa/{sid}/{t.id}-base" for t in self.store.tasks(sid)
-                        if t.kind == "work"]
+        tasks = self.store.tasks(sid)
+        scratch = [f"ccaa/{sid}/{t.id}" for t in tasks if t.kind not in ("work", "run", "resolve")]
+        scratch += [f"ccaa/{sid}/{t.id}-base" for t in tasks if t.kind == "work"]
+        roots = [str(self.config.data_path() / "merges"),
+                 str(self.config.data_path() / "worktrees")]
+        self.orch.peer.spawn(self._cleanup(sid, row["repo"], roots, scratch))
+
+    async def _cleanup(self, sid: str, repo: str, roots: list[str], scratch: list[str]) -> None:
+        def work() -> int:
+            removed = sum(len(worktree.remove_session(repo, sid, root)) for root in roots)
             merge.delete_branches(repo, scratch)
+            return removed
+
+        try:
+            removed = await asyncio.to_thread(work)
         except (merge.GitError, RuntimeError, OSError) as exc:
             self.store.record(sid, "cleanup_failed", detail=str(exc)[:500])
             return
-        self.store.record(sid, "cleanup", detail=f"{len(removed)} worktree(s) removed")
+        self.store.record(sid, "cleanup", detail=f"{removed} worktree(s) removed")
 
     def judge_gate(self, task: TaskRow, result: dict[str, Any]) -> tuple[bool, str]:
         gate = self.gates(task.session_id).get(task.meta.get("gate", ""))
