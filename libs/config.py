@@ -64,6 +64,13 @@ class OrchestratorConfig(_Section):
     max_replans_per_session: int = Field(3, ge=0, description="re-plans in one session; past "
                                          "either limit the subtask ends failed and the "
                                          "session ends partial, naming it")
+    unassignable_timeout: float = Field(
+        300.0, gt=0, description="seconds a task may wait while no registered agent could "
+        "take it (no agent of its role, or none with its capabilities); then "
+        "on_unassignable applies")
+    on_unassignable: Literal["fail", "next_tier"] = Field(
+        "fail", description="past unassignable_timeout: fail the task with the reason, or "
+        "run it one tier up the session's escalation ladder (worker -> manager -> architect)")
     result_resend_interval: float = Field(2.0, gt=0, description="agent resends unacked results")
     reconcile_interval: float = Field(2.0, gt=0, description="seconds between agent checks")
     resume_on_retry: bool = Field(True, description="a retried Claude Code task resumes the "

@@ -12,13 +12,8 @@ from libs.peer import RequestFailed, RequestTimeout
 from protocols import Message
 from protocols.command import CommandStatus, CommandStatusReply, TERMINAL_SESSION_STATES
 from protocols.events import SessionEvent, TaskEvent
-from protocols.peer import PeerKind, RegistryList
 from protocols.task import TaskProgress
 from services.cli.views import state_counts
-
-
-#: seconds a task may stay queued before the follower checks for agents of its role
-QUEUED_WARNING_SECONDS = 5.0
 
 
 def _stamp() -> str:
@@ -36,7 +31,6 @@ class SessionFollower:
         self.poll_interval = poll_interval
         self.printed = 0  # history entries already printed
         self.labels: dict[str, str] = {}  # task id -> "kind:key" for readable lines
-        self.warned_roles: set[str] = set()
         self.final: CommandStatusReply | None = None
         self._changed = asyncio.Event()
 
@@ -66,6 +60,10 @@ class SessionFollower:
             elif h["kind"] != "task":
                 self.out(f"{time.strftime('%H:%M:%S', time.localtime(h['ts']))} "
                          f"{h['kind']}: {h['detail']}")
+                if h["kind"] == "waiting" and h["detail"].startswith("no agent with role "):
+                    role = h["detail"].split()[4]
+                    self.out(f"         start one with `ccaa agent --role {role}` or set "
+                             f"agent_hierarchy.{role}.count")
         if self.printed != before:
             self.out(f"{_stamp()}   [{state_counts(reply.tasks)} | cost "
                      f"${reply.session.cost_usd:.4f}]")
@@ -80,23 +78,6 @@ class SessionFollower:
         sub.start()
         return sub
 
-    async def _check_waiting(self, bus: BusClient, reply: CommandStatusReply) -> None:
-        """Tasks queued for a while: say so if no agent of their role is registered."""
-        now = time.time()
-        stuck = {t.role for t in reply.tasks if t.state.value == "queued"
-                 and now - t.updated_at > QUEUED_WARNING_SECONDS} - self.warned_roles
-        if not stuck:
-            return
-        try:
-            peers = (await bus.request("hub", RegistryList(kind=PeerKind.AGENT))).body.peers
-        except (RequestTimeout, RequestFailed):
-            return
-        have = {p.role for p in peers}  # type: ignore[attr-defined]
-        for role in sorted(stuck - have):
-            self.out(f"{_stamp()} waiting: no {role} agent is registered (start one with "
-                     f"`ccaa agent --role {role}` or set agent_hierarchy.{role}.count)")
-            self.warned_roles.add(role)
-
     async def follow(self, bus: BusClient, sub: EventSubscriber,
                      timeout: float | None) -> CommandStatusReply:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -107,7 +88,6 @@ class SessionFollower:
                                               CommandStatus(session_id=self.session_id))
                     if self.on_status(reply.body):  # type: ignore[arg-type]
                         return reply.body  # type: ignore[return-value]
-                    await self._check_waiting(bus, reply.body)  # type: ignore[arg-type]
                 except (RequestTimeout, RequestFailed) as exc:
                     self.out(f"{_stamp()} (status unavailable: {exc})")
                 if deadline is not None and time.monotonic() > deadline:

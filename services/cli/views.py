@@ -50,6 +50,14 @@ def _task_line(t: TaskInfo, by_id: dict[str, TaskInfo], indent: str = "  ") -> s
         extras.append("accepted")
     if t.meta.get("verdict"):
         extras.append(t.meta["verdict"])
+    if t.meta.get("waiting"):
+        extras.append(f"waiting: {t.meta['waiting']['reason']}")
+    if t.meta.get("not_run"):
+        extras.append(f"not run: {t.meta['not_run']}")
+    if t.meta.get("degraded"):
+        extras.append(f"ran one tier up ({t.meta['degraded']})")
+    if t.meta.get("gave_up"):
+        extras.append(f"gave up: {t.meta['gave_up']}")
     label = t.key or t.title
     return (f"{indent}{t.kind:<10} {label:<24} {t.state.value:<10} {t.role:<9}"
             f"{dep_text}  {' · '.join(extras)}")

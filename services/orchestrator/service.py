@@ -49,6 +49,7 @@ from protocols.task import (
     TaskResult,
     TaskResultAck,
     TaskSpec,
+    TaskWaiting,
 )
 from services.orchestrator import queries
 from services.orchestrator.gates import GateConfigError, project_gates
@@ -106,6 +107,7 @@ class Orchestrator:
             TaskResult.TYPE: self.on_result,
             SessionList.TYPE: self.on_list,
             TaskLogs.TYPE: self.on_logs,
+            TaskWaiting.TYPE: self.on_waiting,
         }
 
     # ---- commands ---------------------------------------------------------------------
@@ -347,6 +349,51 @@ class Orchestrator:
         self.schedule()
         return TaskResultAck(task_id=task.id, attempt_id=body.attempt_id, applied=True)
 
+    async def on_waiting(self, msg: Message) -> None:
+        """The distributor says no agent could take the queued attempt (or one can again)."""
+        body = msg.body
+        assert isinstance(body, TaskWaiting)
+        task = self.store.task(body.task_id)
+        if task is None or task.attempt_id != body.attempt_id or task.state != "queued":
+            return None
+        waiting = task.meta.get("waiting") or {}
+        if body.reason == waiting.get("reason", ""):
+            return None
+        if body.reason:
+            meta = {**task.meta, "waiting": {"reason": body.reason,
+                                             "since": waiting.get("since") or self.clock()}}
+            self.log.warning("task.waiting", task=task.id, role=task.role, reason=body.reason)
+        else:
+            meta = {k: v for k, v in task.meta.items() if k != "waiting"}
+        self.store.update_task(task, meta=meta)
+        self.store.record(task.session_id, "waiting" if body.reason else "waiting_over",
+                          task.id, task.attempt_id, body.reason or "an agent can take it now")
+        self.events.publish(task_topic("waiting"), TaskEvent(
+            session_id=task.session_id, task_id=task.id, attempt_id=task.attempt_id,
+            state=task.state, prev_state=task.state, detail=body.reason))
+        return None
+
+    def _unassignable(self, task: TaskRow, now: float) -> None:
+        """Nobody could take ``task`` for unassignable_timeout: fail it with the reason, or
+        run it one tier up (orchestrator.on_unassignable)."""
+        waiting = task.meta["waiting"]
+        why = f"no agent could take it for {now - waiting['since']:.0f}s: {waiting['reason']}"
+        self._release(task, withdraw=True)
+        meta = {k: v for k, v in task.meta.items() if k != "waiting"}
+        ladder = self.workflow.template(task.session_id).escalation
+        up = ladder[ladder.index(task.role) + 1:] if task.role in ladder else []
+        if self.config.orchestrator.on_unassignable == "next_tier" and up:
+            meta["attempt_base"] = meta.get("attempt_base", 0) + 1
+            meta["degraded"] = f"{task.role} -> {up[0]}"
+            self.store.record(task.session_id, "degraded", task.id, task.attempt_id,
+                              f"{why}; running it as {up[0]}")
+            self.move(task, "ready", f"{why}; running it as {up[0]}"[:500], role=up[0],
+                      tier=ladder.index(up[0]), ready_at=0, meta=meta)
+            return
+        meta["not_run"] = why
+        self.move(task, "failed", why[:500], meta=meta)
+        self.workflow.on_final(task)
+
     def _account_cost(self, task: TaskRow, body: TaskResult) -> None:
         cost = body.data.get("total_cost_usd")
         if isinstance(cost, (int, float)) and cost > 0:
@@ -418,7 +465,10 @@ class Orchestrator:
         now = self.clock()
         resend = max(5.0, self.config.communication.message_timeout)
         for task in self.store.tasks(states=("queued",)):
-            if now - task.enqueued_at > resend:
+            waiting = task.meta.get("waiting")
+            if waiting and now - waiting["since"] > self.config.orchestrator.unassignable_timeout:
+                self._unassignable(task, now)
+            elif now - task.enqueued_at > resend:
                 self.store.update_task(task, enqueued_at=now)
                 self.peer.spawn(self._enqueue(task))
         busy = self.store.tasks(states=("assigned", "running"))
@@ -446,6 +496,10 @@ class Orchestrator:
 
     def move(self, task: TaskRow, to_state: str, detail: str = "", **fields: Any) -> None:
         prev = task.state
+        if to_state != "queued" and "waiting" in fields.get("meta", task.meta):
+            # waiting for an agent is a property of a queued attempt only
+            fields["meta"] = {k: v for k, v in fields.get("meta", task.meta).items()
+                              if k != "waiting"}
         self.store.transition(task, to_state, detail, **fields)
         self.metrics.transitions.labels(to_state).inc()
         self.events.publish(task_topic(to_state), TaskEvent(

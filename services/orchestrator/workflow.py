@@ -119,6 +119,8 @@ class Workflow:
             report["analysis"] = answer_text(task)
         state = "succeeded" if task.state == "succeeded" else "failed"
         detail = f"{task.kind} {task.state}"
+        if task.meta.get("not_run"):
+            detail += f": {task.meta['not_run']}"
         if task.state == "succeeded" and commit_of(task):
             detail += f"; branch {(task.result.get('data') or {}).get('branch', '')}"
         self.orch.finish_session(task.session_id, state, detail, report)
@@ -128,8 +130,9 @@ class Workflow:
     def _plan_done(self, task: TaskRow) -> None:
         sid = task.session_id
         if task.state != "succeeded":
-            self.orch.finish_session(sid, "failed", f"the architect's plan task {task.state}",
-                                     self._report(sid))
+            why = task.meta.get("not_run") or task.result.get("error") or ""
+            self.orch.finish_session(sid, "failed", f"the architect's plan task {task.state}"
+                                     + (f": {why}" if why else ""), self._report(sid))
             return
         template = self.template(sid)
         try:
@@ -218,6 +221,13 @@ class Workflow:
         failed = [t for t in siblings if t.state != "succeeded"]
         if not failed:
             self._after_gates(parent)
+            return
+        not_run = [t for t in failed if t.meta.get("not_run")]
+        if not_run:  # no verdict, so nothing to send back: the work cannot be checked
+            why = "; ".join(f"gate {t.meta['gate']} could not run ({t.meta['not_run']})"
+                            for t in not_run)
+            self.orch.move(parent, "failed", why[:500])
+            self._give_up(parent, "")
             return
         feedback = []
         for t in failed:

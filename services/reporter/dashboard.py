@@ -20,6 +20,7 @@ PAGE = """<!doctype html>
  <div><h2>Sessions</h2><table id="sessions_by_state"></table></div>
  <div><h2>Agents</h2><table id="agents_by_state"></table></div>
 </div>
+<h2>Waiting for an agent</h2><table id="waiting"></table>
 <h2>Recent sessions</h2><table id="sessions"></table>
 <h2>Agent activity</h2><table id="activity"></table>
 <h2>Events</h2><table id="events_by_topic"></table>
@@ -45,6 +46,11 @@ async function refresh() {
         ses.map(x => `<tr><td>${esc(x.id)}</td><td>${esc(x.type)}</td><td>${esc(x.state)}</td>` +
           `<td class="n">$${x.cost_usd.toFixed(4)}</td><td>${esc(x.text)}</td></tr>`).join("")
       : "<tr><td>no sessions yet</td></tr>";
+    const wait = Object.entries(s.waiting_for_agents || {}).sort();
+    document.getElementById("waiting").innerHTML = wait.length
+      ? "<tr><th>task</th><th>session</th><th>why</th></tr>" + wait.map(([t, x]) =>
+          `<tr><td>${esc(t)}</td><td>${esc(x.session_id)}</td><td>${esc(x.reason)}</td></tr>`).join("")
+      : "<tr><td>nothing waits for a missing agent</td></tr>";
     const act = Object.entries(s.agent_activity || {}).sort();
     document.getElementById("activity").innerHTML = act.length
       ? "<tr><th>agent</th><th>task</th><th>doing</th></tr>" + act.map(([a, x]) =>

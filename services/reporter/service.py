@@ -43,6 +43,7 @@ class Reporter:
         self.session_state: dict[str, str] = {}
         self.agent_state: dict[str, str] = {}
         self.activity: dict[str, dict[str, Any]] = {}  # agent -> last progress
+        self.waiting: dict[str, dict[str, Any]] = {}  # task -> why no agent can take it
         self.peers: list[PeerInfo] = []  # from the hub's registry, refreshed periodically
         self.sessions: list[dict[str, Any]] = []  # from the orchestrator, refreshed too
         self._known: dict[int, set[str]] = {id(self.tasks_by_state): set(TASK_STATES)}
@@ -56,6 +57,11 @@ class Reporter:
         body = msg.body
         if isinstance(body, TaskEvent):
             self.task_state[body.task_id] = body.state
+            if topic == "task.waiting" and body.detail:
+                self.waiting[body.task_id] = {"session_id": body.session_id,
+                                              "reason": body.detail, "since": msg.header.ts}
+            else:  # an agent can take it now, or it moved on
+                self.waiting.pop(body.task_id, None)
             self._seen[body.task_id] = self.clock()
             self._recount(self.tasks_by_state, self.task_state)
         elif isinstance(body, SessionEvent):
@@ -136,5 +142,6 @@ class Reporter:
             "sessions_by_state": dict(Tally(self.session_state.values())),
             "agents_by_state": dict(Tally(self.agent_state.values())),
             "agent_activity": self.activity,
+            "waiting_for_agents": self.waiting,
             "recent_sessions": self.sessions,
         }

@@ -155,7 +155,7 @@ def test_summary_shape_is_json(env):
     summary = json.loads(json.dumps(reporter.summary()))
     assert set(summary) == {"uptime_s", "events_by_topic", "tasks_by_state",
                             "sessions_by_state", "agents_by_state", "agent_activity",
-                            "recent_sessions"}
+                            "recent_sessions", "waiting_for_agents"}
     assert summary["uptime_s"] == pytest.approx(12.346)
     assert summary["events_by_topic"] == {"task.queued": 1, "task.running": 2,
                                           "session.running": 1, "agent.registered": 1,
@@ -240,3 +240,15 @@ def test_recent_sessions_for_the_dashboard(env):
     assert row == {"id": "s-1", "type": "IMPLEMENT_FEATURE", "state": "partial",
                    "cost_usd": 0.123457, "detail": "1/2 subtasks merged", "text": "add x",
                    "created_at": 5.0}
+
+
+def test_tasks_waiting_for_a_missing_agent_are_listed_until_they_move_on():
+    reporter = Reporter(CollectorRegistry())
+    task(reporter, "t1", "queued")
+    feed(reporter, "task.waiting", TaskEvent(session_id="s1", task_id="t1", attempt_id="a1",
+                                             state="queued", detail="no agent with role manager"))
+    waiting = reporter.summary()["waiting_for_agents"]
+    assert waiting["t1"]["reason"] == "no agent with role manager"
+    assert waiting["t1"]["session_id"] == "s1"
+    task(reporter, "t1", "failed", prev="queued")
+    assert reporter.summary()["waiting_for_agents"] == {}
