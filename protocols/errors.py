@@ -20,6 +20,7 @@ class ErrorCode(str, Enum):
     INVALID_REQUEST = "invalid_request"  # well-formed but semantically wrong
     NOT_FOUND = "not_found"  # the session/task/agent named does not exist
     BUSY = "busy"  # receiver has no capacity
+    UNAVAILABLE = "unavailable"  # receiver cannot serve at all now (e.g. its state store is gone)
     TIMEOUT = "timeout"  # a request's deadline passed
     INTERNAL = "internal"  # a handler raised; the service keeps serving
 

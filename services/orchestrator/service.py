@@ -82,6 +82,10 @@ class OrchestratorMetrics:
                             registry=registry)
         self.cost = Counter("ccaa_cost_usd_total", "model cost reported by agents (USD)",
                             registry=registry)
+        self.store_ok = Gauge("ccaa_store_ok", "1 while the state database is still the file "
+                              "at its path (0: deleted or replaced; no work is accepted)",
+                              registry=registry)
+        self.store_ok.set(1)
 
 
 class Orchestrator:
@@ -98,17 +102,43 @@ class Orchestrator:
         self.clock = clock
         self.templates = templates or load_templates(config.orchestrator.templates_dir)
         self.workflow = Workflow(self)
+        self.store_problem = ""  # set for good once the database file is gone
+        guarded = self._guarded
         self.handlers = {
-            SessionCreate.TYPE: self.on_session_create,
+            SessionCreate.TYPE: guarded(self.on_session_create),
             CommandStatus.TYPE: self.on_status,
-            CommandCancel.TYPE: self.on_cancel,
-            TaskDispatched.TYPE: self.on_dispatched,
-            TaskAccepted.TYPE: self.on_accepted,
-            TaskResult.TYPE: self.on_result,
+            CommandCancel.TYPE: guarded(self.on_cancel),
+            TaskDispatched.TYPE: guarded(self.on_dispatched),
+            TaskAccepted.TYPE: guarded(self.on_accepted),
+            TaskResult.TYPE: guarded(self.on_result),
             SessionList.TYPE: self.on_list,
             TaskLogs.TYPE: self.on_logs,
-            TaskWaiting.TYPE: self.on_waiting,
+            TaskWaiting.TYPE: guarded(self.on_waiting),
         }
+
+    # ---- the database under us ----------------------------------------------------------
+
+    def check_store(self) -> str:
+        """The reason no work may be accepted ("" while the database is sound). A deleted
+        or replaced database file would take every later write with it unseen; the
+        orchestrator refuses work instead (agents keep their results until it is back)."""
+        if not self.store_problem:
+            problem = self.store.problem()
+            if problem:
+                self.store_problem = problem
+                self.metrics.store_ok.set(0)
+                self.log.error("store.lost", problem=problem,
+                               hint="put the database file back and restart the orchestrator")
+        return self.store_problem
+
+    def _guarded(self, handler: Callable[[Message], Any]) -> Callable[[Message], Any]:
+        async def guarded(msg: Message) -> Any:
+            if self.check_store():
+                raise ProtocolError(ErrorCode.UNAVAILABLE,
+                                    f"the orchestrator accepts no work: {self.store_problem}; "
+                                    "restart it once the file is back")
+            return await handler(msg)
+        return guarded
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -221,6 +251,8 @@ class Orchestrator:
 
         Synchronous on purpose: no other handler can interleave between reading the ready
         tasks and moving them to queued; the distributor requests run as their own tasks."""
+        if self.store_problem:
+            return
         now = self.clock()
         room = self.config.orchestrator.max_parallel_tasks - self.store.count_active()
         sessions: dict[str, Any] = {}
@@ -462,6 +494,8 @@ class Orchestrator:
 
     async def reconcile(self) -> None:
         """Periodic: re-enqueue stale queued tasks, catch lost agents and overdue attempts."""
+        if self.check_store():
+            return
         now = self.clock()
         resend = max(5.0, self.config.communication.message_timeout)
         for task in self.store.tasks(states=("queued",)):

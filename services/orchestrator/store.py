@@ -4,6 +4,7 @@ change, in SQLite (WAL). Every mutation is one transaction."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -63,6 +64,22 @@ TASK_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _open_copy(path: str) -> str:
+    """A /proc path through which this process still reads ``path``'s unlinked file."""
+    target = os.path.abspath(path) + " (deleted)"
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            link = f"/proc/self/fd/{fd}"
+            try:
+                if os.readlink(link) == target:
+                    return f"/proc/{os.getpid()}/fd/{fd}"
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return ""
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -107,8 +124,36 @@ class TaskRow:
 
 class Store:
     def __init__(self, path: str):
+        self.path = path
         self.conn = connect(path)
         self.conn.executescript(SCHEMA)
+        self._identity = self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def problem(self) -> str:
+        """Why the open database is no longer the file at its path ("" while it is): a
+        deleted or replaced file would swallow every write unseen."""
+        if self._identity is None:
+            return ""
+        try:
+            identity = self._file_identity()
+        except FileNotFoundError:
+            how = "was deleted"
+        except OSError as exc:
+            how = f"cannot be checked ({exc})"
+        else:
+            if identity == self._identity:
+                return ""
+            how = "was replaced by another file"
+        held = _open_copy(self.path)
+        rescue = f"; its last state is still readable at {held} until this process ends" \
+            if held else ""
+        return f"the state database {self.path} {how} while in use{rescue}"
 
     def close(self) -> None:
         self.conn.close()
