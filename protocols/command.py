@@ -44,6 +44,8 @@ class CommandSubmit(Body):
     max_parallel: int | None = Field(default=None, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
     gates: list[str] | None = None  # quality gates to run instead of the template's
+    #: seconds the whole session may take; then what is left is cancelled and it ends
+    deadline_s: float | None = Field(default=None, gt=0)
 
 
 class CommandAccepted(Body):

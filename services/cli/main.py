@@ -44,6 +44,19 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override one setting (repeatable)")
 
 
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90, 30m, 2h)") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ccaa", description="Claude Code Auto Action: many Claude Code agents as one team.",
@@ -74,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, help="stop assigning tasks once the session has "
                    "cost this many USD")
     p.add_argument("--max-parallel", type=int, help="tasks of this session running at once")
+    p.add_argument("--deadline", type=duration, metavar="DURATION",
+                   help="the session may take this long (90, 90s, 30m, 2h); then what is left "
+                        "is cancelled and it ends partial (or failed if nothing was done)")
     p.add_argument("--gate", action="append", dest="gates", metavar="NAME",
                    help="quality gate to run (repeatable; replaces the workflow's: tests, "
                         "coverage, lint, security, benchmark, or one from .ccaa.toml)")
@@ -219,7 +235,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     body = CommandSubmit(text=text, repo=os.path.abspath(args.repo), type=type_, role=args.role,
                          priority=args.priority, timeout_s=args.task_timeout,
                          budget_usd=args.budget, max_parallel=args.max_parallel,
-                         gates=args.gates)
+                         gates=args.gates, deadline_s=args.deadline)
 
     async def go() -> int:
         follower = SessionFollower("")

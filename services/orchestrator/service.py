@@ -174,7 +174,8 @@ class Orchestrator:
                    "gates": {k: v.model_dump() for k, v in gates.items()},
                    "budget_usd": cmd.budget_usd or template.budget_usd,
                    "max_parallel": cmd.max_parallel or template.max_parallel,
-                   "priority": cmd.priority}
+                   "priority": cmd.priority,
+                   "deadline_at": self.clock() + cmd.deadline_s if cmd.deadline_s else None}
         cached = self._cached_analysis(body, template, base)
         tasks = [] if cached else self.workflow.first_tasks(body.session_id, template, cmd.text,
                                                             cmd.role, cmd.repo)
@@ -297,6 +298,18 @@ class Orchestrator:
         if self.store.count_active(sid) == 0:
             self.finish_session(sid, "partial" if self._any_accepted(sid) else "failed", reason,
                                 session_report(self.store, sid))
+
+    def _deadline_passed(self, sid: str) -> None:
+        row = self.store.session(sid)
+        request = json.loads(row["request"])
+        left = [t for t in self.store.tasks(sid) if t.state not in TERMINAL]
+        reason = f"the session's deadline of {request.get('deadline_s', 0):g}s passed"
+        self.store.record(sid, "deadline", detail=f"{reason}; cancelling {len(left)} task(s)")
+        self._cancel_tasks(sid, reason)
+        names = ", ".join(t.key or t.title for t in left[:10])
+        detail = f"{reason}; not done: {names}" if left else reason
+        self.finish_session(sid, "partial" if self._any_accepted(sid) else "failed",
+                            detail[:500], session_report(self.store, sid))
 
     def _any_accepted(self, sid: str) -> bool:
         return any(t.meta.get("accepted") for t in self.store.tasks(sid))
@@ -516,6 +529,8 @@ class Orchestrator:
                 gone = {t.agent_id for t in busy if t.agent_id and t.agent_id not in alive}
                 if gone:
                     await self.on_agents_lost(gone)
+        for sid in self.store.overdue_sessions(now):
+            self._deadline_passed(sid)
         for task in self.store.tasks(states=("running",)):
             overdue = task.started_at and now - task.started_at > task.timeout_s * 1.5 + 30
             if overdue:

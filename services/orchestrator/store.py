@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_session ON events(session_id);
 """
 
+#: columns added after a database may already exist: table -> {column: declaration}
+ADDED_COLUMNS = {"sessions": {"deadline_at": "REAL"}}
+
 
 JSON_COLUMNS = ("result", "depends_on", "meta")
 TASK_DEFAULTS: dict[str, Any] = {
@@ -127,6 +130,11 @@ class Store:
         self.path = path
         self.conn = connect(path)
         self.conn.executescript(SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            have = {r["name"] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
         self._identity = self._file_identity()
 
     def _file_identity(self) -> tuple[int, int] | None:
@@ -233,6 +241,12 @@ class Store:
                       (state, detail, time.time(), session_id))
             self._event(c, session_id, kind="session", from_state=row["state"] if row else "",
                         to_state=state, detail=detail)
+
+    def overdue_sessions(self, now: float) -> list[str]:
+        """Running sessions whose deadline has passed."""
+        return [r["id"] for r in self.conn.execute(
+            "SELECT id FROM sessions WHERE state='running' AND deadline_at IS NOT NULL"
+            " AND deadline_at <= ?", (now,))]
 
     def running_sessions(self) -> list[str]:
         return [r["id"] for r in self.conn.execute(

@@ -1,13 +1,17 @@
-"""Work no live agent can take is visible at once (task meta, an audit record, a
-task.waiting event) and, after orchestrator.unassignable_timeout, fails with the reason or
-runs one tier up; a session never waits forever for an agent that does not exist."""
+"""Sessions never wait forever: work no live agent can take is visible at once (task
+meta, an audit record, a task.waiting event) and, after orchestrator.unassignable_timeout,
+fails with the reason or runs one tier up; a session's deadline cancels what is left."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
-from protocols.task import TaskReleased, TaskWaiting
+from protocols.command import CommandSubmit, CommandType, SessionCreate
+from protocols.task import TaskCancel, TaskReleased, TaskWaiting
 from services.orchestrator import queries
+from services.orchestrator.store import SCHEMA, Store
 from tests.unit.test_orchestrator import World, scenario
 from tests.unit.test_workflow_limits import finish, make_repo, plan_text, queued, start
 
@@ -108,3 +112,44 @@ def test_a_gate_no_agent_can_run_ends_the_work_instead_of_sending_it_back(tmp_pa
         assert "gate tests could not run" in row["detail"]
         assert "no agent with role utility" in row["detail"]
     scenario(tmp_path, go, isolate_worktrees=True, retry_attempts=0)
+
+
+def test_a_session_past_its_deadline_is_cancelled_and_ends_saying_so(tmp_path):
+    async def go(w: World):
+        cmd = CommandSubmit(text="sleep 1000", repo=w.repo, deadline_s=60)
+        await w.orch.on_session_create(w.msg(SessionCreate(
+            session_id="s1", command=cmd, type=CommandType.RUN), src="commands"))
+        await w.settle()
+        [task] = w.store.tasks("s1")
+        await w.run(task.id)
+        w.peer.alive_agents = ["agent-1"]
+        w.clock.now += 59
+        await w.orch.reconcile()
+        assert w.store.session("s1")["state"] == "running"
+        w.clock.now += 2
+        await w.orch.reconcile()
+        row = w.store.session("s1")
+        assert row["state"] == "failed"
+        assert row["detail"].startswith("the session's deadline of 60s passed; not done:")
+        assert w.task(task.id).state == "cancelled"
+        assert [(d, b.reason) for d, b in w.peer.sent_of(TaskCancel)] == [
+            ("agent-1", "the session's deadline of 60s passed")]
+    scenario(tmp_path, go)
+
+
+def test_an_existing_database_gains_the_deadline_column(tmp_path):
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(SCHEMA.replace("CREATE TABLE IF NOT EXISTS sessions", "CREATE TABLE x_old"))
+    conn.execute("CREATE TABLE sessions (id TEXT PRIMARY KEY, type TEXT NOT NULL, text TEXT NOT "
+                 "NULL, repo TEXT NOT NULL, state TEXT NOT NULL, request TEXT NOT NULL, "
+                 "created_at REAL NOT NULL, updated_at REAL NOT NULL)")
+    conn.execute("INSERT INTO sessions VALUES ('s0','RUN','t','/r','succeeded','{}',1,1)")
+    conn.commit()
+    conn.close()
+    store = Store(str(db))
+    try:
+        assert store.session("s0")["deadline_at"] is None
+        assert store.overdue_sessions(10**10) == []
+    finally:
+        store.close()
