@@ -38,7 +38,7 @@ from protocols.command import (
     TaskLogsReply,
 )
 from protocols.events import SessionEvent, TaskEvent, session_topic, task_topic
-from protocols.peer import PeerKind, RegistryList
+from protocols.peer import PeerInfo, PeerKind, RegistryList
 from protocols.task import (
     Outcome,
     TaskAccepted,
@@ -525,8 +525,9 @@ class Orchestrator:
             except (RequestFailed, RequestTimeout, ConnectionError):
                 reply = None
             if reply is not None:
-                alive = {p.name for p in reply.body.peers}  # type: ignore[attr-defined]
-                gone = {t.agent_id for t in busy if t.agent_id and t.agent_id not in alive}
+                alive = {p.name: p for p in reply.body.peers}  # type: ignore[attr-defined]
+                gone = {t.agent_id for t in busy if t.agent_id
+                        and (t.agent_id not in alive or self._forgotten(t, alive[t.agent_id]))}
                 if gone:
                     await self.on_agents_lost(gone)
         for sid in self.store.overdue_sessions(now):
@@ -540,6 +541,16 @@ class Orchestrator:
                 self.move(task, "timed_out", "no result within the task timeout")
                 self.workflow.on_final(task)
         self.schedule()
+
+    def _forgotten(self, task: TaskRow, agent: PeerInfo) -> bool:
+        """The agent holding ``task`` is a new process under the same name (a restart the
+        hub's agent.lost event did not reach us for): it registered after the attempt was
+        handed over, has had time to heartbeat and to resend any result it kept, and does
+        not report the task as running."""
+        settle = (2 * self.config.orchestrator.result_resend_interval
+                  + 2 * self.config.communication.heartbeat_interval)
+        return (agent.registered_at > task.updated_at and task.id not in agent.running
+                and time.time() - agent.registered_at > settle)
 
     # ---- used by the workflow -----------------------------------------------------------
 

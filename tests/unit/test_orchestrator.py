@@ -57,6 +57,7 @@ class FakePeer:
         self.requests: list[tuple[str, Body]] = []
         self.tasks: list[asyncio.Task] = []
         self.alive_agents: list[str] = []
+        self.agent_infos: dict[str, PeerInfo] = {}  # registry entries beyond a bare name
         self.fail_requests = False
 
     def send(self, dst: str, body: Body, corr: str = "") -> str:
@@ -69,7 +70,8 @@ class FakePeer:
             raise RequestTimeout(f"no reply from {dst}")
         if isinstance(body, RegistryList):
             reply: Body = RegistryListReply(hub_id="h", peers=[
-                PeerInfo(name=n, kind=PeerKind.AGENT) for n in self.alive_agents])
+                self.agent_infos.get(n) or PeerInfo(name=n, kind=PeerKind.AGENT)
+                for n in self.alive_agents])
         else:
             reply = Ack(detail="queued")
         return Message(make_header(reply.TYPE, dst, self.name), reply)
@@ -642,6 +644,40 @@ def test_reconcile_detects_agents_missing_from_the_registry(tmp_path):
         assert ("hub", RegistryList(kind=PeerKind.AGENT)) in w.peer.requests
         t = w.task(t1)
         assert t.state == "queued" and t.attempt == 2
+    scenario(tmp_path, go)
+
+
+def test_reconcile_requeues_the_task_of_an_agent_restarted_under_the_same_name(tmp_path):
+    async def go(w: World):
+        import time
+
+        t1 = await w.create("s1")
+        t2 = await w.create("s2")
+        await w.run(t1, "agent-1")
+        await w.run(t2, "agent-2")
+        handed = w.task(t1).updated_at
+        w.peer.alive_agents = ["agent-1", "agent-2"]
+        w.peer.agent_infos = {
+            # a new process: registered after the hand-over, long enough to have said so
+            "agent-1": PeerInfo(name="agent-1", kind=PeerKind.AGENT, running=[],
+                                registered_at=time.time() - 30),
+            # the same process re-registered (hub restart) and still running its task
+            "agent-2": PeerInfo(name="agent-2", kind=PeerKind.AGENT, running=[t2],
+                                registered_at=time.time() - 30)}
+        w.store.conn.execute("UPDATE tasks SET updated_at=? WHERE id IN (?,?)",
+                             (handed - 60, t1, t2))
+        await w.orch.reconcile()
+        await w.settle()
+        assert w.task(t1).state == "queued" and w.task(t1).attempt == 2
+        assert w.task(t2).state == "running"
+        # just registered: it may still resend a result or heartbeat its task; wait
+        t1_attempt = w.task(t1).attempt_id
+        await w.run(t1, "agent-1")
+        w.store.conn.execute("UPDATE tasks SET updated_at=? WHERE id=?", (handed - 60, t1))
+        w.peer.agent_infos["agent-1"] = PeerInfo(name="agent-1", kind=PeerKind.AGENT,
+                                                 registered_at=time.time())
+        await w.orch.reconcile()
+        assert w.task(t1).state == "running" and w.task(t1).attempt_id == t1_attempt
     scenario(tmp_path, go)
 
 
