@@ -38,7 +38,7 @@ from protocols.command import (
     TaskLogsReply,
 )
 from protocols.events import SessionEvent, TaskEvent, session_topic, task_topic
-from protocols.peer import PeerInfo, PeerKind, RegistryList
+from protocols.peer import PeerKind, RegistryList
 from protocols.task import (
     Outcome,
     TaskAccepted,
@@ -54,13 +54,13 @@ from protocols.task import (
 from services.orchestrator import queries
 from services.orchestrator.gates import GateConfigError, project_gates
 from services.orchestrator.report import session_report
+from services.orchestrator.safeguards import TERMINAL, Safeguards
 from services.orchestrator.store import Store, TaskRow
 from services.orchestrator.templates import Template, load_templates
 from services.orchestrator.workflow import Workflow
 
 DISTRIBUTOR = "distributor"
 ACTIVE = ("queued", "assigned", "running")
-TERMINAL = ("succeeded", "failed", "timed_out", "cancelled")
 #: task kinds whose failures are not retried (a failing gate is a verdict, not a fault)
 NO_RETRY = ("gate", "final_gate")
 #: attempt states that mean a result was recorded (not "lost", "queued", ...)
@@ -88,7 +88,7 @@ class OrchestratorMetrics:
         self.store_ok.set(1)
 
 
-class Orchestrator:
+class Orchestrator(Safeguards):
     def __init__(self, config: SystemConfig, store: Store, peer: Peer, events: EventPublisher,
                  registry: CollectorRegistry, log: EventLogger | None = None,
                  clock: Callable[[], float] = time.time,
@@ -115,30 +115,6 @@ class Orchestrator:
             TaskLogs.TYPE: self.on_logs,
             TaskWaiting.TYPE: guarded(self.on_waiting),
         }
-
-    # ---- the database under us ----------------------------------------------------------
-
-    def check_store(self) -> str:
-        """The reason no work may be accepted ("" while the database is sound). A deleted
-        or replaced database file would take every later write with it unseen; the
-        orchestrator refuses work instead (agents keep their results until it is back)."""
-        if not self.store_problem:
-            problem = self.store.problem()
-            if problem:
-                self.store_problem = problem
-                self.metrics.store_ok.set(0)
-                self.log.error("store.lost", problem=problem,
-                               hint="put the database file back and restart the orchestrator")
-        return self.store_problem
-
-    def _guarded(self, handler: Callable[[Message], Any]) -> Callable[[Message], Any]:
-        async def guarded(msg: Message) -> Any:
-            if self.check_store():
-                raise ProtocolError(ErrorCode.UNAVAILABLE,
-                                    f"the orchestrator accepts no work: {self.store_problem}; "
-                                    "restart it once the file is back")
-            return await handler(msg)
-        return guarded
 
     # ---- commands ---------------------------------------------------------------------
 
@@ -299,18 +275,6 @@ class Orchestrator:
             self.finish_session(sid, "partial" if self._any_accepted(sid) else "failed", reason,
                                 session_report(self.store, sid))
 
-    def _deadline_passed(self, sid: str) -> None:
-        row = self.store.session(sid)
-        request = json.loads(row["request"])
-        left = [t for t in self.store.tasks(sid) if t.state not in TERMINAL]
-        reason = f"the session's deadline of {request.get('deadline_s', 0):g}s passed"
-        self.store.record(sid, "deadline", detail=f"{reason}; cancelling {len(left)} task(s)")
-        self._cancel_tasks(sid, reason)
-        names = ", ".join(t.key or t.title for t in left[:10])
-        detail = f"{reason}; not done: {names}" if left else reason
-        self.finish_session(sid, "partial" if self._any_accepted(sid) else "failed",
-                            detail[:500], session_report(self.store, sid))
-
     def _any_accepted(self, sid: str) -> bool:
         return any(t.meta.get("accepted") for t in self.store.tasks(sid))
 
@@ -394,51 +358,6 @@ class Orchestrator:
         self.schedule()
         return TaskResultAck(task_id=task.id, attempt_id=body.attempt_id, applied=True)
 
-    async def on_waiting(self, msg: Message) -> None:
-        """The distributor says no agent could take the queued attempt (or one can again)."""
-        body = msg.body
-        assert isinstance(body, TaskWaiting)
-        task = self.store.task(body.task_id)
-        if task is None or task.attempt_id != body.attempt_id or task.state != "queued":
-            return None
-        waiting = task.meta.get("waiting") or {}
-        if body.reason == waiting.get("reason", ""):
-            return None
-        if body.reason:
-            meta = {**task.meta, "waiting": {"reason": body.reason,
-                                             "since": waiting.get("since") or self.clock()}}
-            self.log.warning("task.waiting", task=task.id, role=task.role, reason=body.reason)
-        else:
-            meta = {k: v for k, v in task.meta.items() if k != "waiting"}
-        self.store.update_task(task, meta=meta)
-        self.store.record(task.session_id, "waiting" if body.reason else "waiting_over",
-                          task.id, task.attempt_id, body.reason or "an agent can take it now")
-        self.events.publish(task_topic("waiting"), TaskEvent(
-            session_id=task.session_id, task_id=task.id, attempt_id=task.attempt_id,
-            state=task.state, prev_state=task.state, detail=body.reason))
-        return None
-
-    def _unassignable(self, task: TaskRow, now: float) -> None:
-        """Nobody could take ``task`` for unassignable_timeout: fail it with the reason, or
-        run it one tier up (orchestrator.on_unassignable)."""
-        waiting = task.meta["waiting"]
-        why = f"no agent could take it for {now - waiting['since']:.0f}s: {waiting['reason']}"
-        self._release(task, withdraw=True)
-        meta = {k: v for k, v in task.meta.items() if k != "waiting"}
-        ladder = self.workflow.template(task.session_id).escalation
-        up = ladder[ladder.index(task.role) + 1:] if task.role in ladder else []
-        if self.config.orchestrator.on_unassignable == "next_tier" and up:
-            meta["attempt_base"] = meta.get("attempt_base", 0) + 1
-            meta["degraded"] = f"{task.role} -> {up[0]}"
-            self.store.record(task.session_id, "degraded", task.id, task.attempt_id,
-                              f"{why}; running it as {up[0]}")
-            self.move(task, "ready", f"{why}; running it as {up[0]}"[:500], role=up[0],
-                      tier=ladder.index(up[0]), ready_at=0, meta=meta)
-            return
-        meta["not_run"] = why
-        self.move(task, "failed", why[:500], meta=meta)
-        self.workflow.on_final(task)
-
     def _account_cost(self, task: TaskRow, body: TaskResult) -> None:
         cost = body.data.get("total_cost_usd")
         if isinstance(cost, (int, float)) and cost > 0:
@@ -474,36 +393,6 @@ class Orchestrator:
         else:
             self.move(task, outcome.value, body.error[:500], result=result)
         self.workflow.on_final(task)
-
-    def _run_again(self, task: TaskRow, why: str, **fields: Any) -> None:
-        """The attempt's agent went away (stopped, restarted, lost): queue a new attempt at
-        once, without using up a retry; past ``max_interruptions`` the task fails."""
-        n = task.meta.get("interruptions", 0) + 1
-        limit = self.config.orchestrator.max_interruptions
-        self.log.warning("task.interrupted", task=task.id, agent=task.agent_id, n=n, why=why)
-        if n > limit:
-            self.move(task, "failed", f"{why}; its agents went away {n} times "
-                      f"(orchestrator.max_interruptions = {limit})"[:500], **fields)
-            self.workflow.on_final(task)
-            return
-        meta = {**task.meta, "interruptions": n,
-                "attempt_base": task.meta.get("attempt_base", 0) + 1}
-        self.move(task, "ready", f"run again: {why}"[:500], agent_id="", ready_at=0,
-                  meta=meta, **fields)
-
-    async def on_agents_lost(self, names: set[str]) -> None:
-        """Agents gone (hub event or reconciliation): their attempts are lost; re-queue."""
-        requeued = False
-        for task in self.store.tasks(states=("assigned", "running")):
-            if task.agent_id not in names:
-                continue
-            self.metrics.lost_attempts.inc()
-            self.store.set_attempt(task.attempt_id, state="lost", ended_at=self.clock())
-            self._release(task, outcome="lost")
-            self._run_again(task, f"agent {task.agent_id} lost")
-            requeued = True
-        if requeued:
-            self.schedule()
 
     async def reconcile(self) -> None:
         """Periodic: re-enqueue stale queued tasks, catch lost agents and overdue attempts."""
@@ -541,16 +430,6 @@ class Orchestrator:
                 self.move(task, "timed_out", "no result within the task timeout")
                 self.workflow.on_final(task)
         self.schedule()
-
-    def _forgotten(self, task: TaskRow, agent: PeerInfo) -> bool:
-        """The agent holding ``task`` is a new process under the same name (a restart the
-        hub's agent.lost event did not reach us for): it registered after the attempt was
-        handed over, has had time to heartbeat and to resend any result it kept, and does
-        not report the task as running."""
-        settle = (2 * self.config.orchestrator.result_resend_interval
-                  + 2 * self.config.communication.heartbeat_interval)
-        return (agent.registered_at > task.updated_at and task.id not in agent.running
-                and time.time() - agent.registered_at > settle)
 
     # ---- used by the workflow -----------------------------------------------------------
 

@@ -23,10 +23,12 @@ from services.orchestrator.gates import evaluate
 from services.orchestrator.plan import (
     Plan,
     PlanError,
-    extract_json,
     parse_plan,
     topological_order,
 )
+from services.orchestrator.escalation import Escalation
+from services.orchestrator.results import answer_text, commit_of
+from services.orchestrator.review import Reviews
 from services.orchestrator.store import TaskRow, new_id
 from services.orchestrator.templates import Template
 
@@ -36,17 +38,7 @@ if TYPE_CHECKING:
 FINAL = ("succeeded", "failed", "timed_out", "cancelled")
 
 
-def answer_text(task: TaskRow) -> str:
-    """The agent's final answer: Claude's result text, else the command's stdout."""
-    data = task.result.get("data") or {}
-    return str(data.get("result") or task.result.get("stdout") or "")
-
-
-def commit_of(task: TaskRow) -> str:
-    return str((task.result.get("data") or {}).get("commit") or "")
-
-
-class Workflow:
+class Workflow(Reviews, Escalation):
     def __init__(self, orch: "Orchestrator"):
         self.orch = orch
         self.store = orch.store
@@ -243,65 +235,6 @@ class Workflow:
             return
         self._add_review(work, review.role)
 
-    def _add_review(self, work: TaskRow, role: str, problem: str = "", asked: int = 0) -> None:
-        row = self.store.session(work.session_id)
-        sub = work.meta.get("subtask", {})
-        diff = merge.diff(row["repo"], self._base_of(work), commit_of(work)) if commit_of(work) else ""
-        self._add(work.session_id, self._task(
-            work.session_id, title=f"review: {work.key}", kind="review", role=role,
-            parent=work.id, base=commit_of(work), key=f"{work.key}:review",
-            meta={"asked": asked},
-            prompt=prompts.review(work.title, sub.get("prompt", work.prompt),
-                                  sub.get("acceptance_criteria", []), diff or "(no changes)",
-                                  problem=problem)))
-
-    def _review_done(self, review: TaskRow) -> None:
-        work = self.store.task(review.parent)
-        if work is None:
-            return
-        if review.state != "succeeded":
-            self.store.record(review.session_id, "review_unavailable", work.id,
-                              detail=f"review by {review.role} {review.state}")
-            self._review_elsewhere(work, review, f"the review by a {review.role} {review.state}")
-            return
-        try:
-            verdict = json.loads(extract_json(answer_text(review)))
-            decision = str(verdict.get("verdict", "")).lower()
-            reasons = [str(r) for r in verdict.get("reasons", [])]
-        except (ValueError, AttributeError):
-            decision, reasons = "", []
-        if decision == "approve":
-            self.store.record(review.session_id, "review_approved", work.id,
-                              detail="; ".join(reasons)[:500])
-            self._accept(work)
-        elif decision == "changes_requested":
-            self._send_back(work, [f"reviewer: {r}" for r in reasons] or ["reviewer: changes requested"],
-                            "review requested changes")
-        else:
-            self.store.record(review.session_id, "review_unreadable", work.id,
-                              detail=answer_text(review)[:300])
-            problem = ('it held no JSON object with "verdict" set to "approve" or '
-                       '"changes_requested"')
-            if review.meta.get("asked", 0) < 1:  # ask the same reviewer once more
-                self._add_review(work, review.role, problem=problem,
-                                 asked=review.meta.get("asked", 0) + 1)
-            else:
-                self._review_elsewhere(work, review, f"the {review.role}'s review was "
-                                       f"unreadable twice ({problem})")
-
-    def _review_elsewhere(self, work: TaskRow, review: TaskRow, why: str) -> None:
-        """No verdict from this reviewer: ask the next tier up; with none left the work is
-        not accepted (it never merges unreviewed)."""
-        ladder = self.template(work.session_id).escalation
-        above = ladder[ladder.index(review.role) + 1:] if review.role in ladder else []
-        if above:
-            self.store.record(work.session_id, "review_escalated", work.id,
-                              detail=f"{why}; asking the {above[0]}")
-            self._add_review(work, above[0])
-            return
-        self.orch.move(work, "failed", f"no review verdict: {why}")
-        self._give_up(work, "it was never reviewed")
-
     def _send_back(self, work: TaskRow, feedback: list[str], why: str) -> None:
         template = self.template(work.session_id)
         limit = template.work.review.max_rounds if template.work.review else 2
@@ -320,79 +253,6 @@ class Workflow:
                               sub.get("acceptance_criteria", []), sub.get("files", []),
                               meta["feedback"][-6:])
         self.orch.reopen(work, f"sent back: {why}", prompt=prompt, meta=meta)
-
-    def _escalate(self, work: TaskRow) -> None:
-        sid = work.session_id
-        ladder = self.template(sid).escalation
-        nxt = work.tier + 1
-        if nxt < len(ladder) and ladder[nxt] != "architect":
-            meta = {**work.meta, "attempt_base": work.attempt, "rounds": 0,
-                    "escalations": work.meta.get("escalations", []) + [ladder[nxt]]}
-            self.orch.reopen(work, f"escalated to {ladder[nxt]}", role=ladder[nxt], tier=nxt,
-                             meta=meta)
-            return
-        if nxt < len(ladder) and work.kind == "work" and not work.meta.get("replanned"):
-            limit = self._replan_limit(work)
-            if limit:
-                self.store.record(sid, "replan_limit", work.id, detail=limit)
-                self._give_up(work, limit)
-                return
-            row = self.store.session(sid)
-            history = "\n".join(f"{h['to_state']}: {h['detail']}" for h in
-                                self.store.history(sid) if h["task_id"] == work.id)
-            self.store.update_task(work, meta={**work.meta, "replanned": True})
-            self._add(sid, self._task(
-                sid, title=f"re-plan: {work.key}", kind="replan", role=ladder[nxt],
-                parent=work.id, key=f"{work.key}:replan",
-                prompt=prompts.replan(row["text"], work.meta.get("subtask", {}), history,
-                                      self.roles(self.template(sid)))))
-            return
-        self._give_up(work, "no higher tier left" if nxt >= len(ladder) else "")
-
-    def _replan_limit(self, work: TaskRow) -> str:
-        """Why ``work`` may not be re-planned again ("" if it may)."""
-        orch = self.config.orchestrator
-        depth = work.meta.get("replan_depth", 0)
-        if depth >= orch.max_replans:
-            return (f"re-planned {depth} time(s) already (orchestrator.max_replans = "
-                    f"{orch.max_replans})")
-        done = sum(1 for t in self.store.tasks(work.session_id) if t.kind == "replan")
-        if done >= orch.max_replans_per_session:
-            return (f"the session has used its {done} re-plan(s) "
-                    f"(orchestrator.max_replans_per_session = {orch.max_replans_per_session})")
-        return ""
-
-    def _give_up(self, work: TaskRow, why: str) -> None:
-        """``work`` ends for good: say why, cancel what depends on it, merge the rest."""
-        last = next((h["detail"] for h in reversed(self.store.history(work.session_id))
-                     if h["task_id"] == work.id and h["kind"] == "task"), "")
-        reason = "; ".join(filter(None, [last, why]))[:300]
-        self.store.update_task(work, meta={**work.meta, "gave_up": reason})
-        self._cancel_dependents(work, f"dependency {work.key or work.id} {work.state}")
-        self._maybe_merge(work.session_id)
-
-    def _replan_done(self, task: TaskRow) -> None:
-        failed = self.store.task(task.parent)
-        assert failed is not None
-        sid = task.session_id
-        plan = None
-        if task.state == "succeeded":
-            try:
-                plan = parse_plan(answer_text(task), set(self.roles(self.template(sid))))
-            except PlanError as exc:
-                self.store.record(sid, "replan_rejected", task.id, detail=str(exc))
-        if plan is None:
-            self._give_up(failed, f"re-plan {task.state}" if task.state != "succeeded"
-                          else "re-plan rejected")
-            return
-        new_ids = self._add_subtasks(sid, plan, prefix=f"{failed.key}.",
-                                     extra_deps=list(failed.depends_on),
-                                     depth=failed.meta.get("replan_depth", 0) + 1)
-        self.store.update_task(failed, meta={**failed.meta, "replaced_by": new_ids})
-        for t in self.store.tasks(sid):
-            if failed.id in t.depends_on:
-                deps = [d for d in t.depends_on if d != failed.id] + new_ids
-                self.store.update_task(t, depends_on=deps)
 
     # -- dependencies
 
