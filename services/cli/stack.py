@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from libs.client import BusClient
-from libs.config import SystemConfig
+from libs.config import CONFIG_ENV, SystemConfig
 from libs.peer import RequestFailed, RequestTimeout
 from protocols.peer import PeerKind, RegistryList, RegistryListReply
 
@@ -41,7 +41,10 @@ def stack_env(config: SystemConfig, config_file: str | None, overrides: dict[str
     env["CCAA_ROOT"] = str(project_root())
     env["CCAA_PYTHON"] = sys.executable
     env["CCAA_RUN_DIR"] = str(run_dir(config))
-    env["CCAA_CONFIG"] = str(Path(config_file).resolve()) if config_file else ""
+    # --config, else $CCAA_CONFIG: the same file the CLI itself read, as an absolute path
+    # (supervisord runs the services in another directory)
+    config_file = config_file or os.environ.get(CONFIG_ENV) or None
+    env["CCAA_CONFIG"] = str(Path(config_file).expanduser().resolve()) if config_file else ""
     env["CCAA_DATA_DIR"] = str(config.data_path())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()),
                                                       env.get("PYTHONPATH", "")]))
