@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Awaitable, Callable
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from libs.peer import RequestFailed, RequestTimeout
 from protocols.peer import PeerKind, RegistryList
@@ -21,6 +21,7 @@ from libs.config import SystemConfig
 from libs.runner import common_parser, run_main
 from libs.service import ServiceContext, run_service
 from protocols.events import PeerEvent
+from services.controller.metrics import PoolMetrics
 from services.controller.pool import AgentPool, Slot, agent_argv
 
 
@@ -77,22 +78,11 @@ async def scale_once(ctx: ServiceContext, config: SystemConfig, pool: AgentPool,
 
 async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
-        running = Gauge("ccaa_pool_agents", "agent processes alive, by role", ["role"],
-                        registry=ctx.registry)
-        restarts = Counter("ccaa_pool_restarts_total", "agent restarts, by role", ["role"],
-                           registry=ctx.registry)
-        memory_kills = Counter("ccaa_pool_memory_stops_total",
-                               "agents stopped for exceeding resources.max_memory_mb, by role",
-                               ["role"], registry=ctx.registry)
-        scaled = Counter("ccaa_pool_scaled_total", "auto-scaling changes, by role and direction",
-                         ["role", "direction"], registry=ctx.registry)
+        metrics = PoolMetrics(ctx.registry, list(config.agent_hierarchy))
         log_dir = str(config.data_path() / "logs" / "agents")
 
         def on_change(event: str, slot: Slot) -> None:
-            if event == "exited":
-                restarts.labels(slot.role).inc()
-            for role in config.agent_hierarchy:
-                running.labels(role).set(sum(1 for s in pool.live() if s.role == role))
+            metrics.changed(event, slot, pool)
             ctx.events.publish(f"pool.{event}", PeerEvent(name=slot.name, kind="agent",
                                                           role=slot.role, state=event))
 
@@ -120,7 +110,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                 except asyncio.TimeoutError:
                     if limit:
                         for slot, _ in await pool.enforce_memory(limit):
-                            memory_kills.labels(slot.role).inc()
+                            metrics.memory_kills.labels(slot.role).inc()
                     await pool.ensure()
 
         async def autoscale() -> None:
@@ -131,7 +121,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                 except asyncio.TimeoutError:
                     pass
                 if ctx.peer.registered:
-                    await scale_once(ctx, config, pool, scaler, args.host_name, scaled)
+                    await scale_once(ctx, config, pool, scaler, args.host_name, metrics.scaled)
 
         loops = [asyncio.ensure_future(keep())]
         if config.auto_scaling.enabled:

@@ -122,6 +122,7 @@ class AgentPool:
             self.log.warning("agent.kill", agent=slot.name, pid=proc.pid)
         _kill_group(proc.pid, signal.SIGKILL)
         await proc.wait()
+        self.on_change("stopped", slot)
 
     async def stop(self) -> None:
         self._stopping = True
