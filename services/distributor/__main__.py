@@ -35,6 +35,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                                      log=ctx.log)
         subscriber.start()
         ctx.peer.on_registered.append(lambda: ctx.peer.spawn(dist.refresh()))
+        ctx.peer.on_registered.append(lambda: ctx.peer.spawn(dist.load_records()))
 
         async def poll() -> None:
             while not ctx.stop.is_set():
@@ -43,6 +44,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                 except asyncio.TimeoutError:
                     if ctx.peer.registered:
                         await dist.refresh()
+                        await dist.load_records()  # until the orchestrator answered once
 
         poller = asyncio.ensure_future(poll())
 

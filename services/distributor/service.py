@@ -20,6 +20,7 @@ from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import Message
 from protocols.peer import Ack, PeerInfo, PeerKind, RegistryList
 from protocols.task import (
+    AgentStats,
     QueueStats,
     QueueStatsReply,
     TaskAssign,
@@ -27,19 +28,23 @@ from protocols.task import (
     TaskEnqueue,
     TaskReleased,
     TaskSpec,
+    TaskWaiting,
 )
-from services.distributor.choice import AgentSlot, choose
+from services.distributor.choice import AgentSlot, Record, choose, unassignable_reason
 
 #: seconds of waiting worth one priority point
 AGING_SECONDS = 10.0
 #: seconds an agent that refused or did not answer an assignment is passed over
 COOLDOWN_SECONDS = 5.0
+#: released outcomes that are the agent's performance (lost, interrupted, withdrawn are not)
+VERDICTS = ("succeeded", "failed", "timed_out")
 
 
 @dataclass
 class Queued:
     spec: TaskSpec
     since: float
+    waiting: str = ""  # why no registered agent could take it, as last told to its owner
 
     def score(self, now: float) -> float:
         return self.spec.priority + (now - self.since) / AGING_SECONDS
@@ -68,7 +73,18 @@ class Distributor:
         self.no_agent = Gauge("ccaa_queue_without_agents",
                               "queued tasks whose role has no registered agent, by role",
                               ["role"], registry=registry)
+        self.no_capable = Gauge("ccaa_queue_without_capable_agents",
+                                "queued tasks whose role has agents but none with the "
+                                "capabilities they need, by role", ["role"], registry=registry)
+        self.reclaimed = Counter("ccaa_slots_reclaimed_total",
+                                 "agent slots freed because the agent no longer runs the "
+                                 "attempt (its release never came)", registry=registry)
         self._roles_missing: set[str] = set()
+        self._roles_incapable: set[str] = set()
+        self._reasons: dict[tuple[str, frozenset[str]], str] = {}  # cache, cleared on changes
+        self.records: dict[str, Record] = {}  # agent name -> attempt record
+        self.records_loaded = False
+        self.released_recently: dict[str, float] = {}  # task id -> when released
         self.handlers = {TaskEnqueue.TYPE: self.on_enqueue, TaskReleased.TYPE: self.on_released,
                          QueueStats.TYPE: self.on_stats}
 
@@ -76,7 +92,12 @@ class Distributor:
 
     async def on_enqueue(self, msg: Message) -> Ack:
         spec = msg.body.task  # type: ignore[attr-defined]
-        if spec.attempt_id in self.queue or self._holder(spec.attempt_id) is not None:
+        if spec.attempt_id in self.queue:
+            entry = self.queue[spec.attempt_id]
+            if entry.waiting:  # the owner may have restarted: say it again
+                self._tell_waiting(entry)
+            return Ack(detail="already queued")
+        if self._holder(spec.attempt_id) is not None:
             return Ack(detail="already queued")
         self.queue[spec.attempt_id] = Queued(spec, self.clock())
         self.dispatch()
@@ -85,20 +106,32 @@ class Distributor:
     async def on_released(self, msg: Message) -> None:
         body = msg.body
         assert isinstance(body, TaskReleased)
+        now = self.clock()
         self.queue.pop(body.attempt_id, None)
         self.attempt_task.pop(body.attempt_id, None)
-        agent = self.agents.get(body.agent_id)
-        if agent is not None and body.attempt_id in agent.inflight:
+        self.released_recently[body.task_id] = now
+        # whichever agent holds it: a task withdrawn while queued on the owner's side may
+        # already be assigned here, and its release names no agent
+        agent = self._holder(body.attempt_id)
+        held_for = now - self.assigned_at.pop(body.attempt_id, now)
+        if agent is not None:
             agent.inflight.discard(body.attempt_id)
             agent.completed += 1
-            agent.busy_seconds += self.clock() - self.assigned_at.pop(body.attempt_id, self.clock())
+            agent.busy_seconds += held_for
+        if body.outcome in VERDICTS:  # not the agent's doing: lost, interrupted, withdrawn
+            name = body.agent_id or (agent.name if agent else "")
+            if name:
+                self._record(name).add(body.outcome, body.duration_s or held_for)
         self.dispatch()
         return None
 
     async def on_stats(self, msg: Message) -> QueueStatsReply:
         queued: dict[str, int] = {}
         for entry in self.queue.values():
-            queued[entry.spec.role] = queued.get(entry.spec.role, 0) + 1
+            if entry.waiting.startswith("no agent with role") or not entry.waiting:
+                # work needing a capability no agent of the role has is not counted: more
+                # agents of the role would not take it (nor keep the pool from shrinking)
+                queued[entry.spec.role] = queued.get(entry.spec.role, 0) + 1
         agents: dict[str, int] = {}
         busy: dict[str, int] = {}
         for a in self.agents.values():
@@ -109,7 +142,14 @@ class Distributor:
     # ---- agents -----------------------------------------------------------------------
 
     def sync_agents(self, peers: list[PeerInfo]) -> None:
-        """Reconcile with the hub's registry: add new agents, drop vanished ones."""
+        """Reconcile with the hub's registry: add new agents, drop vanished ones, free
+        slots the agents no longer use, count work they run that was not assigned here."""
+        now = self.clock()
+        hb = self.config.communication.heartbeat_interval
+        # the registry's running lists are up to a heartbeat old (plus a refresh period)
+        settle = 3 * hb + self.config.orchestrator.reconcile_interval
+        self.released_recently = {t: at for t, at in self.released_recently.items()
+                                  if now - at < settle}
         seen = set()
         for p in peers:
             if p.kind != PeerKind.AGENT:
@@ -117,21 +157,59 @@ class Distributor:
             seen.add(p.name)
             self.agent_up(p.name, p.role, p.capabilities, p.capacity)
             slot = self.agents[p.name]
+            running = set(p.running)
+            for attempt in list(slot.inflight):
+                if (self.attempt_task.get(attempt) not in running
+                        and now - self.assigned_at.get(attempt, now) > settle):
+                    self._reclaim(slot, attempt)
             # tasks the agent runs that this distributor did not assign (e.g. before it
-            # restarted) still take its capacity
+            # restarted) still take its capacity; those it just released do not
             mine = {self.attempt_task.get(a) for a in slot.inflight}
-            slot.unknown_running = len([t for t in p.running if t not in mine])
+            slot.unknown_running = len([t for t in running
+                                        if t not in mine and t not in self.released_recently])
         for name in set(self.agents) - seen:
             self.agent_down(name)
         self.dispatch()
 
+    def _reclaim(self, slot: AgentSlot, attempt: str) -> None:
+        slot.inflight.discard(attempt)
+        self.assigned_at.pop(attempt, None)
+        task = self.attempt_task.pop(attempt, None)
+        self.reclaimed.inc()
+        self.log.warning("slot.reclaimed", agent=slot.name, task=task, attempt=attempt,
+                         why="the agent no longer reports it running and no release came")
+
+    def _record(self, name: str) -> Record:
+        """The agent's record, the same object its slot holds (it outlives the slot)."""
+        return self.records.setdefault(name, Record())
+
+    async def load_records(self) -> None:
+        """Seed the agents' attempt records from the orchestrator's history (once)."""
+        if self.records_loaded:
+            return
+        try:
+            reply = await self.peer.request("orchestrator", AgentStats())
+        except (RequestFailed, RequestTimeout, ConnectionError) as exc:
+            self.log.warning("records.unavailable", error=str(exc))
+            return
+        for name, rec in reply.body.agents.items():  # type: ignore[attr-defined]
+            record = self._record(name)
+            record.attempts += rec.attempts
+            record.succeeded += rec.succeeded
+            record.busy_s += rec.busy_s
+        self.records_loaded = True
+        self.log.info("records.loaded", agents=len(reply.body.agents))  # type: ignore[attr-defined]
+
     def agent_up(self, name: str, role: str, capabilities: list[str], capacity: int) -> None:
         slot = self.agents.get(name)
         if slot is None:
-            self.agents[name] = AgentSlot(name, role, set(capabilities), capacity)
+            self.agents[name] = AgentSlot(name, role, set(capabilities), capacity,
+                                          record=self._record(name))
             self.log.info("agent.added", agent=name, role=role, capacity=capacity)
-        else:
+            self._reasons.clear()
+        elif (slot.role, slot.capabilities, slot.capacity) != (role, set(capabilities), capacity):
             slot.role, slot.capabilities, slot.capacity = role, set(capabilities), capacity
+            self._reasons.clear()
         self.agents_gauge.set(len(self.agents))
 
     def agent_down(self, name: str) -> None:
@@ -141,6 +219,8 @@ class Distributor:
                 self.assigned_at.pop(attempt, None)
                 self.attempt_task.pop(attempt, None)
             self.log.info("agent.removed", agent=name, inflight=sorted(slot.inflight))
+            self._reasons.clear()
+            self._check_waiting()  # its work may have no one left to take it
         self.agents_gauge.set(len(self.agents))
 
     async def refresh(self) -> None:
@@ -169,22 +249,42 @@ class Distributor:
             self.assigned.labels(strategy).inc()
             self.peer.spawn(self._assign(agent.name, entry))
         self.queue_depth.set(len(self.queue))
-        self._check_roles()
+        self._check_waiting()
 
-    def _check_roles(self) -> None:
-        """Say so when queued work waits for a role no agent has: it would wait forever."""
-        roles = {a.role for a in self.agents.values()}
-        waiting: dict[str, int] = {}
+    def _reason(self, spec: TaskSpec) -> str:
+        key = (spec.role, frozenset(spec.capabilities))
+        if key not in self._reasons:
+            self._reasons[key] = unassignable_reason(spec.role, key[1],
+                                                     list(self.agents.values()))
+        return self._reasons[key]
+
+    def _tell_waiting(self, entry: Queued) -> None:
+        self.peer.send(entry.spec.owner, TaskWaiting(task_id=entry.spec.task_id,
+                                                     attempt_id=entry.spec.attempt_id,
+                                                     reason=entry.waiting))
+
+    def _check_waiting(self) -> None:
+        """Tell a task's owner when no registered agent could take it (it would wait
+        forever) and when one can again; count such work by role."""
+        no_role: dict[str, int] = {}
+        no_caps: dict[str, int] = {}
         for entry in self.queue.values():
-            if entry.spec.role not in roles:
-                waiting[entry.spec.role] = waiting.get(entry.spec.role, 0) + 1
-        for role in set(waiting) - self._roles_missing:
-            self.log.warning("role.no_agents", role=role, queued=waiting[role],
+            reason = self._reason(entry.spec)
+            if reason != entry.waiting:
+                entry.waiting = reason
+                self._tell_waiting(entry)
+            if reason:
+                counts = no_role if reason.startswith("no agent with role") else no_caps
+                counts[entry.spec.role] = counts.get(entry.spec.role, 0) + 1
+        for role in set(no_role) - self._roles_missing:
+            self.log.warning("role.no_agents", role=role, queued=no_role[role],
                              hint=f"start one: ccaa agent --role {role}, or set "
                                   f"agent_hierarchy.{role}.count")
-        for role in self._roles_missing | set(waiting):
-            self.no_agent.labels(role).set(waiting.get(role, 0))
-        self._roles_missing = set(waiting)
+        for gauge, now, before in ((self.no_agent, no_role, self._roles_missing),
+                                   (self.no_capable, no_caps, self._roles_incapable)):
+            for role in before | set(now):
+                gauge.labels(role).set(now.get(role, 0))
+        self._roles_missing, self._roles_incapable = set(no_role), set(no_caps)
 
     async def _assign(self, agent_name: str, entry: Queued) -> None:
         spec = entry.spec

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from protocols import ErrorCode, ProtocolError
+from protocols.task import AgentRecord, AgentStatsReply
 from protocols.command import (
     AttemptInfo,
     CommandStatusReply,
@@ -56,3 +57,16 @@ def logs(store: Store, task_id: str) -> TaskLogsReply:
                             applied=bool(r["applied"]), result=json.loads(r["result"]))
                 for r in rows]
     return TaskLogsReply(task=task_info(task), attempts=attempts)
+
+
+def agent_stats(store: Store, since: float) -> AgentStatsReply:
+    """Each agent's attempts that ended with a verdict since ``since`` (not lost,
+    interrupted or cancelled ones: those say nothing of the agent)."""
+    rows = store.conn.execute(
+        "SELECT agent_id, COUNT(*) AS n, SUM(state = 'succeeded') AS ok,"
+        " SUM(COALESCE(json_extract(result, '$.duration_s'), 0)) AS busy FROM attempts"
+        " WHERE state IN ('succeeded', 'failed', 'timed_out') AND agent_id != ''"
+        " AND ended_at >= ? GROUP BY agent_id", (since,))
+    return AgentStatsReply(agents={r["agent_id"]: AgentRecord(
+        attempts=r["n"], succeeded=r["ok"] or 0, busy_s=round(r["busy"] or 0.0, 3))
+        for r in rows})

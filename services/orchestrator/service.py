@@ -40,6 +40,8 @@ from protocols.command import (
 from protocols.events import SessionEvent, TaskEvent, session_topic, task_topic
 from protocols.peer import PeerKind, RegistryList
 from protocols.task import (
+    AgentStats,
+    AgentStatsReply,
     Outcome,
     TaskAccepted,
     TaskCancel,
@@ -114,6 +116,7 @@ class Orchestrator(Safeguards):
             SessionList.TYPE: self.on_list,
             TaskLogs.TYPE: self.on_logs,
             TaskWaiting.TYPE: guarded(self.on_waiting),
+            AgentStats.TYPE: self.on_agent_stats,
         }
 
     # ---- commands ---------------------------------------------------------------------
@@ -196,6 +199,11 @@ class Orchestrator(Safeguards):
         body = msg.body
         assert isinstance(body, TaskLogs)
         return queries.logs(self.store, body.task_id)
+
+    async def on_agent_stats(self, msg: Message) -> AgentStatsReply:
+        body = msg.body
+        assert isinstance(body, AgentStats)
+        return queries.agent_stats(self.store, self.clock() - body.since_s)
 
     async def on_cancel(self, msg: Message) -> CommandStatusReply:
         body = msg.body

@@ -12,8 +12,26 @@ from libs.peer import RequestFailed, RequestTimeout
 from protocols import Message, make_header
 from protocols.base import Body
 from protocols.peer import Ack, PeerInfo, PeerKind, RegistryList, RegistryListReply
-from protocols.task import TaskAccepted, TaskAssign, TaskDispatched, TaskEnqueue, TaskReleased, TaskSpec
-from services.distributor.choice import AgentSlot, choose, eligible
+from protocols.task import (
+    AgentRecord,
+    AgentStats,
+    AgentStatsReply,
+    QueueStats,
+    TaskAccepted,
+    TaskAssign,
+    TaskDispatched,
+    TaskEnqueue,
+    TaskReleased,
+    TaskSpec,
+    TaskWaiting,
+)
+from services.distributor.choice import (
+    AgentSlot,
+    Record,
+    choose,
+    eligible,
+    expected_seconds_per_success,
+)
 from services.distributor.service import COOLDOWN_SECONDS, AGING_SECONDS, Distributor
 
 pytestmark = pytest.mark.timeout(30)
@@ -66,10 +84,36 @@ def test_capability_based_picks_the_most_specific_agent():
     assert choose("capability_based", spec(caps=["python"]), agents, 0).name == "pythonista"
 
 
-def test_performance_based_picks_the_fastest_mean():
-    agents = [slot("slow", completed=2, busy=20.0), slot("fast", completed=4, busy=8.0),
-              slot("medium", completed=1, busy=5.0)]
+def rec(agent: AgentSlot, attempts: int, succeeded: int, busy: float) -> AgentSlot:
+    agent.record = Record(attempts, succeeded, busy)
+    return agent
+
+
+def test_performance_based_ranks_by_expected_time_per_success():
+    agents = [rec(slot("slow"), 10, 10, 100.0), rec(slot("fast"), 10, 10, 30.0),
+              rec(slot("flaky"), 10, 5, 30.0)]
     assert choose("performance_based", spec(), agents, 0).name == "fast"
+    agents[1].inflight.add("x")  # fast is busy: slow but sure beats fast but flaky
+    assert choose("performance_based", spec(), agents, 0).name == "slow"
+
+
+def test_an_agent_that_fails_fast_ranks_last_and_a_new_one_gets_tried():
+    good = rec(slot("good"), 20, 19, 60.0)
+    ok = rec(slot("ok"), 20, 16, 80.0)
+    failer = rec(slot("failer"), 4, 0, 0.4)  # four failures, 0.1 s each
+    new = slot("new")
+    pool = [good, ok, failer, new]
+    scores = {a.name: expected_seconds_per_success(a, pool) for a in pool}
+    # a new agent scores like the pool's average: behind the good, ahead of the others
+    assert scores["good"] < scores["new"] < scores["ok"] < scores["failer"]
+    ok.inflight.add("x")
+    assert choose("performance_based", spec(), pool, 0).name == "good"
+    good.inflight.add("x")
+    assert choose("performance_based", spec(), pool, 0).name == "new"
+    # every further failure makes it worse, however fast
+    before = scores["failer"]
+    failer.record.add("failed", 0.1)
+    assert expected_seconds_per_success(failer, pool) > before
 
 
 def test_role_and_capability_filtering_and_capacity():
@@ -104,6 +148,7 @@ class FakePeer:
         self.tasks: list[asyncio.Task] = []
         self.agents: list[PeerInfo] = []
         self.gate: asyncio.Event | None = None
+        self.stats = AgentStatsReply()
 
     def send(self, dst: str, body: Body, corr: str = "") -> str:
         self.sent.append((dst, body))
@@ -115,6 +160,8 @@ class FakePeer:
         if isinstance(body, RegistryList):
             reply: Body = RegistryListReply(hub_id="h", peers=self.agents)
             return Message(make_header(reply.TYPE, "hub", self.name), reply)
+        if isinstance(body, AgentStats):
+            return Message(make_header(self.stats.TYPE, dst, self.name), self.stats)
         assert isinstance(body, TaskAssign)
         self.assigns.append((dst, body.task))
         if dst in self.refuse:
@@ -163,9 +210,11 @@ class World:
         await self.peer.settle()
         return ack
 
-    async def release(self, attempt: str, agent: str) -> None:
-        await self.d.on_released(self.msg(TaskReleased(task_id=f"t-{attempt}",
-                                                       attempt_id=attempt, agent_id=agent)))
+    async def release(self, attempt: str, agent: str, outcome: str = "",
+                      duration: float = 0.0) -> None:
+        await self.d.on_released(self.msg(TaskReleased(
+            task_id=f"t-{attempt}", attempt_id=attempt, agent_id=agent, outcome=outcome,
+            duration_s=duration)))
         await self.peer.settle()
 
     def metric(self, name: str, **labels) -> float:
@@ -246,14 +295,64 @@ def test_capacity_is_respected_and_release_dispatches_the_next():
     run(go)
 
 
-def test_release_of_an_unknown_attempt_or_agent_is_harmless():
+def test_release_of_an_unknown_attempt_is_harmless():
     async def go(w: World):
         w.d.agent_up("agent-1", "worker", [], 1)
         await w.enqueue(spec("a1"))
         await w.release("zzz", "agent-1")
-        await w.release("a1", "agent-9")
         assert w.d.agents["agent-1"].inflight == {"a1"}
         assert w.d.agents["agent-1"].completed == 0
+    run(go)
+
+
+@pytest.mark.parametrize("named", ["", "agent-9"])
+def test_a_release_frees_the_slot_of_whichever_agent_holds_the_attempt(named):
+    """The owner withdraws a task it still thinks queued (its release names no agent)
+    while the assignment is already done here: the slot must not leak."""
+    async def go(w: World):
+        w.d.agent_up("agent-1", "worker", [], 1)
+        await w.enqueue(spec("a1"))
+        assert w.d.agents["agent-1"].inflight == {"a1"}
+        await w.release("a1", named)
+        assert w.d.agents["agent-1"].inflight == set()
+        await w.enqueue(spec("a2"))
+        assert w.peer.dispatched()[-1] == ("a2", "agent-1")
+    run(go)
+
+
+def test_registry_reconciliation_frees_slots_the_agent_no_longer_uses():
+    async def go(w: World):
+        info = PeerInfo(name="agent-1", kind=PeerKind.AGENT, role="worker", capacity=1)
+        w.d.sync_agents([info])
+        await w.enqueue(spec("a1"))
+        # just assigned: not in the agent's (older) heartbeat yet, and that is fine
+        w.clock.now += 1
+        w.d.sync_agents([info])
+        assert w.d.agents["agent-1"].inflight == {"a1"}
+        running = info.model_copy(update={"running": ["t-a1"]})
+        w.clock.now += 60
+        w.d.sync_agents([running])  # a long task, still running: kept
+        assert w.d.agents["agent-1"].inflight == {"a1"}
+        w.clock.now += 1
+        w.d.sync_agents([info])  # it no longer runs it and no release came
+        assert w.d.agents["agent-1"].inflight == set()
+        assert w.metric("ccaa_slots_reclaimed_total") == 1
+        await w.enqueue(spec("a2"))
+        assert w.peer.dispatched()[-1] == ("a2", "agent-1")
+    run(go)
+
+
+def test_a_stale_heartbeat_listing_a_just_released_task_does_not_block_the_agent():
+    async def go(w: World):
+        info = PeerInfo(name="agent-1", kind=PeerKind.AGENT, role="worker", capacity=1)
+        w.d.sync_agents([info])
+        await w.enqueue(spec("a1"))
+        await w.release("a1", "agent-1")
+        # the registry still shows the task it just finished
+        w.d.sync_agents([info.model_copy(update={"running": ["t-a1"]})])
+        assert w.d.agents["agent-1"].load == 0
+        await w.enqueue(spec("a2"))
+        assert w.peer.dispatched()[-1] == ("a2", "agent-1")
     run(go)
 
 
@@ -395,20 +494,36 @@ def test_round_robin_across_agents_through_the_service():
     run(go, strategy="round_robin")
 
 
-def test_performance_based_learns_from_releases():
+def test_performance_based_learns_from_release_outcomes_and_ignores_interruptions():
     async def go(w: World):
         w.d.agent_up("agent-a", "worker", [], 5)
         w.d.agent_up("agent-b", "worker", [], 5)
-        # both get one task; b finishes quickly, a slowly
-        await w.enqueue(spec("x1"))
-        await w.enqueue(spec("x2"))
-        holders = {s.attempt_id: d for d, s in w.peer.assigns}
-        w.clock.now += 1
-        await w.release("x2" if holders["x2"] == "agent-b" else "x1", "agent-b")
-        w.clock.now += 20
-        await w.release("x1" if holders["x1"] == "agent-a" else "x2", "agent-a")
-        assert w.d.agents["agent-b"].mean_seconds() < w.d.agents["agent-a"].mean_seconds()
-        await w.enqueue(spec("x3"))
+        w.d.records["agent-a"].add("succeeded", 5.0)
+        w.d.records["agent-b"].add("succeeded", 5.0)
+        for n in range(3):  # b fails fast three times
+            await w.enqueue(spec(f"f{n}"))
+            await w.release(f"f{n}", "agent-b", outcome="failed", duration=0.1)
+        await w.release("none", "agent-a", outcome="interrupted", duration=99)
+        await w.release("none", "agent-a", outcome="lost")
+        assert w.d.records["agent-a"].attempts == 1
+        assert w.d.records["agent-b"].attempts == 4 and w.d.records["agent-b"].succeeded == 1
+        await w.enqueue(spec("x"))
+        assert w.peer.assigns[-1][0] == "agent-a"
+    run(go, strategy="performance_based")
+
+
+def test_records_survive_a_restart_through_the_orchestrators_history():
+    async def go(w: World):
+        w.peer.stats = AgentStatsReply(agents={
+            "agent-a": AgentRecord(attempts=10, succeeded=2, busy_s=10.0),
+            "agent-b": AgentRecord(attempts=10, succeeded=10, busy_s=50.0)})
+        await w.d.load_records()
+        await w.d.load_records()  # once only
+        assert w.d.records["agent-b"].attempts == 10
+        w.d.agent_up("agent-a", "worker", [], 1)
+        w.d.agent_up("agent-b", "worker", [], 1)
+        assert w.d.agents["agent-a"].record.succeeded == 2
+        await w.enqueue(spec("x"))
         assert w.peer.assigns[-1][0] == "agent-b"
     run(go, strategy="performance_based")
 
@@ -454,4 +569,41 @@ def test_work_for_a_role_without_agents_is_reported():
         await w.peer.settle()
         assert w.peer.dispatched() == [("a1", "arch-1")]
         assert w.metric("ccaa_queue_without_agents", role="architect") == 0
+    run(go)
+
+
+def waiting_notices(w: World) -> list[tuple[str, str, str]]:
+    return [(d, b.attempt_id, b.reason) for d, b in w.peer.sent if isinstance(b, TaskWaiting)]
+
+
+def test_the_owner_is_told_when_no_agent_could_take_a_task_and_when_one_can():
+    async def go(w: World):
+        await w.enqueue(spec("a1", role="manager", owner="orch-x"))
+        assert waiting_notices(w) == [("orch-x", "a1", "no agent with role manager")]
+        await w.enqueue(spec("a1", role="manager", owner="orch-x"))  # re-enqueued: said again
+        assert len(waiting_notices(w)) == 2
+        w.d.agent_up("m-1", "manager", [], 1)
+        w.d.agents["m-1"].inflight.add("other")  # busy: a1 stays queued, but can be taken
+        w.d.dispatch()
+        assert waiting_notices(w)[-1] == ("orch-x", "a1", "")
+        await w.release("other", "m-1")
+        assert w.peer.dispatched() == [("a1", "m-1")]
+    run(go)
+
+
+def test_a_missing_capability_is_named_and_does_not_count_for_scaling():
+    async def go(w: World):
+        w.d.agent_up("w-1", "worker", ["python", "shell"], 1)
+        await w.enqueue(spec("a1", caps=["rust"]))
+        await w.enqueue(spec("a2"))
+        [(_, _, reason)] = waiting_notices(w)
+        assert reason == "no agent with capability rust (role worker agents have: python, shell)"
+        assert w.metric("ccaa_queue_without_capable_agents", role="worker") == 1
+        w.d.agents["w-1"].inflight.add("busy")  # keep a3 queued
+        await w.enqueue(spec("a3"))
+        stats = await w.d.on_stats(w.msg(QueueStats()))
+        assert stats.queued == {"worker": 1}  # a3 counts, a1 (rust) does not
+        w.d.agent_down("w-1")
+        assert waiting_notices(w)[-2:] == [("orchestrator", "a1", "no agent with role worker"),
+                                           ("orchestrator", "a3", "no agent with role worker")]
     run(go)

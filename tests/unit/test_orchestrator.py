@@ -870,3 +870,22 @@ def test_requested_gates_replace_the_templates_and_unknown_ones_are_refused(tmp_
         template = w.orch.workflow.template("s2")
         assert template.gates == ["lint"] and template.final_gates == ["lint"]
     scenario(tmp_path, go)
+
+
+def test_agent_stats_count_attempts_with_a_verdict_for_the_distributor(tmp_path):
+    from protocols.task import AgentStats
+
+    async def go(w: World):
+        for n, (agent, outcome, secs) in enumerate([
+                ("agent-1", Outcome.SUCCEEDED, 2.0), ("agent-1", Outcome.FAILED, 0.5),
+                ("agent-2", Outcome.SUCCEEDED, 4.0), ("agent-2", Outcome.INTERRUPTED, 9.0)]):
+            task_id = await w.create(f"s{n}")
+            await w.run(task_id, agent)
+            await w.result(task_id, outcome, agent=agent, duration_s=secs)
+        t = await w.create("s9")
+        await w.run(t, "agent-3")
+        await w.orch.on_agents_lost({"agent-3"})  # lost: says nothing of the agent
+        reply = await w.orch.handlers[AgentStats.TYPE](w.msg(AgentStats(), src="distributor"))
+        got = {k: (v.attempts, v.succeeded, v.busy_s) for k, v in reply.agents.items()}
+        assert got == {"agent-1": (2, 1, 2.5), "agent-2": (1, 1, 4.0)}
+    scenario(tmp_path, go)
