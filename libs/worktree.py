@@ -17,13 +17,16 @@ async code. Git failures raise ``RuntimeError`` carrying git's stderr.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import signal
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 AUTHOR_NAME = "ccaa agent"
 AUTHOR_EMAIL = "agent@ccaa.local"
@@ -120,6 +123,23 @@ def _registered(repo: str) -> dict[str, str]:
     return out
 
 
+@contextmanager
+def locked(repo: str) -> Iterator[None]:
+    """Hold the repository's worktree lock: git's ``worktree add`` writes
+    ``.git/worktrees/<name>/`` in steps, and a concurrent ``worktree add``, ``list`` or
+    ``prune`` from another process reads it half-made and fails ("failed to read
+    .../commondir"). Every worktree change by agents and the orchestrator on one host
+    takes this lock (an flock on a file in the common git dir), so any number of them
+    can run at once."""
+    common = Path(git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
+    with open(common / "ccaa-worktrees.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _branch_exists(repo: str, branch: str) -> bool:
     return bool(git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}",
                     check=False))
@@ -134,6 +154,15 @@ def create(repo: str, session_id: str, task_id: str, base_commit: str = "",
     before the task; a failure or timeout raises RuntimeError (the worktree stays).
     """
     top = repo_root(repo)
+    with locked(top):
+        wt = _create(top, session_id, task_id, base_commit, root)
+    if setup and wt.created:
+        run_setup(wt.path, setup, setup_timeout)
+    return wt
+
+
+def _create(top: str, session_id: str, task_id: str, base_commit: str,
+            root: str | None) -> Worktree:
     branch = branch_name(session_id, task_id)
     path = worktree_path(root or default_root(top), session_id, task_id)
     known = _registered(top)
@@ -155,10 +184,7 @@ def create(repo: str, session_id: str, task_id: str, base_commit: str = "",
         if not git(top, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}", check=False):
             raise RuntimeError(f"base commit {base!r} is not a commit in {top}")
         git(top, "worktree", "add", "-b", branch, path, base)
-    wt = Worktree(path, branch, top, base, created=True)
-    if setup:
-        run_setup(path, setup, setup_timeout)
-    return wt
+    return Worktree(path, branch, top, base, created=True)
 
 
 def run_setup(path: str, command: str, timeout: float = SETUP_TIMEOUT) -> str:
@@ -233,11 +259,12 @@ def remove_session(repo: str, session_id: str, root: str | None = None) -> list[
     top = repo_root(repo)
     session_dir = Path(worktree_path(root or default_root(top), session_id, "x")).parent
     removed = []
-    for path in _registered(top):
-        if Path(path).parent == session_dir:
-            git(top, "worktree", "remove", "--force", path)
-            removed.append(path)
-    if session_dir.is_dir():
-        shutil.rmtree(session_dir, ignore_errors=True)
-    git(top, "worktree", "prune")
+    with locked(top):
+        for path in _registered(top):
+            if Path(path).parent == session_dir:
+                git(top, "worktree", "remove", "--force", path)
+                removed.append(path)
+        if session_dir.is_dir():
+            shutil.rmtree(session_dir, ignore_errors=True)
+        git(top, "worktree", "prune")
     return removed

@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libs import worktree
+
 IDENTITY = ["-c", "user.name=ccaa", "-c", "user.email=ccaa@ccaa.local"]
 DIFF_LIMIT = 20_000
 
@@ -47,10 +49,11 @@ def _worktree(repo: str, branch: str, start: str, root: Path) -> Path:
         return path
     root.mkdir(parents=True, exist_ok=True)
     exists = git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
-    if exists.returncode == 0:
-        git(repo, "worktree", "add", "--force", str(path), branch)
-    else:
-        git(repo, "worktree", "add", "--force", "-b", branch, str(path), start)
+    with worktree.locked(repo):  # agents add worktrees in the same repository meanwhile
+        if exists.returncode == 0:
+            git(repo, "worktree", "add", "--force", str(path), branch)
+        else:
+            git(repo, "worktree", "add", "--force", "-b", branch, str(path), start)
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,50 @@ def test_git_errors_carry_gits_message(repo: Path, root: str, tmp_path: Path):
         worktree.create(str(tmp_path / "missing"), "s1", "t1", root=root)
     with pytest.raises(RuntimeError, match="base commit 'bad-commit' is not a commit"):
         worktree.create(str(repo), "s1", "t1", base_commit="bad-commit", root=root)
+
+
+PARALLEL = 12
+ROUNDS = 4
+CREATE = """
+import sys
+from libs import worktree
+try:
+    worktree.create(sys.argv[1], sys.argv[2], sys.argv[3], root=sys.argv[4])
+except RuntimeError as exc:
+    print(exc)
+    sys.exit(1)
+"""
+REMOVE = """
+import sys
+from libs import worktree
+worktree.remove_session(sys.argv[1], sys.argv[2], sys.argv[3])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_worktrees_are_made_and_removed_safely_by_many_processes_at_once(repo: Path, root: str):
+    """Agents on one host create worktrees in the same repository at the same moment while
+    the orchestrator removes a finished session's: without the lock, 2 of 60 parallel
+    creations failed here ("failed to read .git/worktrees/.../commondir")."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    for n in range(ROUNDS):
+        procs = [subprocess.Popen([sys.executable, "-c", CREATE, str(repo), f"s{n}",
+                                   f"t{i}", root], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+                 for i in range(PARALLEL)]
+        if n:
+            procs.append(subprocess.Popen([sys.executable, "-c", REMOVE, str(repo), f"s{n - 1}",
+                                           root], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        try:
+            results = [(p.wait(60), p.stdout.read()) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.stdout.close()
+        assert [r for r in results if r[0] != 0] == []
+        listed = git(repo, "worktree", "list", "--porcelain")
+        assert sum(f"ccaa/s{n}/t" in line for line in listed.splitlines()) == PARALLEL
+        if n:
+            assert f"ccaa/s{n - 1}/t" not in listed
