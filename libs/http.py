@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -32,10 +33,12 @@ def metrics_route(registry: CollectorRegistry) -> Handler:
 
 
 class HttpServer:
-    def __init__(self, routes: dict[str, Handler], host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, routes: dict[str, Handler], host: str = "127.0.0.1", port: int = 0,
+                 setting: str = "the metrics port"):
         self.routes = routes
         self.host = host
         self.port = port
+        self.setting = setting  # named when the port cannot be bound
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -43,7 +46,14 @@ class HttpServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        except OSError as exc:
+            from libs.runner import BindError
+
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise BindError("HTTP (/metrics)", f"{self.host}:{self.port}", self.setting,
+                            reason) from None
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

@@ -12,7 +12,21 @@ from typing import Any, Awaitable, Callable
 
 from libs import security
 from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
-from libs.log import setup_logging
+from libs.log import get_logger, setup_logging
+
+
+class BindError(Exception):
+    """A service cannot listen where its configuration says (a port in use, an address
+    not on this host). Reported as one log line; the process exits with EXIT_BIND so its
+    supervisor retries it later."""
+
+    def __init__(self, what: str, address: str, setting: str, error: str):
+        super().__init__(f"cannot listen on {address} for {what} ({error}); change {setting} "
+                         "or stop what holds it")
+        self.what, self.address, self.setting, self.error = what, address, setting, error
+
+
+EXIT_BIND = 4
 
 
 def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -72,6 +86,11 @@ def run_main(setup: Callable[[argparse.Namespace, SystemConfig], Awaitable[int]]
         return asyncio.run(setup(args, config))
     except KeyboardInterrupt:
         return 0
+    except BindError as exc:
+        get_logger(parser.prog.removeprefix("ccaa-")).error(
+            "bind.failed", message=str(exc), what=exc.what, address=exc.address,
+            setting=exc.setting, error=exc.error)
+        return EXIT_BIND
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

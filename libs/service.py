@@ -46,8 +46,11 @@ async def run_service(
     log = get_logger(name)
     registry = new_registry()
     port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get(name, 0)
+    setting = ("--metrics-port" if args.metrics_port is not None
+               else f"metrics.ports.{name}" if name in config.metrics.ports
+               else "reporting.http_port" if name == "reporter" else "--metrics-port")
     http = HttpServer({"/metrics": metrics_route(registry), **(routes or {})},
-                      config.metrics.host, port)
+                      config.metrics.host, port, setting=setting)
     await http.start()
     comm = config.communication
     peer = Peer(name=name, kind=kind, comm=comm, metrics_url=http.url + "/metrics",

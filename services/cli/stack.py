@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -98,7 +99,7 @@ async def wait_ready(config: SystemConfig, timeout: float, pid: int,
             if not _alive(pid):
                 raise SystemExit("ccaa up: supervisord exited; see "
                                  + str(run_dir(config) / "supervisord.log"))
-            _raise_if_fatal(config)
+            problems = _starting_problems(config)
             try:
                 if bus is None:
                     bus = await BusClient(config.communication, connect_timeout=2.0).__aenter__()
@@ -115,6 +116,8 @@ async def wait_ready(config: SystemConfig, timeout: float, pid: int,
                     return last
                 status = (f"services {len(names & set(BUS_SERVICES)) + 1}/{len(SERVICES)}, "
                           f"agents {len(agents)}/{want_agents}")
+            if problems:
+                status = "; ".join([status, *problems])
             if progress is not None and status != said:
                 progress(status)
                 said = status
@@ -123,8 +126,10 @@ async def wait_ready(config: SystemConfig, timeout: float, pid: int,
         if bus is not None:
             await bus.close()
     have = sorted(p.name for p in last.peers) if last else []
+    why = "".join(f"\n  {p}" for p in _starting_problems(config))
     raise SystemExit(f"ccaa up: not every service registered within {timeout:g}s "
-                     f"(registered: {', '.join(have) or 'none'}); logs in {run_dir(config)/'logs'}")
+                     f"(registered: {', '.join(have) or 'none'}); logs in "
+                     f"{run_dir(config)/'logs'}{why}")
 
 
 def program_states(config: SystemConfig) -> dict[str, str]:
@@ -138,12 +143,33 @@ def program_states(config: SystemConfig) -> dict[str, str]:
     return states
 
 
-def _raise_if_fatal(config: SystemConfig) -> None:
+def _last_line(config: SystemConfig, program: str) -> str:
+    log = run_dir(config) / "logs" / f"{program}.log"
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    if not lines:
+        return "(no log)"
+    try:  # the services log JSON lines; a bind failure carries a readable message
+        entry = json.loads(lines[-1])
+        return str(entry.get("message") or entry.get("event") or lines[-1])
+    except (ValueError, AttributeError):
+        return lines[-1]
+
+
+def _starting_problems(config: SystemConfig) -> list[str]:
+    """Programs supervisord is restarting (BACKOFF: it keeps retrying them), with the last
+    thing each logged; a FATAL program (it gave up) ends the wait at once."""
+    problems = []
     for program, state in program_states(config).items():
-        if state in ("FATAL", "BACKOFF"):
+        if state == "FATAL":
             log = run_dir(config) / "logs" / f"{program}.log"
             tail = log.read_text()[-1500:] if log.exists() else "(no log)"
             raise SystemExit(f"ccaa up: {program} is {state}; last lines of {log}:\n{tail}")
+        if state == "BACKOFF":
+            problems.append(f"{program} is restarting: {_last_line(config, program)}")
+    return problems
 
 
 def up(config: SystemConfig, config_file: str | None, env_overrides: dict[str, str],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -14,7 +15,7 @@ from libs.config import SystemConfig
 from libs.http import HttpServer, metrics_route
 from libs.log import get_logger
 from libs.metrics import new_registry
-from libs.runner import announce, common_parser, install_stop_signals, run_main
+from libs.runner import BindError, announce, common_parser, install_stop_signals, run_main
 from libs.zmqio import Pump, bind, context, socket
 from services.hub.proxy import INPROC, EventProxy
 from services.hub.service import Hub
@@ -45,10 +46,15 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
             security.apply_server(sock, comm.keys_dir)
     try:
         router_endpoint = bind(router, comm.router())
+    except zmq.ZMQError as exc:
+        raise BindError("the bus (ROUTER)", comm.router(), "communication.hub_port",
+                        f"{os.strerror(exc.errno)}; is another hub running?") from None
+    try:
         proxy = EventProxy(ctx, comm.pub(), comm.sub(), secure)
     except zmq.ZMQError as exc:
-        print(f"hub: cannot bind: {exc} (is another hub running?)", file=sys.stderr)
-        return 1
+        raise BindError("events (XSUB, XPUB)", f"{comm.pub()}, {comm.sub()}",
+                        "communication.pub_port / sub_port",
+                        f"{os.strerror(exc.errno)}; is another hub running?") from None
     proxy.start()
     events = socket(ctx, zmq.PUB)
     events.connect(INPROC)
@@ -59,7 +65,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     pump = Pump(router, hub.on_frames)
 
     port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get("hub", 0)
-    http = HttpServer({"/metrics": metrics_route(registry)}, config.metrics.host, port)
+    http = HttpServer({"/metrics": metrics_route(registry)}, config.metrics.host, port,
+                      setting="--metrics-port" if args.metrics_port is not None
+                      else "metrics.ports.hub")
     await http.start()
 
     stop = asyncio.Event()
