@@ -193,10 +193,10 @@ def cmd_down(args: argparse.Namespace) -> int:
     from services.cli import stack
 
     config = _load(args)
-    if stack.down(config):
-        print("ccaa is down")
-    else:
-        print("ccaa was not running")
+    done = stack.down(config)
+    if done.startswith("supervisord was not running"):
+        print(done)
+    print("ccaa is down" if done else "ccaa was not running")
     return 0
 
 

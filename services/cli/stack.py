@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from libs.client import BusClient
+from services.cli import orphans
 from libs.config import CONFIG_ENV, SystemConfig
 from libs.peer import RequestFailed, RequestTimeout
 from protocols.peer import PeerKind, RegistryList, RegistryListReply
@@ -64,7 +65,34 @@ def supervisord_pid(config: SystemConfig) -> int | None:
         if not out.isdigit():
             return None
         pid = int(out)
-    return pid if _alive(pid) else None
+    return pid if _alive(pid) and _is_supervisord(pid) else None
+
+
+def _is_supervisord(pid: int) -> bool:
+    """A pid file outlives its process, and pids are reused."""
+    import psutil
+
+    try:
+        return any("supervisord" in part for part in psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def _forget_supervisord(config: SystemConfig) -> None:
+    for name in ("supervisord.pid", "supervisor.sock"):
+        try:
+            (run_dir(config) / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def stop_orphans(config: SystemConfig) -> list[str]:
+    """With supervisord dead, stop what it had started (found by run directory); returns
+    what was stopped."""
+    left = orphans.find(str(run_dir(config)))
+    stopped = orphans.stop(left) if left else []
+    _forget_supervisord(config)
+    return stopped
 
 
 def _supervisorctl(config: SystemConfig, *args: str) -> subprocess.CompletedProcess[str]:
@@ -178,6 +206,10 @@ def up(config: SystemConfig, config_file: str | None, env_overrides: dict[str, s
     (rdir / "logs").mkdir(parents=True, exist_ok=True)
     pid = supervisord_pid(config)
     if pid is None:
+        stopped = stop_orphans(config)
+        if stopped and progress is not None:
+            progress(f"supervisord had died; stopped {len(stopped)} process(es) it left "
+                     f"running: {', '.join(stopped)}")
         try:
             other = asyncio.run(registry(config, timeout=1.0))
         except (RequestTimeout, RequestFailed, ConnectionError):
@@ -211,14 +243,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def down(config: SystemConfig, timeout: float = 60.0) -> bool:
-    """Stop supervisord and with it every service (and the controller's agents).
-    Returns False if nothing was running."""
+def down(config: SystemConfig, timeout: float = 60.0) -> str:
+    """Stop supervisord and with it every service (and the controller's agents); with
+    supervisord dead, stop what it left running. Says what it did ("" if nothing ran)."""
     import psutil
 
     pid = supervisord_pid(config)
     if pid is None:
-        return False
+        stopped = stop_orphans(config)
+        if not stopped:
+            return ""
+        return (f"supervisord was not running; stopped {len(stopped)} process(es) left from "
+                f"it: {', '.join(stopped)}")
     try:
         tree = [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
@@ -235,4 +271,4 @@ def down(config: SystemConfig, timeout: float = 60.0) -> bool:
                         pass
             break
         time.sleep(0.05)
-    return True
+    return "stopped supervisord and everything it ran"
