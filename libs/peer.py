@@ -57,6 +57,10 @@ class RegistrationRefused(Exception):
     """The hub refused this peer's registration (e.g. the name is taken)."""
 
 
+class HubUnreachable(ConnectionError):
+    """No hub answered the first registration within ``Peer.first_contact_deadline``."""
+
+
 class Peer:
     def __init__(
         self,
@@ -94,6 +98,12 @@ class Peer:
         self.hub_id = ""
         self.heartbeat_body: Callable[[], PeerHeartbeat] = PeerHeartbeat
         self.on_registered: list[Callable[[], Any]] = []
+        #: seconds to keep trying to reach the hub the first time (None: forever); once
+        #: registered, a lost hub is always retried
+        self.first_contact_deadline: float | None = None
+        #: called with the seconds waited so far each time a first registration goes
+        #: unanswered (a person-facing command prints a line)
+        self.on_unreachable: Callable[[float], None] | None = None
 
     # ---- public API -----------------------------------------------------------------
 
@@ -158,7 +168,7 @@ class Peer:
             self._connect()
             try:
                 await self._register()
-            except RegistrationRefused:
+            except (RegistrationRefused, HubUnreachable):
                 self._disconnect_socket()
                 raise
             if self._stop.is_set():
@@ -228,6 +238,14 @@ class Peer:
                 reply = await self.request(HUB, body, timeout=wait)
             except RequestTimeout:
                 self.log.warning("hub.unreachable", hub=self.comm.router(), waited=wait)
+                if not self.hub_id:  # never registered yet
+                    waited = time.monotonic() - first_try
+                    if self.on_unreachable is not None:
+                        self.on_unreachable(waited)
+                    deadline = self.first_contact_deadline
+                    if deadline is not None and waited >= deadline:
+                        raise HubUnreachable(f"no hub answered at {self.comm.router()} "
+                                             f"within {deadline:g}s") from None
                 continue
             except RequestFailed as exc:
                 if exc.code == ErrorCode.NAME_TAKEN.value:

@@ -16,9 +16,13 @@ from libs.events import EventPublisher
 from libs.http import Handler, HttpServer, metrics_route
 from libs.log import EventLogger, get_logger
 from libs.metrics import new_registry
-from libs.peer import Peer, RegistrationRefused
+from libs.peer import HubUnreachable, Peer, RegistrationRefused
 from libs.runner import announce, install_stop_signals
 from protocols.peer import PeerKind
+
+
+#: exit code of a process that gave up reaching the hub (first_contact_deadline)
+EXIT_UNREACHABLE = 5
 
 
 @dataclass
@@ -40,6 +44,8 @@ async def run_service(
     build: Callable[[ServiceContext], Awaitable[Callable[[], Awaitable[None]] | None]],
     routes: dict[str, Handler] | None = None,
     kind: PeerKind = PeerKind.SERVICE,
+    first_contact_deadline: float | None = None,
+    on_unreachable: Callable[[float], None] | None = None,
 ) -> int:
     """Wire a service: metrics HTTP, peer, publisher; call ``build`` (which registers
     handlers and may return an async ``shutdown``); run until SIGTERM/SIGINT."""
@@ -55,6 +61,8 @@ async def run_service(
     comm = config.communication
     peer = Peer(name=name, kind=kind, comm=comm, metrics_url=http.url + "/metrics",
                 registry=registry, log=log)
+    peer.first_contact_deadline = first_contact_deadline
+    peer.on_unreachable = on_unreachable
     events = EventPublisher(comm.pub(), name)
     ctx = ServiceContext(name, config, peer, events, registry, log, http)
     install_stop_signals(ctx.stop)
@@ -72,6 +80,9 @@ async def run_service(
         if isinstance(exc, RegistrationRefused):
             log.error("registration.refused", reason=str(exc))
             code = 3
+        elif isinstance(exc, HubUnreachable):
+            log.error("hub.gave_up", reason=str(exc))
+            code = EXIT_UNREACHABLE
         elif exc is not None:
             log.error("peer.crashed", error=repr(exc))
             code = 1

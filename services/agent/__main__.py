@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 from libs.config import ConfigError, SystemConfig
 from libs.runner import common_parser, run_main
-from libs.service import ServiceContext, run_service
+from libs.service import EXIT_UNREACHABLE, ServiceContext, run_service
 from protocols.peer import PeerKind
 from services.agent.executors.factory import executor_factory
 from services.agent.service import Agent
@@ -28,6 +28,12 @@ def parser() -> argparse.ArgumentParser:
                    help="capability tag to advertise (repeatable; adds to the role's)")
     p.add_argument("--parent-pid", type=int,
                    help="exit when this process dies (set by the controller)")
+    p.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="give up if no hub answers the first registration within this long "
+                        "(default: 60; a hub lost later is always waited for)")
+    p.add_argument("--retry-forever", action="store_true",
+                   help="keep trying to reach the hub however long it takes (the default "
+                        "for agents a controller starts, i.e. with --parent-pid)")
     return p
 
 
@@ -77,7 +83,25 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
         return shutdown
 
-    return await run_service(name, args, config, build, kind=PeerKind.AGENT)
+    forever = args.retry_forever or args.parent_pid is not None
+    said = [0.0]
+
+    def unreachable(waited: float) -> None:
+        if forever or waited - said[0] < 10 and said[0]:
+            return  # a line every ~10 s is enough for a person
+        said[0] = waited
+        print(f"ccaa agent: no answer from the hub at {config.communication.router()} "
+              f"after {waited:.0f}s; trying until {args.connect_timeout:g}s "
+              "(--retry-forever to keep trying)", file=sys.stderr, flush=True)
+
+    code = await run_service(name, args, config, build, kind=PeerKind.AGENT,
+                             first_contact_deadline=None if forever else args.connect_timeout,
+                             on_unreachable=unreachable)
+    if code == EXIT_UNREACHABLE:
+        print(f"ccaa agent: gave up: no hub answered at {config.communication.router()} "
+              f"within {args.connect_timeout:g}s (is it up? check the address, or the "
+              "CurveZMQ keys)", file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
