@@ -45,3 +45,11 @@ def test_shrinks_after_the_last_agent_idles_long_enough_down_to_the_minimum():
 def test_roles_without_limits_keep_their_configured_count():
     s = Scaler(CFG, {"manager": 1})
     assert s.step("manager", 5, {"m1": "busy"}, "m1", now=100) is None
+
+
+def test_a_role_started_with_no_agents_grows_when_its_work_waits():
+    """Work for a role with count 0 would wait forever; a max above 0 lets the pool grow."""
+    cfg = AutoScalingConfig(enabled=True, min_agents_per_type={"manager": 0},
+                            max_agents_per_type={"manager": 2}, cooldown=0)
+    s = Scaler(cfg, {"manager": 0})
+    assert s.step("manager", queued=1, agents={}, last_agent="", now=100) == 1
