@@ -8,6 +8,7 @@ task taken back and queued again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -17,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from libs.config import SystemConfig
 from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
-from protocols import Message
+from protocols import ErrorCode, Message
 from protocols.peer import Ack, PeerInfo, PeerKind, RegistryList
 from protocols.task import (
     AgentStats,
@@ -297,16 +298,26 @@ class Distributor:
             if agent is None or spec.attempt_id not in agent.inflight:
                 return  # released meanwhile (it ran after all) or the agent is gone
             agent.inflight.discard(spec.attempt_id)
-            agent.cooldown_until = self.clock() + COOLDOWN_SECONDS
+            # busy: it is still finishing something (e.g. killing a cancelled run), so try
+            # it again soon; no answer at all: leave it alone longer
+            busy = isinstance(exc, RequestFailed) and exc.code == ErrorCode.BUSY.value
+            pause = self.config.communication.heartbeat_interval if busy else COOLDOWN_SECONDS
+            agent.cooldown_until = self.clock() + pause
             self.assigned_at.pop(spec.attempt_id, None)
             self.attempt_task.pop(spec.attempt_id, None)
             self.queue[spec.attempt_id] = entry
             self.queue_depth.set(len(self.queue))
+            self.dispatch()  # another agent may take it now
+            self.peer.spawn(self._dispatch_after(pause))
             return
         self.log.info("assigned", agent=agent_name, task=spec.task_id, attempt=spec.attempt_id)
         self.peer.send(spec.owner, TaskDispatched(task_id=spec.task_id,
                                                   attempt_id=spec.attempt_id,
                                                   agent_id=agent_name))
+        self.dispatch()
+
+    async def _dispatch_after(self, delay: float) -> None:
+        await asyncio.sleep(delay + 0.01)
         self.dispatch()
 
     def _holder(self, attempt_id: str) -> AgentSlot | None:

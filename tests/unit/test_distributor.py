@@ -178,8 +178,12 @@ class FakePeer:
         return task
 
     async def settle(self) -> None:
-        while any(not t.done() for t in self.tasks):
-            await asyncio.gather(*[t for t in self.tasks if not t.done()])
+        """Let every spawned assignment finish; delayed re-dispatches are left sleeping."""
+        def pending():
+            return [t for t in self.tasks if not t.done()
+                    and t.get_coro().__name__ != "_dispatch_after"]
+        while pending():
+            await asyncio.gather(*pending())
 
     def dispatched(self) -> list[tuple[str, str]]:
         return [(b.attempt_id, b.agent_id) for d, b in self.sent if isinstance(b, TaskDispatched)]
@@ -539,6 +543,22 @@ def test_tasks_an_agent_reports_but_this_distributor_did_not_assign_take_its_cap
         assert w.d.agents["agent-busy"].load == 1
         await w.enqueue(spec("a1"))
         assert w.peer.dispatched() == [("a1", "agent-idle")]
+    run(go)
+
+
+def test_an_agent_that_answers_busy_is_tried_again_after_a_heartbeat_not_the_cooldown():
+    async def go(w: World):
+        w.config.communication.heartbeat_interval = 0.05
+        w.d.agent_up("agent-1", "worker", [], 1)
+        w.peer.refuse.add("agent-1")  # still killing a cancelled run
+        await w.enqueue(spec("a1"))
+        assert "a1" in w.d.queue
+        w.peer.refuse.clear()
+        w.clock.now += 0.06
+        retry = [t for t in w.peer.tasks if t.get_coro().__name__ == "_dispatch_after"]
+        await asyncio.gather(*retry)  # the re-dispatch scheduled for the end of the pause
+        await w.peer.settle()
+        assert w.peer.dispatched() == [("a1", "agent-1")]
     run(go)
 
 
