@@ -16,7 +16,14 @@ from typing import Callable
 
 import zmq
 
+from libs.log import get_logger
 from libs.security import apply_client
+from protocols.codec import MAX_MESSAGE_SIZE
+
+_log = get_logger("pump")
+
+#: largest frame a socket reads at all (see ``socket``)
+SOCKET_MAX_FRAME = MAX_MESSAGE_SIZE + 1024 * 1024
 
 FrameHandler = Callable[[list[bytes]], None]
 
@@ -29,9 +36,13 @@ def context() -> zmq.Context:
 
 
 def socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
-    """A socket with linger 0; client kinds get CURVE keys when security is configured."""
+    """A socket with linger 0 and a limit on what it receives: a frame somewhat over the
+    protocol's size limit is still read (and answered with a typed ``oversize`` error), a
+    larger one makes ZeroMQ drop the sender's connection before reading it; client kinds
+    get CURVE keys when security is configured."""
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, SOCKET_MAX_FRAME)
     apply_client(sock)
     return sock
 
@@ -51,6 +62,7 @@ class Pump:
         self._closed = False
         self._fd = sock.getsockopt(zmq.FD)
         self.dropped = 0  # messages the socket refused (HWM, unroutable)
+        self.crashed = 0  # messages whose handler raised (logged; the pump goes on)
 
     def send(self, frames: list[bytes]) -> None:
         """Queue frames; the pump's coroutine sends them."""
@@ -109,5 +121,9 @@ class Pump:
             except zmq.Again:
                 break
             n += 1
-            self.on_frames(frames)
+            try:
+                self.on_frames(frames)
+            except Exception:  # one bad message must not stop the loop
+                self.crashed += 1
+                _log.exception("frames.crashed", frames=len(frames))
         return n

@@ -15,7 +15,7 @@ import msgpack
 from pydantic import ValidationError
 
 from protocols.base import Body
-from protocols.errors import ErrorCode, ProtocolError
+from protocols.errors import ErrorCode, ProtocolError, safe
 from protocols.header import PROTOCOL_VERSION, Header
 from protocols.registry import body_model
 
@@ -98,7 +98,8 @@ def decode_header(frames: Frames) -> Header:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
             ErrorCode.VERSION_MISMATCH,
-            f"protocol version {version!r} is not supported; this peer speaks {PROTOCOL_VERSION}",
+            f"protocol version {safe(version, 40)} is not supported; this peer speaks "
+            f"{PROTOCOL_VERSION}",
             {"expected": PROTOCOL_VERSION, "got": version},
         )
     try:

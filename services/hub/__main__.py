@@ -93,19 +93,27 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
              metrics=http.url, hub_id=hub.hub_id)
     announce(service="hub", router=router_endpoint, pub=proxy.pub_endpoint,
              sub=proxy.sub_endpoint, metrics=http.url, hub_id=hub.hub_id)
-    await stop.wait()
+    stop_task = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({pump_task, live_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    for task in (pump_task, live_task):
+        if task.done():  # it must run until stopped: exit non-zero so supervisord restarts us
+            error = task.exception() if not task.cancelled() else None
+            log.error("task.ended", task="pump" if task is pump_task else "liveness",
+                      error=repr(error) if error else "returned")
+            code = 1
     log.info("stopping")
     pump.close()
-    for task in (pump_task, live_task):
+    for task in (pump_task, live_task, stop_task):
         task.cancel()
-    await asyncio.gather(pump_task, live_task, return_exceptions=True)
+    await asyncio.gather(pump_task, live_task, stop_task, return_exceptions=True)
     await http.close()
     proxy.stop()
     events.close(linger=0)
     router.close(linger=0)
     if auth is not None:
         auth.stop()
-    return 0
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

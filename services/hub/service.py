@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from libs.config import CommunicationConfig
 from libs.log import EventLogger, get_logger
 from protocols import ErrorCode, ProtocolError, decode_header, encode, encode_event, make_header
+from protocols.errors import safe
 from protocols.base import Body
 from protocols.codec import decode_body, peek_header
 from protocols.events import PeerEvent, peer_topic
@@ -79,19 +80,27 @@ class Hub:
     # ---- frames in --------------------------------------------------------------------
 
     def on_frames(self, frames: list[bytes]) -> None:
+        """Handle one message; total: whatever arrives, the hub answers (or drops an
+        error, never answering an error with one) and goes on."""
         identity, payload = frames[0], frames[1:]
+        header: Header | None = None
         try:
-            header = decode_header(payload)
-        except ProtocolError as exc:
-            self._error(identity, peek_header(payload), exc)
-            return
-        try:
+            try:
+                header = decode_header(payload)
+            except ProtocolError as exc:
+                self._error(identity, peek_header(payload), exc)
+                return
             if header.dst == HUB:
                 self._on_local(identity, header, payload[1])
             else:
                 self._route(identity, header, payload)
         except ProtocolError as exc:
             self._error(identity, header, exc)
+        except Exception as exc:  # a bug: count it, say so, keep serving
+            self.log.exception("message.crashed", type=safe(header.type if header else "?"),
+                               error=safe(exc))
+            self._error(identity, header, ProtocolError(
+                ErrorCode.INTERNAL, "the hub could not handle this message"))
 
     def _route(self, identity: bytes, header: Header, payload: list[bytes]) -> None:
         sender = self.table.by_identity.get(identity)
@@ -205,11 +214,14 @@ class Hub:
             return  # never answer an error with an error (no ping-pong); counted above
         self.log.warning("bad.input", code=exc.code.value, reason=exc.reason,
                          src=header.src if header else "?")
-        body = Error(code=exc.code, reason=exc.reason, details=exc.details)
         dst = header.src if header is not None else "?"
         reply = make_header(Error.TYPE, HUB, dst, corr=header.id if header is not None else "")
         try:
-            self._send([identity, *encode(reply, body)])
+            frames = encode(reply, Error(code=exc.code, reason=exc.reason, details=exc.details))
+        except Exception:  # details that still do not encode: send the code and reason only
+            frames = encode(reply, Error(code=exc.code, reason=safe(exc.reason)))
+        try:
+            self._send([identity, *frames])
         except zmq.ZMQError:
             pass  # the sender is already gone; nothing left to tell
 

@@ -104,3 +104,34 @@ def test_unregistered_silent_peer_is_dropped_and_must_reregister(bus):
         assert reply.body.code.value == "not_registered"
     finally:
         sock.close(linger=0)
+
+
+@pytest.mark.timeout(60)
+def test_input_that_once_stopped_the_hub_is_answered_and_huge_frames_are_cut_off(procs, bus):
+    """A header whose version is non-UTF-8 bytes, or a 600,000-item list, made the error
+    reply unencodable and ended the hub's loop for good; a 200 MB frame was read whole."""
+    import psutil
+
+    hub = psutil.Process(next(proc.pid for name, proc in procs.procs if name == "hub"))
+    sock = raw_dealer(bus.router)
+    try:
+        for version in (b"\xff\xfe", list(range(600_000)), {"nested": [b"\x00" * 50]}):
+            reply = error_reply(sock, [msgpack.packb({"v": version}), b"\x80"])
+            assert reply.body.code.value == "version_mismatch"
+            assert len(reply.body.reason) < 200
+            assert len(msgpack.packb(reply.body.details)) < 2000  # bounded, whatever came
+        before = hub.memory_info().rss
+        big = raw_dealer(bus.router)
+        try:
+            big.send_multipart([header("registry.list"), b"x" * (200 * 1024 * 1024)])
+            # ZeroMQ drops that connection unread; the hub answers others meanwhile
+            reg = make_header(PeerRegister.TYPE, "after", "hub")
+            sock.send_multipart(encode(reg, PeerRegister(name="after", kind=PeerKind.CLIENT,
+                                                         pid=os.getpid())))
+            assert isinstance(decode(sock.recv_multipart()).body, PeerRegistered)
+            assert not big.poll(500)  # no answer for the huge one: its connection was cut
+        finally:
+            big.close(linger=0)
+        assert hub.memory_info().rss - before < 50 * 1024 * 1024
+    finally:
+        sock.close(linger=0)
