@@ -24,6 +24,7 @@ from libs.log import EventLogger, get_logger
 from libs.metrics import PeerMetrics
 from libs.zmqio import Pump, context, socket
 from protocols import ErrorCode, Message, ProtocolError, decode, encode, make_header
+from protocols.errors import MAX_REASON, safe, safe_details
 from protocols.codec import peek_header
 from protocols.base import Body
 from protocols.header import HUB
@@ -123,7 +124,8 @@ class Peer:
     def reply_error(
         self, msg: Message, code: ErrorCode, reason: str, details: dict[str, Any] | None = None
     ) -> None:
-        self.reply(msg, Error(code=code, reason=reason, details=details or {}))
+        self.reply(msg, Error(code=code, reason=safe(reason, MAX_REASON),
+                              details=safe_details(details or {})))
 
     async def request(self, dst: str, body: Body, timeout: float | None = None) -> Message:
         """Send and wait for the reply. Raises RequestFailed or RequestTimeout."""
@@ -337,4 +339,7 @@ class Peer:
         header = peek_header(frames)
         if header is not None and header.type != Error.TYPE:
             body = Error(code=exc.code, reason=exc.reason, details=exc.details)
-            self.send(header.src, body, corr=header.id)
+            try:
+                self.send(header.src, body, corr=header.id)
+            except (ProtocolError, ConnectionError):
+                pass  # nothing more can be told to that sender
