@@ -184,6 +184,10 @@ class RoleConfig(_Section):
     allowed_tools: list[str] = []
     disallowed_tools: list[str] = []
     permission_mode: str = "acceptEdits"
+    env_passthrough: list[str] = Field(
+        default_factory=list, description="command executor: the agent's environment "
+        "variables its task and gate commands also get (names or patterns like 'NPM_*'); "
+        "by default they get only PATH, HOME, locale and the like, never credentials")
 
 
 def _default_hierarchy() -> dict[str, RoleConfig]:

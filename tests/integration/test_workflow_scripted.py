@@ -40,7 +40,9 @@ def stack_args(bus) -> list[str]:
     args = bus.args() + ["--set", "orchestrator.retry_attempts=0"]
     for role in ("architect", "manager", "worker"):
         args += ["--set", f"agent_hierarchy.{role}.command={agent_cmd}",
-                 "--set", f'agent_hierarchy.{role}.executor="command"']
+                 "--set", f'agent_hierarchy.{role}.executor="command"',
+                 # the scripted agent reads its behaviour from these
+                 "--set", f'agent_hierarchy.{role}.env_passthrough=["SCRIPTED_*", "CCAA_ROLE"]']
     return args
 
 

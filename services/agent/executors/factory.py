@@ -21,6 +21,7 @@ from libs.config import ConfigError, RoleConfig, SystemConfig
 from protocols.task import TaskSpec
 from services.agent.executors.base import Executor
 from services.agent.executors.command import CommandExecutor
+from services.agent.executors.environment import task_env
 
 MODEL_BASE_URL_ENV = "CCAA_MODEL_BASE_URL"
 CLAUDE_PATH_ENV = "CCAA_CLAUDE_PATH"
@@ -64,7 +65,8 @@ def executor_factory(config: SystemConfig, role_name: str) -> Callable[[TaskSpec
     def make(spec: TaskSpec) -> Executor:
         kind = spec.executor or role.executor
         if kind == "command":
-            return CommandExecutor(role.command, worktree_root=str(config.data_path() / "worktrees"),
+            return CommandExecutor(role.command, env=task_env(role.env_passthrough),
+                                   worktree_root=str(config.data_path() / "worktrees"),
                                    worktree_setup=config.orchestrator.worktree_setup)
         if kind == "claude":
             return _claude(config, role)

@@ -1,0 +1,26 @@
+"""The environment a task's command runs with: a minimal one, not the agent's. An
+agent's environment may hold credentials (ANTHROPIC_API_KEY, cloud and registry tokens),
+and task and gate commands come from requests and from the repository's own .ccaa.toml: a
+gate that prints its environment would otherwise put the keys into results, the database
+and events. A role may pass more through by name (``agent_hierarchy.<role>.env_passthrough``,
+shell-style patterns such as ``NPM_*``)."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Iterable, Mapping
+
+#: what any command needs to run as the user would in a shell, and nothing secret
+BASELINE = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TERM",
+            "TZ", "TMPDIR", "TMP", "TEMP", "VIRTUAL_ENV", "CONDA_PREFIX", "PYENV_*",
+            "CCAA_RUN_DIR")  # the run directory: how a dead stack's processes are found
+
+
+def task_env(passthrough: Iterable[str] = (), environ: Mapping[str, str] | None = None
+             ) -> dict[str, str]:
+    """The agent's variables whose names match the baseline or ``passthrough``."""
+    environ = os.environ if environ is None else environ
+    patterns = [*BASELINE, *passthrough]
+    return {name: value for name, value in environ.items()
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns)}
