@@ -5,35 +5,18 @@ by the run directory every one of them inherited in its environment (CCAA_RUN_DI
 
 from __future__ import annotations
 
-import os
 import re
 
 import psutil
 
-#: seconds between SIGTERM and SIGKILL
-GRACE_SECONDS = 10.0
+from libs import proctrack
 
 _MODULE = re.compile(r"^services\.(\w+)$")
 
 
 def find(run_dir: str) -> list[psutil.Process]:
-    """Live processes started by the stack whose run directory is ``run_dir`` (this
-    process and its ancestors excluded)."""
-    mine = {os.getpid()}
-    try:
-        mine.update(p.pid for p in psutil.Process().parents())
-    except psutil.Error:
-        pass
-    found = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        if proc.pid in mine or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            if proc.environ().get("CCAA_RUN_DIR") == run_dir:
-                found.append(proc)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return found
+    """Live processes started by the stack whose run directory is ``run_dir``."""
+    return proctrack.find_by_env("CCAA_RUN_DIR", run_dir)
 
 
 def describe(proc: psutil.Process) -> str:
@@ -52,20 +35,9 @@ def describe(proc: psutil.Process) -> str:
     return f"{name} (pid {proc.pid})"
 
 
-def stop(procs: list[psutil.Process], grace: float = GRACE_SECONDS) -> list[str]:
+def stop(procs: list[psutil.Process], grace: float = proctrack.GRACE_SECONDS) -> list[str]:
     """SIGTERM each (agents report their work interrupted), SIGKILL what is left after
     ``grace``; returns their descriptions."""
     names = [describe(p) for p in procs]
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    proctrack.stop(procs, grace)
     return names

@@ -8,13 +8,17 @@ import os
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+from libs import proctrack
 from libs.log import EventLogger, get_logger
 
 #: seconds between SIGTERM and SIGKILL when stopping an agent
 GRACE_SECONDS = 5.0
+#: set in each agent process's environment, unique per start; its tasks inherit it
+TOKEN_ENV = "CCAA_AGENT_TOKEN"
 MAX_BACKOFF = 30.0
 
 
@@ -28,6 +32,7 @@ class Slot:
     started_at: float = 0.0
     next_start: float = 0.0
     exits: list[int] = field(default_factory=list)
+    token: str = ""  # CCAA_AGENT_TOKEN of the running process: marks its tasks' processes
 
 
 class AgentPool:
@@ -69,11 +74,13 @@ class AgentPool:
         if self.log_dir:
             os.makedirs(self.log_dir, exist_ok=True)
             out = open(os.path.join(self.log_dir, f"{slot.name}.log"), "ab")
+        slot.token = uuid.uuid4().hex
+        env = {**(self.env if self.env is not None else os.environ), TOKEN_ENV: slot.token}
         try:
             slot.proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL,
                 stdout=out or asyncio.subprocess.DEVNULL, stderr=out or asyncio.subprocess.DEVNULL,
-                start_new_session=True, env=self.env,
+                start_new_session=True, env=env,
             )
         except OSError as exc:
             self.log.error("agent.spawn_failed", agent=slot.name, error=str(exc))
@@ -93,6 +100,8 @@ class AgentPool:
     async def _watch(self, slot: Slot, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         _kill_group(proc.pid, signal.SIGKILL)  # whatever it left in its group
+        slot.next_start = float("inf")  # not started again before its leftovers are gone
+        await self._sweep(slot, slot.token)
         if self._stopping or self.slots.get(slot.name) is not slot:
             return
         slot.exits.append(code)
@@ -122,7 +131,18 @@ class AgentPool:
             self.log.warning("agent.kill", agent=slot.name, pid=proc.pid)
         _kill_group(proc.pid, signal.SIGKILL)
         await proc.wait()
+        await self._sweep(slot, slot.token)
         self.on_change("stopped", slot)
+
+    async def _sweep(self, slot: Slot, token: str) -> None:
+        """Kill what the agent's tasks left running (their own process groups, a Claude
+        Code run's tools), found by the agent's token, before it is started again: a
+        killed agent's task is re-run elsewhere and must not also go on here."""
+        left = await asyncio.to_thread(proctrack.find_by_env, TOKEN_ENV, token)
+        if left:
+            self.log.warning("agent.leftovers_killed", agent=slot.name,
+                             pids=sorted(p.pid for p in left))
+            await asyncio.to_thread(proctrack.stop, left, 0)
 
     async def stop(self) -> None:
         self._stopping = True

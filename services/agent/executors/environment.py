@@ -14,7 +14,8 @@ from typing import Iterable, Mapping
 #: what any command needs to run as the user would in a shell, and nothing secret
 BASELINE = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TERM",
             "TZ", "TMPDIR", "TMP", "TEMP", "VIRTUAL_ENV", "CONDA_PREFIX", "PYENV_*",
-            "CCAA_RUN_DIR")  # the run directory: how a dead stack's processes are found
+            # markers, no secrets: how the processes a dead stack or agent left are found
+            "CCAA_RUN_DIR", "CCAA_AGENT_TOKEN")
 
 
 def task_env(passthrough: Iterable[str] = (), environ: Mapping[str, str] | None = None
