@@ -132,6 +132,9 @@ class ReportingConfig(_Section):
     dashboard_refresh_interval: float = Field(2.0, gt=0)
     http_port: int = Field(8780, ge=0, le=65535,
                            description="reporter HTTP port: /api/summary and /metrics")
+    http_token: str = Field("", description="token every request to the reporter must carry "
+                            "(Authorization: Bearer, or ?token=); when empty and metrics.host "
+                            "is not a loopback address, one is made in DATA_DIR/reporter.token")
 
 
 class AutoScalingConfig(_Section):

@@ -7,6 +7,7 @@ is served; anything else gets 405, unknown paths 404, oversize or garbled reques
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 from typing import Any, Awaitable, Callable
@@ -16,9 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 Response = tuple[int, str, bytes]
 Handler = Callable[[dict[str, str]], Response | Awaitable[Response]]
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             500: "Internal Server Error"}
 _MAX_REQUEST_LINE = 8192
+_MAX_HEADERS = 100
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -34,11 +36,12 @@ def metrics_route(registry: CollectorRegistry) -> Handler:
 
 class HttpServer:
     def __init__(self, routes: dict[str, Handler], host: str = "127.0.0.1", port: int = 0,
-                 setting: str = "the metrics port"):
+                 setting: str = "the metrics port", token: str = ""):
         self.routes = routes
         self.host = host
         self.port = port
         self.setting = setting  # named when the port cannot be bound
+        self.token = token  # when set, every request must carry it
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -84,10 +87,16 @@ class HttpServer:
         line = await reader.readline()
         if not line or len(line) > _MAX_REQUEST_LINE:
             return 400, "text/plain", b"bad request\n"
-        while True:  # skip headers
+        bearer = ""
+        for _ in range(_MAX_HEADERS):
             header = await reader.readline()
             if header in (b"\r\n", b"\n", b""):
                 break
+            name, _, value = header.decode("latin-1").partition(":")
+            if name.strip().lower() == "authorization":
+                bearer = value.strip().removeprefix("Bearer ").strip()
+        else:
+            return 400, "text/plain", b"too many headers\n"
         parts = line.decode("latin-1").split()
         if len(parts) != 3:
             return 400, "text/plain", b"bad request\n"
@@ -96,6 +105,10 @@ class HttpServer:
             return 405, "text/plain", b"only GET is served\n"
         path, _, query = target.partition("?")
         params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        if self.token and not any(hmac.compare_digest(given.encode(), self.token.encode())
+                                  for given in (bearer, params.get("token", ""))):
+            return 401, "text/plain", (b"a token is required: send 'Authorization: Bearer "
+                                       b"TOKEN' or add ?token=TOKEN\n")
         handler = self.routes.get(path)
         if handler is None:
             return 404, "text/plain", f"no route {path}\n".encode()

@@ -46,6 +46,7 @@ async def run_service(
     kind: PeerKind = PeerKind.SERVICE,
     first_contact_deadline: float | None = None,
     on_unreachable: Callable[[float], None] | None = None,
+    http_token: str = "",
 ) -> int:
     """Wire a service: metrics HTTP, peer, publisher; call ``build`` (which registers
     handlers and may return an async ``shutdown``); run until SIGTERM/SIGINT."""
@@ -56,7 +57,7 @@ async def run_service(
                else f"metrics.ports.{name}" if name in config.metrics.ports
                else "reporting.http_port" if name == "reporter" else "--metrics-port")
     http = HttpServer({"/metrics": metrics_route(registry), **(routes or {})},
-                      config.metrics.host, port, setting=setting)
+                      config.metrics.host, port, setting=setting, token=http_token)
     await http.start()
     comm = config.communication
     peer = Peer(name=name, kind=kind, comm=comm, metrics_url=http.url + "/metrics",

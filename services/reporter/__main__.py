@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import os
+import secrets
 import sys
 from typing import Awaitable, Callable
 
@@ -73,7 +76,32 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
     return await run_service("reporter", args, config, build,
                              routes={"/": dashboard, "/api/summary": summary,
-                                     "/api/targets": targets})
+                                     "/api/targets": targets},
+                             http_token=http_token(config))
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def http_token(config: SystemConfig) -> str:
+    """The token the reporter's endpoints require: the configured one; else, when it
+    listens off loopback, one kept in DATA_DIR/reporter.token (made once, mode 0600)."""
+    if config.reporting.http_token or is_loopback(config.metrics.host):
+        return config.reporting.http_token
+    path = config.data_path() / "reporter.token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
 
 
 def main(argv: list[str] | None = None) -> int:

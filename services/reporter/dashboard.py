@@ -35,7 +35,7 @@ function counts(id, obj) {
 }
 async function refresh() {
   try {
-    const s = await (await fetch("/api/summary")).json();
+    const s = await (await fetch("/api/summary" + location.search)).json();
     counts("tasks_by_state", s.tasks_by_state);
     counts("sessions_by_state", s.sessions_by_state);
     counts("agents_by_state", s.agents_by_state);

@@ -108,7 +108,7 @@ def test_task_completes_through_the_real_path(procs, bus, tmp_path):
         time.sleep(0.05)  # wait-ok: polling an HTTP endpoint under a deadline
     with urllib.request.urlopen(reporter_metrics + "/", timeout=5) as r:
         assert r.headers["Content-Type"].startswith("text/html")
-        assert 'fetch("/api/summary")' in r.read().decode()  # the live dashboard
+        assert 'fetch("/api/summary" + location.search)' in r.read().decode()  # live dashboard
     with urllib.request.urlopen(reporter_metrics + "/metrics", timeout=5) as r:
         text = r.read().decode()
     assert 'ccaa_tasks{state="succeeded"} 1.0' in text
