@@ -97,6 +97,7 @@ class Peer:
         self._registered = asyncio.Event()
         self._reregister = False
         self.hub_id = ""
+        self._reclaim = ""  # the hub's key for taking this name back after a reconnect
         self.heartbeat_body: Callable[[], PeerHeartbeat] = PeerHeartbeat
         self.on_registered: list[Callable[[], Any]] = []
         #: seconds to keep trying to reach the hub the first time (None: forever); once
@@ -231,7 +232,7 @@ class Peer:
         body = PeerRegister(
             name=self.name, kind=self.kind, role=self.role, capabilities=self.capabilities,
             capacity=self.capacity, pid=os.getpid(), host=pysocket.gethostname(),
-            metrics_url=self.metrics_url,
+            metrics_url=self.metrics_url, reclaim=self._reclaim,
         )
         wait = self.comm.heartbeat_interval * self.comm.liveness
         first_try = time.monotonic()
@@ -263,6 +264,7 @@ class Peer:
                 continue
             assert isinstance(reply.body, PeerRegistered)
             self.hub_id = reply.body.hub_id
+            self._reclaim = reply.body.reclaim
             self._registered.set()
             self.log.info("registered", hub=self.comm.router(), hub_id=self.hub_id)
             for callback in self.on_registered:

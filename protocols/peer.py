@@ -37,6 +37,9 @@ class PeerRegister(Body):
     pid: int = 0
     host: str = ""
     metrics_url: str = ""
+    #: the key from this peer's last ``peer.registered``: lets the same peer take its
+    #: name back on a new socket while the old entry is still live (nothing else does)
+    reclaim: str = Field(default="", max_length=64)
 
 
 class PeerRegistered(Body):
@@ -45,6 +48,7 @@ class PeerRegistered(Body):
     hub_id: str
     heartbeat_interval: float
     liveness: int
+    reclaim: str = ""  # a secret for this registration; see PeerRegister.reclaim
 
 
 class PeerHeartbeat(Body):

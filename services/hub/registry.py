@@ -3,6 +3,8 @@ when each was last heard from (monotonic clock)."""
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +21,7 @@ class PeerEntry:
     state: PeerState = PeerState.IDLE
     load: int = 0
     running: list[str] = field(default_factory=list)
+    reclaim: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @property
     def name(self) -> str:
@@ -44,23 +47,23 @@ class PeerTable:
         self.by_identity: dict[bytes, PeerEntry] = {}
 
     def register(self, identity: bytes, info: PeerRegister, now: float) -> tuple[PeerEntry, PeerEntry | None]:
-        """Add a peer. Returns (entry, replaced) where ``replaced`` is an older entry of the
-        same process (same host and pid) that reconnected on a new socket."""
+        """Add a peer. Returns (entry, replaced) where ``replaced`` is the older entry of
+        the same peer that reconnected on a new socket: it proves that with the reclaim key
+        the hub gave it, never with a pid or host it merely claims."""
         replaced = None
         old = self.by_name.get(info.name)
         if old is not None and old.identity != identity:
-            same_process = old.info.pid == info.pid and old.info.host == info.host
-            if not same_process:
-                raise ProtocolError(
-                    ErrorCode.NAME_TAKEN,
-                    f"name {info.name!r} is held by a live peer (pid {old.info.pid} on "
-                    f"{old.info.host or '?'})",
-                )
+            if not (info.reclaim and hmac.compare_digest(info.reclaim, old.reclaim)):
+                raise ProtocolError(ErrorCode.NAME_TAKEN,
+                                    f"name {info.name!r} is held by a live peer")
             replaced = self.remove(old.identity)
         existing = self.by_identity.get(identity)
         if existing is not None and existing.name != info.name:
             self.remove(identity)  # the same socket re-registering under a new name
+        keep = existing if existing is not None and existing.name == info.name else replaced
         entry = PeerEntry(identity=identity, info=info, last_seen=now)
+        if keep is not None:
+            entry.reclaim = keep.reclaim
         self.by_name[info.name] = entry
         self.by_identity[identity] = entry
         return entry, replaced

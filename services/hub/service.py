@@ -157,6 +157,7 @@ class Hub:
         self._reply(identity, header, PeerRegistered(
             name=body.name, hub_id=self.hub_id,
             heartbeat_interval=self.comm.heartbeat_interval, liveness=self.comm.liveness,
+            reclaim=entry.reclaim,
         ))
         self._event(entry, "registered")
 

@@ -135,3 +135,38 @@ def test_input_that_once_stopped_the_hub_is_answered_and_huge_frames_are_cut_off
         assert hub.memory_info().rss - before < 50 * 1024 * 1024
     finally:
         sock.close(linger=0)
+
+
+@pytest.mark.timeout(60)
+def test_a_rogue_cannot_take_a_live_services_name_with_its_pid_and_host(procs, bus):
+    """The registry shows every peer's pid and host; claiming them once hijacked a live
+    service's name (and its traffic). Only the reclaim key the hub gave the holder does."""
+    import asyncio
+
+    from libs.client import BusClient
+    from protocols.command import SessionList
+    from protocols.peer import RegistryList
+
+    procs.ready(procs.service("services.orchestrator", *bus.args()))
+
+    async def registry():
+        async with BusClient(bus.comm()) as client:
+            return (await client.request("hub", RegistryList())).body
+
+    real = next(p for p in asyncio.run(registry()).peers if p.name == "orchestrator")
+    rogue = raw_dealer(bus.router)
+    try:
+        reg = make_header(PeerRegister.TYPE, "orchestrator", "hub")
+        rogue.send_multipart(encode(reg, PeerRegister(
+            name="orchestrator", kind=PeerKind.SERVICE, pid=real.pid, host=real.host)))
+        reply = decode(rogue.recv_multipart())
+        assert isinstance(reply.body, Error) and reply.body.code.value == "name_taken"
+        assert str(real.pid) not in reply.body.reason
+    finally:
+        rogue.close(linger=0)
+
+    async def ask():
+        async with BusClient(bus.comm()) as client:
+            return (await client.request("orchestrator", SessionList())).body
+
+    assert asyncio.run(ask()).sessions == []  # the real orchestrator still answers

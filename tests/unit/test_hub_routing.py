@@ -77,10 +77,11 @@ class Harness:
         return header, self.deliver(identity, encode(header, body))
 
     def register(self, identity: bytes, name: str, kind: PeerKind = PeerKind.AGENT,
-                 pid: int = 100, host: str = "box", role: str = "worker") -> Message:
+                 pid: int = 100, host: str = "box", role: str = "worker",
+                 reclaim: str = "") -> Message:
         _, out = self.message(identity, name, "hub", PeerRegister(
             name=name, kind=kind, role=role, capabilities=["py"], capacity=2, pid=pid,
-            host=host))
+            host=host, reclaim=reclaim))
         assert len(out) == 1 and out[0][0] == identity
         return decode(out[0][1:])
 
@@ -126,7 +127,8 @@ def test_register_replies_registered_and_publishes_agent_registered(h):
     assert reply.header.corr == header.id
     assert reply.header.dst == "agent-1" and reply.header.src == "hub"
     assert reply.body == PeerRegistered(name="agent-1", hub_id=h.hub.hub_id,
-                                        heartbeat_interval=INTERVAL, liveness=LIVENESS)
+                                        heartbeat_interval=INTERVAL, liveness=LIVENESS,
+                                        reclaim=h.hub.table.by_name["agent-1"].reclaim)
     [(topic, event)] = h.events()
     assert topic == "agent.registered"
     assert event.body == PeerEvent(name="agent-1", kind="agent", role="worker",
@@ -161,17 +163,25 @@ def test_name_taken_by_a_different_process(h):
     assert out[0][0] == b"id-1"
 
 
-def test_same_host_other_pid_is_also_name_taken(h):
-    h.register(b"id-1", "agent-1", pid=100, host="a")
-    _, out = h.message(b"id-2", "agent-1", "hub", PeerRegister(
-        name="agent-1", kind=PeerKind.AGENT, pid=100, host="b"))
-    _error(out, b"id-2", ErrorCode.NAME_TAKEN)
+def test_a_claimed_pid_and_host_do_not_take_a_live_name_and_errors_reveal_neither(h):
+    """Anyone can claim the holder's pid and host (status and errors once showed them):
+    only the reclaim key the hub gave the holder takes the name over."""
+    first = h.register(b"id-1", "agent-1", pid=4242, host="secret-box")
+    for reclaim in ("", "0" * 32):
+        _, out = h.message(b"id-2", "agent-1", "hub", PeerRegister(
+            name="agent-1", kind=PeerKind.AGENT, pid=4242, host="secret-box", reclaim=reclaim))
+        err = _error(out, b"id-2", ErrorCode.NAME_TAKEN)
+        assert "4242" not in err.body.reason and "secret-box" not in err.body.reason
+    assert h.hub.table.by_name["agent-1"].identity == b"id-1"
+    assert len(first.body.reclaim) == 32
 
 
-def test_same_process_reregistering_on_a_new_socket_replaces_the_old_entry(h):
-    h.register(b"id-old", "agent-1", pid=100, host="box")
-    reply = h.register(b"id-new", "agent-1", pid=100, host="box")
+def test_same_peer_reregistering_on_a_new_socket_with_its_key_replaces_the_old_entry(h):
+    first = h.register(b"id-old", "agent-1", pid=100, host="box")
+    reply = h.register(b"id-new", "agent-1", pid=999, host="elsewhere",
+                       reclaim=first.body.reclaim)
     assert isinstance(reply.body, PeerRegistered)
+    assert reply.body.reclaim == first.body.reclaim  # the same peer keeps its key
     assert b"id-old" not in h.hub.table.by_identity
     assert h.hub.table.by_name["agent-1"].identity == b"id-new"
     assert h.metric("ccaa_hub_peers", kind="agent") == 1
