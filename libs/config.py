@@ -40,6 +40,10 @@ class CommunicationConfig(_Section):
     keys_dir: str = Field("~/.ccaa/keys", description="CurveZMQ keys: hub.key, the client "
                           "keypairs, authorized/ (the hub's allow-list)")
     client_key: str = Field("client", description="this peer's keypair in keys_dir")
+    token: str = Field("", description="secret every peer must present to register; the hub "
+                       "requires it when set. Default: DATA_DIR/bus.token if it exists (ccaa "
+                       "up makes one, mode 0600, so other local users cannot join); give "
+                       "remote hosts the same value")
 
     def router(self) -> str:
         return self.router_endpoint or f"tcp://{self.hub_host}:{self.hub_port}"
@@ -325,9 +329,44 @@ def load_config(
             defaults = {k: v.model_dump() for k, v in defaults_of().items()}
             tree[key] = _merge(defaults, tree[key])
     try:
-        return SystemConfig.model_validate(tree)
+        config = SystemConfig.model_validate(tree)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+    if not config.communication.token:
+        config.communication.token = read_bus_token(config)
+    return config
+
+
+BUS_TOKEN_FILE = "bus.token"
+
+
+def read_bus_token(config: "SystemConfig") -> str:
+    """The bus token kept in the data directory ("" if there is none)."""
+    try:
+        return (config.data_path() / BUS_TOKEN_FILE).read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ConfigError(f"cannot read the bus token {config.data_path() / BUS_TOKEN_FILE}: "
+                          f"{exc}") from None
+
+
+def ensure_bus_token(config: "SystemConfig") -> str:
+    """Make the data directory's bus token if there is none (mode 0600); return it."""
+    import secrets
+
+    path = config.data_path() / BUS_TOKEN_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+    return read_bus_token(config)
+

@@ -232,7 +232,7 @@ class Peer:
         body = PeerRegister(
             name=self.name, kind=self.kind, role=self.role, capabilities=self.capabilities,
             capacity=self.capacity, pid=os.getpid(), host=pysocket.gethostname(),
-            metrics_url=self.metrics_url, reclaim=self._reclaim,
+            metrics_url=self.metrics_url, reclaim=self._reclaim, token=self.comm.token,
         )
         wait = self.comm.heartbeat_interval * self.comm.liveness
         first_try = time.monotonic()
@@ -259,6 +259,8 @@ class Peer:
                     self.log.warning("register.name_taken", reason=exc.reason)
                     await asyncio.sleep(self.comm.heartbeat_interval)
                     continue
+                if exc.code == ErrorCode.UNAUTHORIZED.value:
+                    raise RegistrationRefused(exc.reason) from None
                 self.log.error("register.failed", code=exc.code, reason=exc.reason)
                 await asyncio.sleep(self.comm.heartbeat_interval)
                 continue

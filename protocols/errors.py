@@ -16,6 +16,7 @@ class ErrorCode(str, Enum):
     NOT_REGISTERED = "not_registered"  # sender has not registered (or was dropped as lost)
     SPOOFED_SOURCE = "spoofed_source"  # header.src is not the name the sender registered
     NAME_TAKEN = "name_taken"  # another live peer already holds this name
+    UNAUTHORIZED = "unauthorized"  # the register lacks the credential the hub requires
     UNSUPPORTED = "unsupported"  # receiver does not handle this type
     INVALID_REQUEST = "invalid_request"  # well-formed but semantically wrong
     NOT_FOUND = "not_found"  # the session/task/agent named does not exist

@@ -29,7 +29,7 @@ class PeerEvent(Body):
     name: str
     kind: str
     role: str = ""
-    state: str  # registered | lost | disconnected | <heartbeat state>
+    state: str  # registered | refused | lost | disconnected | <heartbeat state>
     reason: str = ""
 
 

@@ -40,6 +40,9 @@ class PeerRegister(Body):
     #: the key from this peer's last ``peer.registered``: lets the same peer take its
     #: name back on a new socket while the old entry is still live (nothing else does)
     reclaim: str = Field(default="", max_length=64)
+    #: the bus token (communication.token) when the hub requires one; the hub never
+    #: stores, shows or logs it
+    token: str = Field(default="", max_length=256)
 
 
 class PeerRegistered(Body):

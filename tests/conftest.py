@@ -163,12 +163,14 @@ def bus(procs: Procs, tmp_path: Path, request: pytest.FixtureRequest) -> Bus:
     marker = request.node.get_closest_marker("bus")
     heartbeat = (marker.kwargs.get("heartbeat") if marker else None) or HEARTBEAT
     liveness = (marker.kwargs.get("liveness") if marker else None) or LIVENESS
+    data = tmp_path / "data"
+    data.mkdir()
+    # the hub's own data directory: a bus token in the user's ~/.ccaa never applies here
     hub = procs.service("services.hub", "--hub", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
                         "--sub", "tcp://127.0.0.1:0", "--metrics-port", "0",
+                        "--set", f'data_dir="{data}"',
                         "--set", f"communication.heartbeat_interval={heartbeat}",
                         "--set", f"communication.liveness={liveness}")
     ready = procs.ready(hub)
-    data = tmp_path / "data"
-    data.mkdir()
     return Bus(ready["router"], ready["pub"], ready["sub"], ready["metrics"], data,
                heartbeat, liveness)

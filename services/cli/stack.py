@@ -14,7 +14,7 @@ from typing import Callable
 
 from libs.client import BusClient
 from services.cli import orphans
-from libs.config import CONFIG_ENV, SystemConfig
+from libs.config import CONFIG_ENV, SystemConfig, ensure_bus_token
 from libs.peer import RequestFailed, RequestTimeout
 from protocols.peer import PeerKind, RegistryList, RegistryListReply
 
@@ -218,6 +218,8 @@ def up(config: SystemConfig, config_file: str | None, env_overrides: dict[str, s
             raise SystemExit(f"ccaa up: a hub ({other.hub_id}) already answers at "
                              f"{config.communication.router()}, not run from {rdir}; "
                              "stop it first or use other endpoints")
+        if not config.communication.token:  # other local users cannot join the bus
+            config.communication.token = ensure_bus_token(config)
         env = stack_env(config, config_file, env_overrides)
         proc = subprocess.run(["supervisord", "-c", str(supervisord_conf())], env=env,
                               capture_output=True, text=True)

@@ -6,6 +6,7 @@ The hub routes on the header alone; it never decodes bodies it only forwards.
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 import uuid
@@ -50,6 +51,11 @@ class HubMetrics:
                             ["kind"], registry=registry)
         self.events = Counter("ccaa_hub_events_published_total", "events the hub published",
                               ["topic"], registry=registry)
+        self.refused = Counter("ccaa_hub_refused_total",
+                               "registrations and handshakes the hub refused, by reason",
+                               ["reason"], registry=registry)
+        for reason in ("token", "name_taken", "key"):
+            self.refused.labels(reason)
 
 
 class Hub:
@@ -147,7 +153,19 @@ class Hub:
         assert isinstance(body, PeerRegister)
         if body.name == HUB:
             raise ProtocolError(ErrorCode.NAME_TAKEN, f"{HUB!r} is the hub's own name")
-        entry, replaced = self.table.register(identity, body, self.clock())
+        if self.comm.token and not hmac.compare_digest(body.token.encode(),
+                                                       self.comm.token.encode()):
+            self._refuse(body, "token", "the bus token is missing or wrong")
+            raise ProtocolError(ErrorCode.UNAUTHORIZED,
+                                "this hub requires the bus token: set communication.token "
+                                "(or use the data directory holding bus.token)")
+        body = body.model_copy(update={"token": ""})  # never kept, shown or logged
+        try:
+            entry, replaced = self.table.register(identity, body, self.clock())
+        except ProtocolError as exc:
+            if exc.code == ErrorCode.NAME_TAKEN:
+                self._refuse(body, "name_taken", exc.reason)
+            raise
         if replaced is not None:
             self.log.info("peer.reconnected", name=body.name, kind=body.kind.value)
         else:
@@ -160,6 +178,17 @@ class Hub:
             reclaim=entry.reclaim,
         ))
         self._event(entry, "registered")
+
+    def _refuse(self, body: PeerRegister, reason: str, detail: str) -> None:
+        """Count, log and publish a refused registration (never with its credentials)."""
+        self.metrics.refused.labels(reason).inc()
+        self.log.warning("peer.refused", name=safe(body.name), kind=body.kind.value,
+                         reason=reason, detail=detail, pid=body.pid, host=safe(body.host))
+        topic = peer_topic(body.kind.value, "refused")
+        event = PeerEvent(name=safe(body.name, 128), kind=body.kind.value, role=safe(body.role),
+                          state="refused", reason=f"{reason}: {detail}")
+        self._publish(encode_event(topic, make_header(PeerEvent.TYPE, HUB, "*"), event))
+        self.metrics.events.labels(topic).inc()
 
     def _on_heartbeat(self, identity: bytes, header: Header, body: Body, entry: PeerEntry | None) -> None:
         assert isinstance(body, PeerHeartbeat) and entry is not None

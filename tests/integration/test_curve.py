@@ -30,7 +30,7 @@ def test_curve_allows_listed_keys_only(procs, tmp_path):
 
     hub = procs.service("services.hub", "--hub", "tcp://127.0.0.1:0", "--pub",
                         "tcp://127.0.0.1:0", "--sub", "tcp://127.0.0.1:0", "--metrics-port", "0",
-                        "--set", "communication.curve=true",
+                        "--set", "communication.curve=true", "--set", f'data_dir="{tmp_path}"',
                         "--set", f'communication.keys_dir="{keys}"')
     ready = procs.ready(hub)
     comm = CommunicationConfig(router_endpoint=ready["router"], pub_endpoint=ready["pub"],

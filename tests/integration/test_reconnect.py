@@ -20,7 +20,8 @@ from tests.conftest import _alive
 def ipc_hub(procs, tmp_path, name="hub"):
     args = ["--hub", f"ipc://{tmp_path}/r.sock", "--pub", f"ipc://{tmp_path}/p.sock",
             "--sub", f"ipc://{tmp_path}/s.sock", "--metrics-port", "0",
-            "--set", "communication.heartbeat_interval=0.2", "--set", "communication.liveness=3"]
+            "--set", "communication.heartbeat_interval=0.2", "--set", "communication.liveness=3",
+            "--set", f'data_dir="{tmp_path}"']
     proc = procs.service("services.hub", *args, name=name)
     return proc, procs.ready(proc), args
 

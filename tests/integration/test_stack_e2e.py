@@ -66,6 +66,13 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
         # supervisord's six services plus the controller's two agents
         assert len(tree) == 1 + 6 + 2, [psutil.Process(p).cmdline() for p in tree]
 
+        # `ccaa up` made the bus token (private); every service and agent registered with
+        # it, and a local process without it is refused
+        token = tmp_path / "data" / "bus.token"
+        assert oct(token.stat().st_mode & 0o777) == "0o600"
+        stranger = ccaa("status", "--set", 'communication.token="guess"', config=config)
+        assert stranger.returncode == 1 and "bus token" in stranger.stderr, stranger.stderr
+
         status = ccaa("status", config=config)
         assert status.returncode == 0, status.stderr
         rows = status.stdout.splitlines()
