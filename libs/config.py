@@ -39,7 +39,10 @@ class CommunicationConfig(_Section):
                         "CurveZMQ (keys from `ccaa keys init`); needed off loopback")
     keys_dir: str = Field("~/.ccaa/keys", description="CurveZMQ keys: hub.key, the client "
                           "keypairs, authorized/ (the hub's allow-list)")
-    client_key: str = Field("client", description="this peer's keypair in keys_dir")
+    client_key: str = Field("client", description="this peer's keypair in keys_dir (a "
+                            "service uses the key named after it when keys_dir has one)")
+    agent_key: str = Field("agents", description="the keypair agents use when keys_dir has "
+                           "it (else client_key); `ccaa keys add NAME --role R` makes one")
     token: str = Field("", description="secret every peer must present to register; the hub "
                        "requires it when set. Default: DATA_DIR/bus.token if it exists (ccaa "
                        "up makes one, mode 0600, so other local users cannot join); give "

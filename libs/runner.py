@@ -78,7 +78,10 @@ def run_main(setup: Callable[[argparse.Namespace, SystemConfig], Awaitable[int]]
     try:
         config = config_from_args(args)
         comm = config.communication
-        security.configure(comm.curve, comm.keys_dir, comm.client_key)
+        own = parser.prog.removeprefix("ccaa-")  # a service's own key, if keys_dir has it
+        own = comm.agent_key if own == "agent" else own
+        security.configure(comm.curve, comm.keys_dir,
+                           security.key_for(comm.keys_dir, own, comm.client_key))
     except (ConfigError, security.KeyError_) as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2

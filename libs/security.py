@@ -5,6 +5,13 @@ Keys live in one directory (``communication.keys_dir``; ``ccaa keys init`` makes
     hub.key / hub.key_secret        the hub's keypair (peers need hub.key, the public half)
     <name>.key / <name>.key_secret  a peer's keypair (``communication.client_key`` names it)
     authorized/<name>.key           public keys the hub accepts
+    authorized/<name>.grant         what that key may register as (JSON, see ``Grant``);
+                                    a key without one may register only as a client
+
+``ccaa keys init`` makes the hub's keypair and one key per service (``orchestrator``, ...,
+each allowed to register as that service only), ``agents`` (agents of any role) and
+``client`` (the CLI). A service uses its own key, an agent ``communication.agent_key``, when
+keys_dir holds it; anything else uses ``communication.client_key``.
 
 With ``communication.curve`` off (the default, fine for loopback-only setups) nothing here
 applies. A process calls ``configure(comm)`` once at start; afterwards every client socket
@@ -13,16 +20,24 @@ made by ``libs.zmqio.socket`` (DEALER, PUB, SUB) speaks CURVE to the hub.
 
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 HUB_KEY = "hub"
 AUTHORIZED = "authorized"
+GRANT = ".grant"
+#: the services ``ccaa keys init`` makes a key for (the hub has its own keypair)
+SERVICE_KEYS = ("commands", "orchestrator", "distributor", "reporter", "controller")
+AGENTS_KEY = "agents"
+CLIENT_KEY = "client"
 CLIENT_KINDS = (zmq.DEALER, zmq.PUB, zmq.SUB)
 
 
@@ -67,6 +82,14 @@ def configure(curve: bool, keys_dir: str, client_key: str) -> ClientKeys | None:
     return _client
 
 
+def key_for(keys_dir: str, own: str, default: str) -> str:
+    """The keypair a process uses: its own (a service's name, an agent's
+    ``communication.agent_key``) when keys_dir holds it, else ``default``."""
+    if own and (keys_path(keys_dir) / f"{own}.key_secret").exists():
+        return own
+    return default
+
+
 def apply_client(sock: zmq.Socket) -> None:
     if _client is not None and sock.type in CLIENT_KINDS:
         sock.curve_publickey = _client.public
@@ -81,40 +104,150 @@ def apply_server(sock: zmq.Socket, keys_dir: str) -> None:
     sock.curve_secretkey = secret
 
 
-def start_authenticator(ctx: zmq.Context, keys_dir: str) -> ThreadAuthenticator:
+@dataclass
+class Grant:
+    """What one key may register as: ``kind`` service (one of ``names``), agent (a role in
+    ``roles`` and a host in ``hosts``; empty means any) or client."""
+
+    kind: str = "client"
+    names: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+
+    def refusal(self, kind: str, name: str, role: str, host: str) -> str:
+        """Why this grant does not allow the registration ("" if it does)."""
+        if kind != self.kind:
+            return f"may register only as {self.describe()}, not as a {kind}"
+        if self.kind == "service" and name not in self.names:
+            return f"may register only as {self.describe()}, not as {name!r}"
+        if self.kind == "agent" and self.roles and role not in self.roles:
+            return f"may register only as {self.describe()}, not with role {role!r}"
+        if self.kind == "agent" and self.hosts and host not in self.hosts:
+            return f"may register only as {self.describe()}, not on host {host!r}"
+        return ""
+
+    def describe(self) -> str:
+        if self.kind == "service":
+            return "service " + "/".join(self.names)
+        if self.kind == "agent":
+            roles = "/".join(self.roles) or "any role"
+            return f"an agent ({roles}" + (f" on {'/'.join(self.hosts)})" if self.hosts else ")")
+        return "a client"
+
+
+@dataclass
+class Keyring:
+    """The hub's view of the allow-list: each listed public key's name and grant."""
+
+    names: dict[bytes, str] = field(default_factory=dict)  # z85 public key -> key name
+    grants: dict[str, Grant] = field(default_factory=dict)  # key name -> grant
+
+    @classmethod
+    def load(cls, keys_dir: str) -> "Keyring":
+        allowed = keys_path(keys_dir) / AUTHORIZED
+        if not allowed.is_dir():
+            raise KeyError_(f"{allowed} does not exist (run `ccaa keys init`)")
+        ring = cls()
+        for path in sorted(allowed.glob("*.key")):
+            public, _ = _load(path, secret=False)
+            ring.names[public] = path.stem
+            ring.grants[path.stem] = read_grant(allowed, path.stem)
+        return ring
+
+    def grant(self, key_name: str) -> Grant:
+        return self.grants.get(key_name) or Grant()
+
+
+def read_grant(allowed: Path, name: str) -> Grant:
+    path = allowed / f"{name}{GRANT}"
+    try:
+        data = json.loads(path.read_text())
+        return Grant(kind=str(data.get("kind", "client")),
+                     names=[str(n) for n in data.get("names", [])],
+                     roles=[str(r) for r in data.get("roles", [])],
+                     hosts=[str(h) for h in data.get("hosts", [])])
+    except FileNotFoundError:
+        return Grant()
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        raise KeyError_(f"cannot read the grant {path}: {exc}") from None
+
+
+class KeyAuthenticator(ThreadAuthenticator):
+    """ZAP for the hub: only keys in ``authorized/`` connect; a connection's User-Id is
+    its key's name (the hub reads it from every frame), and every refused handshake is
+    reported to ``on_refused`` (called on the authenticator's thread)."""
+
+    def __init__(self, ctx: zmq.Context, keys_dir: str,
+                 on_refused: Callable[[str], None] | None = None):
+        super().__init__(ctx)
+        self.keys_dir = keys_dir
+        self.keyring = Keyring.load(keys_dir)
+        self.on_refused = on_refused
+
+    def reload(self) -> Keyring:
+        self.keyring = Keyring.load(self.keys_dir)  # replaced whole: the thread reads it
+        return self.keyring
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.keyring.names:
+            return True
+        if self.on_refused is not None:
+            self.on_refused(key.decode("ascii", "replace"))
+        return False
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.keyring.names.get(z85.encode(client_public_key), "")
+
+
+def start_authenticator(ctx: zmq.Context, keys_dir: str,
+                        on_refused: Callable[[str], None] | None = None) -> KeyAuthenticator:
     """ZAP: only clients whose public key is in ``authorized/`` may connect."""
-    allowed = keys_path(keys_dir) / AUTHORIZED
-    if not allowed.is_dir():
-        raise KeyError_(f"{allowed} does not exist (run `ccaa keys init`)")
-    auth = ThreadAuthenticator(ctx)
+    auth = KeyAuthenticator(ctx, keys_dir, on_refused)
     auth.start()
-    auth.configure_curve(domain="*", location=str(allowed))
+    auth.configure_curve_callback(domain="*", credentials_provider=auth)
     return auth
 
 
 # ---- `ccaa keys` ----------------------------------------------------------------------
 
 
-def init(keys_dir: str, client: str = "client") -> list[str]:
-    """Make the hub's keypair, one client keypair, and the allow-list (hub and client)."""
+def init(keys_dir: str, client: str = CLIENT_KEY) -> list[str]:
+    """Make the hub's keypair, one key per service, one for agents and one client key,
+    each listed with what it may register as."""
     root = keys_path(keys_dir)
     if (root / f"{HUB_KEY}.key_secret").exists():
-        raise KeyError_(f"{root} already has hub keys; add clients with `ccaa keys add NAME`")
+        raise KeyError_(f"{root} already has hub keys; add keys with `ccaa keys add NAME`")
     (root / AUTHORIZED).mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     zmq.auth.create_certificates(str(root), HUB_KEY)
+    _private(root / f"{HUB_KEY}.key_secret")
+    # the hub's own event socket connects to its proxy with this keypair
     shutil.copy(root / f"{HUB_KEY}.key", root / AUTHORIZED / f"{HUB_KEY}.key")
-    return [str(root / f"{HUB_KEY}.key_secret"), *add(keys_dir, client)]
+    made = [str(root / f"{HUB_KEY}.key_secret")]
+    for service in SERVICE_KEYS:
+        made += add(keys_dir, service, Grant(kind="service", names=[service]))
+    made += add(keys_dir, AGENTS_KEY, Grant(kind="agent"))
+    made += add(keys_dir, client, Grant(kind="client"))
+    return made
 
 
-def add(keys_dir: str, name: str) -> list[str]:
-    """A new client keypair, added to the hub's allow-list (send the hub SIGHUP, or
-    restart it, to pick it up)."""
+def add(keys_dir: str, name: str, grant: Grant | None = None) -> list[str]:
+    """A new keypair, listed in the hub's allow-list with its grant (send the hub SIGHUP,
+    or restart it, to pick it up)."""
     root = keys_path(keys_dir)
     if not (root / AUTHORIZED).is_dir():
         raise KeyError_(f"{root} has no keys yet (run `ccaa keys init`)")
+    if not name or "/" in name or name.startswith("."):
+        raise KeyError_(f"{name!r} is not a usable key name")
     if (root / f"{name}.key").exists():
         raise KeyError_(f"a key named {name!r} already exists in {root}")
     public, secret = zmq.auth.create_certificates(str(root), name)
+    _private(Path(secret))
+    grant = grant or Grant()
+    (root / AUTHORIZED / f"{name}{GRANT}").write_text(json.dumps(asdict(grant)) + "\n")
     shutil.copy(public, root / AUTHORIZED / f"{name}.key")
     return [secret]
+
+
+def _private(path: Path) -> None:
+    path.chmod(0o600)

@@ -54,9 +54,13 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
 
 
 class Pump:
-    def __init__(self, sock: zmq.Socket, on_frames: FrameHandler):
+    def __init__(self, sock: zmq.Socket, on_frames: FrameHandler,
+                 on_frames_by: Callable[[list[bytes], str], None] | None = None):
+        """``on_frames_by``, when given, is called instead with each message's
+        authenticated ``User-Id`` (the key name under CurveZMQ; "" without)."""
         self.sock = sock
         self.on_frames = on_frames
+        self.on_frames_by = on_frames_by
         self._outbox: collections.deque[list[bytes]] = collections.deque()
         self._wake = asyncio.Event()
         self._closed = False
@@ -117,13 +121,27 @@ class Pump:
         n = 0
         while n < _BATCH and not self._closed:
             try:
-                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK)
+                if self.on_frames_by is None:
+                    frames = self.sock.recv_multipart(flags=zmq.NOBLOCK)
+                else:
+                    parts = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             n += 1
             try:
+                if self.on_frames_by is not None:
+                    self.on_frames_by([p.bytes for p in parts], _user_id(parts))
+                    continue
                 self.on_frames(frames)
             except Exception:  # one bad message must not stop the loop
                 self.crashed += 1
                 _log.exception("frames.crashed", frames=len(frames))
         return n
+
+
+def _user_id(parts: list[zmq.Frame]) -> str:
+    """The ZAP User-Id of a received message ("" if it has none)."""
+    try:
+        return parts[-1].get("User-Id") or ""
+    except zmq.ZMQError:  # no metadata on this message
+        return ""

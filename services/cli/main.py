@@ -124,10 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the services running")
     p.add_argument("--task-timeout", type=float, default=300)
 
-    p = sub.add_parser("keys", help="CurveZMQ keys: `init` (hub + first client), `add NAME`")
+    p = sub.add_parser(
+        "keys", help="CurveZMQ keys: `init`, `add NAME [--role R] [--service S]`, `list`",
+        description="`init` makes the hub's keypair and one key per service, `agents` (agents "
+        "of any role) and `client` (the CLI). `add NAME` makes another key: with --role, for "
+        "agents of those roles (on --host only, if given); with --service, for that service; "
+        "otherwise a client key. The hub lets each key register only as what it was made "
+        "for; send the hub SIGHUP after adding keys.")
     _config_args(p)
-    p.add_argument("action", choices=["init", "add"])
-    p.add_argument("name", nargs="?", default="client", help="client key name")
+    p.add_argument("action", choices=["init", "add", "list"])
+    p.add_argument("name", nargs="?", default="client", help="key name")
+    p.add_argument("--role", action="append", default=[],
+                   help="agents of this role may use the key (repeatable; 'any' for all)")
+    p.add_argument("--host", action="append", default=[],
+                   help="only agents on this host (repeatable)")
+    p.add_argument("--service", help="the one service that may use the key")
 
     p = sub.add_parser("agent", help="run one agent attached to a hub (any host)",
                        add_help=False)
@@ -301,12 +312,33 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=flag_overrides(args.set))
     keys_dir = config.communication.keys_dir
-    made = (security.init(keys_dir, args.name) if args.action == "init"
-            else security.add(keys_dir, args.name))
+    if args.action == "list":
+        ring = security.Keyring.load(keys_dir)
+        for name in sorted(ring.grants):
+            print(f"{name:<20} {ring.grant(name).describe()}")
+        return 0
+    if args.action == "init":
+        made = security.init(keys_dir, args.name)
+    else:
+        if args.service and args.role:
+            raise security.KeyError_("a key is for a service or for agents, not both")
+        if args.host and not args.role:
+            raise security.KeyError_("--host applies to agent keys: give --role too")
+        if args.service:
+            grant = security.Grant(kind="service", names=[args.service])
+        elif args.role:
+            roles = [] if "any" in args.role else args.role
+            grant = security.Grant(kind="agent", roles=roles, hosts=args.host)
+        else:
+            grant = security.Grant(kind="client")
+        made = security.add(keys_dir, args.name, grant)
+        print(f"{args.name}: may register as {grant.describe()}")
     for path in made:
         print(f"wrote {path}")
     print(f"keys in {security.keys_path(keys_dir)}; set communication.curve = true on every "
-          "host, give peers hub.key and their own keypair (communication.client_key)")
+          "host and give each host hub.key plus its keypairs (services use their own, "
+          "agents communication.agent_key, the CLI communication.client_key); send the hub "
+          "SIGHUP to pick up added keys")
     return 0
 
 

@@ -34,9 +34,16 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     router.setsockopt(zmq.RCVHWM, 100_000)
     auth = None
     secure = None
+    loop = asyncio.get_running_loop()
+    refused: list = []  # the hub's handler, once it exists
+
+    def on_refused(key: str) -> None:  # on the ZAP thread
+        if refused:
+            loop.call_soon_threadsafe(refused[0], key)
+
     if comm.curve:
         try:
-            auth = security.start_authenticator(ctx, comm.keys_dir)
+            auth = security.start_authenticator(ctx, comm.keys_dir, on_refused)
             security.apply_server(router, comm.keys_dir)
         except security.KeyError_ as exc:
             print(f"hub: {exc}", file=sys.stderr)
@@ -62,7 +69,10 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     hub = Hub(comm, send=lambda f: pump.send_now(f),
               publish=lambda f: events.send_multipart(f, flags=zmq.NOBLOCK), registry=registry,
               log=log)
-    pump = Pump(router, hub.on_frames)
+    if auth is not None:
+        hub.keyring = auth.keyring
+        refused.append(hub.refused_handshake)
+    pump = Pump(router, hub.on_frames, on_frames_by=hub.on_frames if auth is not None else None)
 
     port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get("hub", 0)
     http = HttpServer({"/metrics": metrics_route(registry)}, config.metrics.host, port,
@@ -74,11 +84,14 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     install_stop_signals(stop)
     if auth is not None:  # SIGHUP: re-read the allow-list (clients added or removed)
         def reload_keys() -> None:
-            auth.configure_curve(domain="*", location=str(
-                security.keys_path(comm.keys_dir) / security.AUTHORIZED))
-            log.info("keys.reloaded")
+            try:
+                hub.keyring = auth.reload()
+            except security.KeyError_ as exc:  # keep the keys we have
+                log.error("keys.reload_failed", error=str(exc))
+                return
+            log.info("keys.reloaded", keys=len(hub.keyring.names))
 
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_keys)
+        loop.add_signal_handler(signal.SIGHUP, reload_keys)
 
     async def liveness() -> None:
         while not stop.is_set():

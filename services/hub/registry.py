@@ -22,6 +22,7 @@ class PeerEntry:
     load: int = 0
     running: list[str] = field(default_factory=list)
     reclaim: str = field(default_factory=lambda: secrets.token_hex(16))
+    key: str = ""  # the CurveZMQ key it registered with ("" without CurveZMQ)
 
     @property
     def name(self) -> str:
@@ -46,14 +47,17 @@ class PeerTable:
         self.by_name: dict[str, PeerEntry] = {}
         self.by_identity: dict[bytes, PeerEntry] = {}
 
-    def register(self, identity: bytes, info: PeerRegister, now: float) -> tuple[PeerEntry, PeerEntry | None]:
+    def register(self, identity: bytes, info: PeerRegister, now: float,
+                 key: str = "") -> tuple[PeerEntry, PeerEntry | None]:
         """Add a peer. Returns (entry, replaced) where ``replaced`` is the older entry of
         the same peer that reconnected on a new socket: it proves that with the reclaim key
-        the hub gave it, never with a pid or host it merely claims."""
+        the hub gave it (and, under CurveZMQ, the same key), never with a pid or host it
+        merely claims."""
         replaced = None
         old = self.by_name.get(info.name)
         if old is not None and old.identity != identity:
-            if not (info.reclaim and hmac.compare_digest(info.reclaim, old.reclaim)):
+            if not (info.reclaim and hmac.compare_digest(info.reclaim, old.reclaim)
+                    and key == old.key):
                 raise ProtocolError(ErrorCode.NAME_TAKEN,
                                     f"name {info.name!r} is held by a live peer")
             replaced = self.remove(old.identity)
@@ -61,7 +65,7 @@ class PeerTable:
         if existing is not None and existing.name != info.name:
             self.remove(identity)  # the same socket re-registering under a new name
         keep = existing if existing is not None and existing.name == info.name else replaced
-        entry = PeerEntry(identity=identity, info=info, last_seen=now)
+        entry = PeerEntry(identity=identity, info=info, last_seen=now, key=key)
         if keep is not None:
             entry.reclaim = keep.reclaim
         self.by_name[info.name] = entry

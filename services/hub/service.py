@@ -16,6 +16,7 @@ import zmq
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.config import CommunicationConfig
+from libs.security import Keyring
 from libs.log import EventLogger, get_logger
 from protocols import ErrorCode, ProtocolError, decode_header, encode, encode_event, make_header
 from protocols.errors import safe
@@ -54,7 +55,7 @@ class HubMetrics:
         self.refused = Counter("ccaa_hub_refused_total",
                                "registrations and handshakes the hub refused, by reason",
                                ["reason"], registry=registry)
-        for reason in ("token", "name_taken", "key"):
+        for reason in ("token", "key", "name_taken", "handshake"):
             self.refused.labels(reason)
 
 
@@ -76,6 +77,8 @@ class Hub:
         self.log = log or get_logger("hub")
         self.metrics = HubMetrics(registry)
         self.table = PeerTable()
+        #: under CurveZMQ, what each key may register as (None: no keys, no check)
+        self.keyring: Keyring | None = None
         self._local = {
             PeerRegister.TYPE: self._on_register,
             PeerHeartbeat.TYPE: self._on_heartbeat,
@@ -85,9 +88,10 @@ class Hub:
 
     # ---- frames in --------------------------------------------------------------------
 
-    def on_frames(self, frames: list[bytes]) -> None:
+    def on_frames(self, frames: list[bytes], key: str = "") -> None:
         """Handle one message; total: whatever arrives, the hub answers (or drops an
-        error, never answering an error with one) and goes on."""
+        error, never answering an error with one) and goes on. ``key`` is the sender's
+        key name under CurveZMQ (its ZAP User-Id)."""
         identity, payload = frames[0], frames[1:]
         header: Header | None = None
         try:
@@ -97,7 +101,7 @@ class Hub:
                 self._error(identity, peek_header(payload), exc)
                 return
             if header.dst == HUB:
-                self._on_local(identity, header, payload[1])
+                self._on_local(identity, header, payload[1], key)
             else:
                 self._route(identity, header, payload)
         except ProtocolError as exc:
@@ -129,7 +133,7 @@ class Hub:
                                 {"dst": header.dst}) from None
         self.metrics.routed.inc()
 
-    def _on_local(self, identity: bytes, header: Header, body_frame: bytes) -> None:
+    def _on_local(self, identity: bytes, header: Header, body_frame: bytes, key: str) -> None:
         handler = self._local.get(header.type)
         if handler is None:
             if header.type == Error.TYPE:
@@ -145,11 +149,11 @@ class Hub:
             entry.last_seen = self.clock()
             handler(identity, header, body, entry)
         else:
-            handler(identity, header, body, None)
+            self._on_register(identity, header, body, key)
 
     # ---- hub requests -----------------------------------------------------------------
 
-    def _on_register(self, identity: bytes, header: Header, body: Body, _: PeerEntry | None) -> None:
+    def _on_register(self, identity: bytes, header: Header, body: Body, key: str) -> None:
         assert isinstance(body, PeerRegister)
         if body.name == HUB:
             raise ProtocolError(ErrorCode.NAME_TAKEN, f"{HUB!r} is the hub's own name")
@@ -160,8 +164,15 @@ class Hub:
                                 "this hub requires the bus token: set communication.token "
                                 "(or use the data directory holding bus.token)")
         body = body.model_copy(update={"token": ""})  # never kept, shown or logged
+        if self.keyring is not None:  # CurveZMQ: the key decides what it may register as
+            why = self.keyring.grant(key).refusal(body.kind.value, body.name, body.role,
+                                                  body.host)
+            if why:
+                why = f"key {key or '(unnamed)'!r} {why}"
+                self._refuse(body, "key", why)
+                raise ProtocolError(ErrorCode.UNAUTHORIZED, why)
         try:
-            entry, replaced = self.table.register(identity, body, self.clock())
+            entry, replaced = self.table.register(identity, body, self.clock(), key)
         except ProtocolError as exc:
             if exc.code == ErrorCode.NAME_TAKEN:
                 self._refuse(body, "name_taken", exc.reason)
@@ -187,6 +198,18 @@ class Hub:
         topic = peer_topic(body.kind.value, "refused")
         event = PeerEvent(name=safe(body.name, 128), kind=body.kind.value, role=safe(body.role),
                           state="refused", reason=f"{reason}: {detail}")
+        self._publish(encode_event(topic, make_header(PeerEvent.TYPE, HUB, "*"), event))
+        self.metrics.events.labels(topic).inc()
+
+    def refused_handshake(self, public_key: str) -> None:
+        """A CurveZMQ handshake with a key not on the allow-list (from the ZAP thread,
+        via the loop): logged, counted, published."""
+        self.metrics.refused.labels("handshake").inc()
+        shown = safe(public_key, 12)
+        self.log.warning("handshake.refused", key=shown, reason="key not on the allow-list")
+        topic = peer_topic("handshake", "refused")
+        event = PeerEvent(name=shown, kind="handshake", state="refused",
+                          reason="CurveZMQ key not on the allow-list")
         self._publish(encode_event(topic, make_header(PeerEvent.TYPE, HUB, "*"), event))
         self.metrics.events.labels(topic).inc()
 

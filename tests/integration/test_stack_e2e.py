@@ -135,3 +135,44 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
             os.kill(pid, 9)
     assert "ccaa is down" in down.stdout
     assert leftover == []
+
+
+@pytest.mark.timeout(180)
+def test_a_curve_stack_runs_with_one_key_per_service(tmp_path):
+    """`ccaa keys init` then `ccaa up` with CurveZMQ: every service registers with its own
+    key, the agents with the agents' key, the CLI with the client key, and work runs."""
+    config = tmp_path / "ccaa.toml"
+    keys = tmp_path / "keys"
+    config.write_text(CONFIG.format(data=tmp_path / "data", tmp=tmp_path).replace(
+        "[communication]\n", f'[communication]\ncurve = true\nkeys_dir = "{keys}"\n'))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    made = ccaa("keys", "init", config=config)
+    assert made.returncode == 0, made.stderr
+    listed = ccaa("keys", "list", config=config).stdout
+    assert "orchestrator         service orchestrator" in listed
+    assert "agents               an agent (any role)" in listed
+    assert oct((keys / "orchestrator.key_secret").stat().st_mode & 0o777) == "0o600"
+    pidfile = tmp_path / "data" / "run" / "supervisord.pid"
+    tree: list[int] = []
+    try:
+        up = ccaa("up", config=config)
+        assert up.returncode == 0, up.stdout + up.stderr
+        supervisord = psutil.Process(int(pidfile.read_text()))
+        tree = [supervisord.pid] + [c.pid for c in supervisord.children(recursive=True)]
+        sub = ccaa("submit", "RUN", "printf curve > out.txt", "--repo", str(repo), "--wait",
+                   "--wait-timeout", "60", config=config)
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        assert (repo / "out.txt").read_text() == "curve"
+        # a service's key is for that service only: the CLI cannot use it
+        posing = ccaa("status", "--set", 'communication.client_key="orchestrator"',
+                      config=config)
+        assert posing.returncode == 1, posing.stdout
+        assert "may register only as service orchestrator" in posing.stderr, posing.stderr
+    finally:
+        down = ccaa("down", config=config)
+        leftover = [p for p in tree if _alive(p)]
+        for pid in leftover:
+            os.kill(pid, 9)
+    assert down.returncode == 0, down.stderr
+    assert leftover == []

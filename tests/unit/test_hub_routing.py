@@ -11,6 +11,7 @@ import zmq
 from prometheus_client import CollectorRegistry
 
 from libs.config import CommunicationConfig
+from libs.security import Grant, Keyring
 from protocols import (
     MAX_MESSAGE_SIZE,
     ErrorCode,
@@ -470,3 +471,26 @@ def test_registry_list_filters_by_kind(h):
                      ("service", "orchestrator")]
     _, out = h.message(b"id-o", "orchestrator", "hub", RegistryList(kind=PeerKind.SERVICE))
     assert [p.name for p in _reply(out, b"id-o").body.peers] == ["orchestrator"]
+
+
+def test_under_curve_the_reclaim_key_alone_does_not_move_a_name_to_another_key(h):
+    """A leaked reclaim key is not enough: the name stays with the CurveZMQ key it was
+    registered with."""
+    h.hub.keyring = Keyring(grants={"agents": Grant(kind="agent"),
+                                    "rack-b": Grant(kind="agent")})
+    body = PeerRegister(name="agent-1", kind=PeerKind.AGENT, role="worker")
+    h.hub.on_frames([b"id-1", *encode(make_header(body.TYPE, "agent-1", "hub"), body)],
+                    "agents")
+    first = decode(h.sent[-1][1:])
+    assert isinstance(first.body, PeerRegistered)
+    stolen = body.model_copy(update={"reclaim": first.body.reclaim})
+    h.hub.on_frames([b"id-2", *encode(make_header(body.TYPE, "agent-1", "hub"), stolen)],
+                    "rack-b")
+    assert decode(h.sent[-1][1:]).body.code == ErrorCode.NAME_TAKEN
+    assert h.hub.table.by_name["agent-1"].identity == b"id-1"
+    # the same key with its reclaim key takes it back on a new socket
+    h.hub.on_frames([b"id-3", *encode(make_header(body.TYPE, "agent-1", "hub"), stolen)],
+                    "agents")
+    assert isinstance(decode(h.sent[-1][1:]).body, PeerRegistered)
+    assert h.hub.table.by_name["agent-1"].identity == b"id-3"
+    assert h.metric("ccaa_hub_refused_total", reason="name_taken") == 1
