@@ -89,6 +89,17 @@ class OrchestratorConfig(_Section):
                                 "first (copy env files, install dependencies)")
     templates_dir: str = Field("", description="extra workflow templates (<name>.yaml); "
                                "a template for a command type replaces the built-in one")
+    retention_days: float = Field(30.0, ge=0, description="finished sessions older than this "
+                                  "are pruned from the database (0: keep them all)")
+    audit_retention_days: float = Field(365.0, ge=0, description="audit records older than "
+                                        "this are pruned (0: keep them all)")
+    backup_interval_hours: float = Field(24.0, ge=0, description="hours between automatic "
+                                         "backups of the state database (0: none)")
+    backup_keep: int = Field(7, ge=1, description="automatic backups kept (oldest go first)")
+    backup_dir: str = Field("", description="where automatic backups go (default "
+                            "DATA_DIR/backups)")
+    maintenance_interval: float = Field(600.0, gt=0, description="seconds between checks for "
+                                        "pruning and backups")
 
 
 class DistributionConfig(_Section):

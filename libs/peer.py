@@ -11,6 +11,7 @@ sender gets an ``error`` reply (a ``ProtocolError`` keeps its code, anything els
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import socket as pysocket
 import time
@@ -52,6 +53,14 @@ class RequestFailed(Exception):
 
 class RequestTimeout(Exception):
     """No reply arrived before the request's deadline."""
+
+
+def local_user() -> str:
+    """This process's user name (its uid where the system has no name for it)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 class RegistrationRefused(Exception):
@@ -233,6 +242,7 @@ class Peer:
             name=self.name, kind=self.kind, role=self.role, capabilities=self.capabilities,
             capacity=self.capacity, pid=os.getpid(), host=pysocket.gethostname(),
             metrics_url=self.metrics_url, reclaim=self._reclaim, token=self.comm.token,
+            user=local_user(),
         )
         wait = self.comm.heartbeat_interval * self.comm.liveness
         first_try = time.monotonic()

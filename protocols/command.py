@@ -63,6 +63,8 @@ class SessionCreate(Body):
     command: CommandSubmit
     type: CommandType
     classification: str = ""
+    #: the peer that submitted it (its name, verified by the hub), for the audit log
+    submitter: str = ""
 
 
 class SessionCreated(Body):

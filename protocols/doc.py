@@ -58,7 +58,12 @@ ROUTES: dict[str, str] = {
     "agent.stats_reply": "orchestrator -> distributor (reply)",
     "event.task": "orchestrator -> event topic task.<state>",
     "event.session": "orchestrator -> event topic session.<state>",
-    "event.peer": "hub -> agent.<state> / service.<state> / client.<state>; controller -> pool.<event>",
+    "event.peer": "hub -> agent.<state> / service.<state> / client.<state> (registered and "
+                  "refused carry who: key, host, pid, user) / handshake.refused; "
+                  "controller -> pool.<event>",
+    "event.keys": "hub -> event topic keys.changed (its allow-list re-read on SIGHUP)",
+    "audit.query": "client -> orchestrator",
+    "audit.reply": "orchestrator -> client (reply): audit records, oldest first",
 }
 
 

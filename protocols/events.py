@@ -31,6 +31,19 @@ class PeerEvent(Body):
     role: str = ""
     state: str  # registered | refused | lost | disconnected | <heartbeat state>
     reason: str = ""
+    #: on registered / refused: who it is, for the audit log (key: its CurveZMQ key name)
+    key: str = ""
+    host: str = ""
+    pid: int = 0
+    user: str = ""
+
+
+class KeysChanged(Body):
+    """The hub re-read its allow-list (SIGHUP): the key names now listed or gone."""
+
+    TYPE = "event.keys"
+    added: list[str] = []
+    removed: list[str] = []
 
 
 def task_topic(state: str) -> str:
@@ -39,6 +52,9 @@ def task_topic(state: str) -> str:
 
 def session_topic(state: str) -> str:
     return f"session.{state}"
+
+
+KEYS_TOPIC = "keys.changed"
 
 
 def peer_topic(kind: str, state: str) -> str:

@@ -43,6 +43,8 @@ class PeerRegister(Body):
     #: the bus token (communication.token) when the hub requires one; the hub never
     #: stores, shows or logs it
     token: str = Field(default="", max_length=256)
+    #: the operating-system user running the peer (as it says; the key is what binds)
+    user: str = Field(default="", max_length=64)
 
 
 class PeerRegistered(Body):
@@ -96,6 +98,8 @@ class PeerInfo(Body):
     metrics_url: str = ""
     registered_at: float = 0.0
     last_seen_ago: float = 0.0
+    key: str = ""  # the CurveZMQ key it registered with
+    user: str = ""  # the user it says it runs as
 
 
 class RegistryList(Body):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocols import command, events, peer, task
+from protocols import audit, command, events, peer, task
 from protocols.base import Body
 from protocols.errors import ErrorCode, ProtocolError
 
@@ -43,6 +43,9 @@ _MODELS: list[type[Body]] = [
     events.TaskEvent,
     events.SessionEvent,
     events.PeerEvent,
+    events.KeysChanged,
+    audit.AuditQuery,
+    audit.AuditReply,
 ]
 
 MESSAGE_TYPES: dict[str, type[Body]] = {m.TYPE: m for m in _MODELS}

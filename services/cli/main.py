@@ -16,6 +16,8 @@ from libs.client import BusClient
 from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
 from libs.log import setup_logging
 from libs.peer import RegistrationRefused, RequestFailed, RequestTimeout
+from libs.sqlite import DatabaseError
+from services.cli.state import since as state_since
 from protocols.command import (
     CommandCancel,
     CommandStatus,
@@ -34,6 +36,8 @@ EPILOG = """Typical use:
                                            plan, implement, gate, review, merge; follow it
   ccaa show SESSION                        the task DAG with states, gates and cost
   ccaa agent --hub tcp://HOST:5555         attach one more agent from any host
+  ccaa audit --since 1d                    who submitted, cancelled, registered, was refused
+  ccaa backup FILE / ccaa restore FILE     copy the state database live / put one back
   ccaa down                                stop everything
 """
 
@@ -109,6 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="a task's attempts: agent, outcome, output, figures")
     _config_args(p)
     p.add_argument("task_id")
+
+    p = sub.add_parser("audit", help="who did what: submits, cancels, registrations, refusals, "
+                       "key changes, prunes, backups")
+    _config_args(p)
+    p.add_argument("--since", type=state_since, help="from this long ago (30m, 2h, 7d) or this "
+                   "time (2026-11-25T10:00)")
+    p.add_argument("--session", help="only records of this session")
+    p.add_argument("--action", help="only this action (submit, cancel, register, refused, ...)")
+    p.add_argument("--limit", type=int, default=200, help="newest N records (default 200)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("backup", help="copy the state database while it runs (SQLite online "
+                       "backup), checked after copying")
+    _config_args(p)
+    p.add_argument("file", help="the copy to write (a directory: a dated file in it)")
+
+    p = sub.add_parser("restore", help="replace the state database with a backup (the stack "
+                       "must be down; the replaced database is kept beside it)")
+    _config_args(p)
+    p.add_argument("file", help="a backup made by `ccaa backup` or an automatic one "
+                   "(DATA_DIR/backups)")
 
     p = sub.add_parser("cancel", help="cancel a session (running tasks are stopped)")
     _config_args(p)
@@ -342,6 +367,25 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from services.cli import state
+
+    return state.audit(_load(args), args)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from services.cli import state
+
+    return state.backup(_load(args), args.file)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from services.cli import stack, state
+
+    config = _load(args)
+    return state.restore(config, args.file, running=stack.supervisord_pid(config) is not None)
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     st = asyncio.run(_ask(_load(args), "orchestrator",
                           CommandCancel(session_id=args.session_id, reason=args.reason)))
@@ -361,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("error")
     handlers = {"demo": cmd_demo, "up": cmd_up, "down": cmd_down, "status": cmd_status,
                 "submit": cmd_submit, "show": cmd_show, "sessions": cmd_sessions,
-                "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys}
+                "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
+                "backup": cmd_backup, "restore": cmd_restore}
     try:
         return handlers[args.cmd](args)
     except ConfigError as exc:
@@ -376,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RegistrationRefused, TimeoutError) as exc:
         print(f"ccaa: {exc}", file=sys.stderr)
         return 1
-    except security.KeyError_ as exc:
+    except (security.KeyError_, DatabaseError) as exc:
         print(f"ccaa: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:

@@ -56,7 +56,7 @@ class Commands:
             type_, reason = classify(cmd.text)
         session_id = f"s-{uuid.uuid4().hex[:10]}"
         create = SessionCreate(session_id=session_id, command=cmd, type=type_,
-                               classification=reason)
+                               classification=reason, submitter=msg.header.src)
         try:
             await self.peer.request(ORCHESTRATOR, create)
         except RequestFailed as exc:

@@ -84,11 +84,13 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     install_stop_signals(stop)
     if auth is not None:  # SIGHUP: re-read the allow-list (clients added or removed)
         def reload_keys() -> None:
+            before = hub.keyring
             try:
                 hub.keyring = auth.reload()
             except security.KeyError_ as exc:  # keep the keys we have
                 log.error("keys.reload_failed", error=str(exc))
                 return
+            hub.keys_changed(before, hub.keyring)
             log.info("keys.reloaded", keys=len(hub.keyring.names))
 
         loop.add_signal_handler(signal.SIGHUP, reload_keys)

@@ -22,7 +22,7 @@ from protocols import ErrorCode, ProtocolError, decode_header, encode, encode_ev
 from protocols.errors import safe
 from protocols.base import Body
 from protocols.codec import decode_body, peek_header
-from protocols.events import PeerEvent, peer_topic
+from protocols.events import KEYS_TOPIC, KeysChanged, PeerEvent, peer_topic
 from protocols.header import HUB, Header
 from protocols.peer import (
     Error,
@@ -159,7 +159,7 @@ class Hub:
             raise ProtocolError(ErrorCode.NAME_TAKEN, f"{HUB!r} is the hub's own name")
         if self.comm.token and not hmac.compare_digest(body.token.encode(),
                                                        self.comm.token.encode()):
-            self._refuse(body, "token", "the bus token is missing or wrong")
+            self._refuse(body, "token", "the bus token is missing or wrong", key)
             raise ProtocolError(ErrorCode.UNAUTHORIZED,
                                 "this hub requires the bus token: set communication.token "
                                 "(or use the data directory holding bus.token)")
@@ -169,13 +169,13 @@ class Hub:
                                                   body.host)
             if why:
                 why = f"key {key or '(unnamed)'!r} {why}"
-                self._refuse(body, "key", why)
+                self._refuse(body, "key", why, key)
                 raise ProtocolError(ErrorCode.UNAUTHORIZED, why)
         try:
             entry, replaced = self.table.register(identity, body, self.clock(), key)
         except ProtocolError as exc:
             if exc.code == ErrorCode.NAME_TAKEN:
-                self._refuse(body, "name_taken", exc.reason)
+                self._refuse(body, "name_taken", exc.reason, key)
             raise
         if replaced is not None:
             self.log.info("peer.reconnected", name=body.name, kind=body.kind.value)
@@ -188,16 +188,17 @@ class Hub:
             heartbeat_interval=self.comm.heartbeat_interval, liveness=self.comm.liveness,
             reclaim=entry.reclaim,
         ))
-        self._event(entry, "registered")
+        self._event(entry, "registered", who=True)
 
-    def _refuse(self, body: PeerRegister, reason: str, detail: str) -> None:
+    def _refuse(self, body: PeerRegister, reason: str, detail: str, key: str = "") -> None:
         """Count, log and publish a refused registration (never with its credentials)."""
         self.metrics.refused.labels(reason).inc()
         self.log.warning("peer.refused", name=safe(body.name), kind=body.kind.value,
                          reason=reason, detail=detail, pid=body.pid, host=safe(body.host))
         topic = peer_topic(body.kind.value, "refused")
         event = PeerEvent(name=safe(body.name, 128), kind=body.kind.value, role=safe(body.role),
-                          state="refused", reason=f"{reason}: {detail}")
+                          state="refused", reason=f"{reason}: {detail}", key=key,
+                          host=safe(body.host, 128), pid=body.pid, user=safe(body.user, 64))
         self._publish(encode_event(topic, make_header(PeerEvent.TYPE, HUB, "*"), event))
         self.metrics.events.labels(topic).inc()
 
@@ -212,6 +213,17 @@ class Hub:
                           reason="CurveZMQ key not on the allow-list")
         self._publish(encode_event(topic, make_header(PeerEvent.TYPE, HUB, "*"), event))
         self.metrics.events.labels(topic).inc()
+
+    def keys_changed(self, before: Keyring | None, after: Keyring) -> None:
+        """The allow-list was re-read: publish which key names came and went."""
+        old = set(before.grants) if before else set()
+        new = set(after.grants)
+        if old == new:
+            return
+        body = KeysChanged(added=sorted(new - old), removed=sorted(old - new))
+        self.log.info("keys.changed", added=body.added, removed=body.removed)
+        self._publish(encode_event(KEYS_TOPIC, make_header(KeysChanged.TYPE, HUB, "*"), body))
+        self.metrics.events.labels(KEYS_TOPIC).inc()
 
     def _on_heartbeat(self, identity: bytes, header: Header, body: Body, entry: PeerEntry | None) -> None:
         assert isinstance(body, PeerHeartbeat) and entry is not None
@@ -282,10 +294,13 @@ class Hub:
         self.metrics.errors.labels("received").inc()
         self.log.warning("error.received", src=header.src)
 
-    def _event(self, entry: PeerEntry, state: str, reason: str = "") -> None:
+    def _event(self, entry: PeerEntry, state: str, reason: str = "", who: bool = False) -> None:
         topic = peer_topic(entry.kind.value, state)
         body = PeerEvent(name=entry.name, kind=entry.kind.value, role=entry.info.role,
                          state=state, reason=reason)
+        if who:
+            i = entry.info
+            body.key, body.host, body.pid, body.user = entry.key, i.host, i.pid, i.user
         header = make_header(PeerEvent.TYPE, HUB, "*")
         self._publish(encode_event(topic, header, body))
         self.metrics.events.labels(topic).inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from typing import Awaitable, Callable
 
 from libs.config import SystemConfig
@@ -12,8 +13,15 @@ from libs.events import EventSubscriber
 from libs.runner import common_parser, run_main
 from libs.service import ServiceContext, run_service
 from protocols import Message
+from protocols.events import KEYS_TOPIC
+from services.orchestrator.maintenance import Maintenance
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.store import Store
+
+
+#: hub events the audit log records
+AUDITED_TOPICS = [f"{kind}.{state}" for kind in ("agent", "service", "client")
+                  for state in ("registered", "refused")] + ["handshake.refused", KEYS_TOPIC]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,14 +48,39 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         subscriber = EventSubscriber(config.communication.sub(),
                                      ["agent.lost", "agent.disconnected"], on_event, log=ctx.log)
         subscriber.start()
+        audited = EventSubscriber(config.communication.sub(), AUDITED_TOPICS, orch.on_peer_event,
+                                  log=ctx.log)
+        audited.start()
+        maintenance = Maintenance(config, store, orch.audit, ctx.log)
+
+        async def audit_registry() -> None:
+            # registrations published before our subscription was live (at start, or while
+            # the hub was restarting) are taken from the registry once it surely is
+            await asyncio.sleep(1.0)
+            try:
+                missing = await orch.audit_registry()
+            except Exception as exc:
+                ctx.log.warning("audit.registry_failed", error=repr(exc))
+            else:
+                if missing:
+                    ctx.log.info("audit.registry", recorded=missing)
+
+        ctx.peer.on_registered.append(lambda: ctx.peer.spawn(audit_registry()))
 
         async def tick() -> None:
             await ctx.peer.wait_registered(3600)
+            next_maintenance = 0.0
             while not ctx.stop.is_set():
                 try:
                     await orch.reconcile()
                 except Exception:
                     ctx.log.exception("reconcile.failed")
+                if time.monotonic() >= next_maintenance:
+                    next_maintenance = time.monotonic() + config.orchestrator.maintenance_interval
+                    try:
+                        await maintenance.run_once()
+                    except Exception:
+                        ctx.log.exception("maintenance.failed")
                 try:
                     await asyncio.wait_for(ctx.stop.wait(), config.orchestrator.reconcile_interval)
                 except asyncio.TimeoutError:
@@ -58,6 +91,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         async def shutdown() -> None:
             ticker.cancel()
             await subscriber.close()
+            await audited.close()
             store.close()
 
         ctx.log.info("store.opened", db=db)

@@ -37,7 +37,15 @@ from protocols.command import (
     TaskLogs,
     TaskLogsReply,
 )
-from protocols.events import SessionEvent, TaskEvent, session_topic, task_topic
+from protocols.audit import AuditQuery, AuditReply
+from protocols.events import (
+    KeysChanged,
+    PeerEvent,
+    SessionEvent,
+    TaskEvent,
+    session_topic,
+    task_topic,
+)
 from protocols.peer import PeerKind, RegistryList
 from protocols.task import (
     AgentStats,
@@ -53,7 +61,9 @@ from protocols.task import (
     TaskSpec,
     TaskWaiting,
 )
+from protocols.header import HUB
 from services.orchestrator import queries
+from services.orchestrator.audit import AuditLog, who_of
 from services.orchestrator.gates import GateConfigError, project_gates
 from services.orchestrator.report import session_report
 from services.orchestrator.safeguards import TERMINAL, Safeguards
@@ -104,6 +114,7 @@ class Orchestrator(Safeguards):
         self.clock = clock
         self.templates = templates or load_templates(config.orchestrator.templates_dir)
         self.workflow = Workflow(self)
+        self.audit = AuditLog(store.conn, clock)
         self.store_problem = ""  # set for good once the database file is gone
         guarded = self._guarded
         self.handlers = {
@@ -117,6 +128,7 @@ class Orchestrator(Safeguards):
             TaskLogs.TYPE: self.on_logs,
             TaskWaiting.TYPE: guarded(self.on_waiting),
             AgentStats.TYPE: self.on_agent_stats,
+            AuditQuery.TYPE: self.on_audit,
         }
 
     # ---- commands ---------------------------------------------------------------------
@@ -167,6 +179,8 @@ class Orchestrator(Safeguards):
                                   base_commit=base, **columns)
         self.log.info("session.created", session=body.session_id, type=body.type.value,
                       base=base[:12])
+        self.audit.add("submit", body.submitter or msg.header.src, session_id=body.session_id,
+                       detail=f"{body.type.value} in {cmd.repo}: {cmd.text[:200]}")
         self.events.publish(session_topic("running"),
                             SessionEvent(session_id=body.session_id, state="running"))
         if cached is not None:
@@ -195,6 +209,43 @@ class Orchestrator(Safeguards):
         assert isinstance(body, SessionList)
         return queries.sessions(self.store, body.limit)
 
+    async def on_audit(self, msg: Message) -> AuditReply:
+        body = msg.body
+        assert isinstance(body, AuditQuery)
+        return AuditReply(records=self.audit.query(body.since, body.session_id, body.action,
+                                                   body.limit))
+
+    def on_peer_event(self, topic: str, msg: Message) -> None:
+        """Registrations, refusals and key changes from the hub, into the audit log."""
+        body = msg.body
+        if isinstance(body, KeysChanged):
+            self.audit.add("keys", msg.header.src, detail=f"added: {', '.join(body.added) or '-'}"
+                           f"; removed: {', '.join(body.removed) or '-'}")
+        elif isinstance(body, PeerEvent) and body.state in ("registered", "refused"):
+            registered = body.state == "registered"
+            if registered and self.audit.has_register(body.name, msg.header.ts):
+                return  # already recorded from the registry at start
+            detail = f"{body.kind} {body.role}".strip() + f" pid {body.pid} on {body.host or '?'}"
+            if body.reason:
+                detail += f": {body.reason}"
+            self.audit.add("register" if registered else "refused", body.name,
+                           who=who_of(body.key, body.user, body.host), detail=detail,
+                           ts=msg.header.ts if registered else None)
+
+    async def audit_registry(self) -> int:
+        """Record the registrations the hub made before this orchestrator listened for
+        them (from the registry); returns how many were missing."""
+        reply = await self.peer.request(HUB, RegistryList())
+        missing = 0
+        for p in reply.body.peers:
+            if self.audit.has_register(p.name, p.registered_at):
+                continue
+            self.audit.add("register", p.name, who=who_of(p.key, p.user, p.host),
+                           detail=f"{p.kind.value} {p.role}".strip()
+                           + f" pid {p.pid} on {p.host or '?'}", ts=p.registered_at)
+            missing += 1
+        return missing
+
     async def on_logs(self, msg: Message) -> TaskLogsReply:
         body = msg.body
         assert isinstance(body, TaskLogs)
@@ -212,6 +263,8 @@ class Orchestrator(Safeguards):
         if row is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no session {body.session_id!r}")
         if row["state"] == SessionState.RUNNING.value:
+            self.audit.add("cancel", msg.header.src, session_id=body.session_id,
+                           detail=body.reason)
             self._cancel_tasks(body.session_id, body.reason)
             self.finish_session(body.session_id, "cancelled", body.reason,
                                 session_report(self.store, body.session_id))

@@ -22,7 +22,9 @@ from protocols import (
     encode_event,
     make_header,
 )
+from protocols.audit import AuditQuery, AuditRecord, AuditReply
 from protocols.base import Body
+from protocols.events import KeysChanged
 from protocols.codec import peek_header
 from protocols.command import (
     CommandAccepted,
@@ -179,6 +181,11 @@ SAMPLES: dict[str, Body] = {
     "event.session": SessionEvent(session_id="sess-1", state="succeeded", detail="1 task(s)"),
     "event.peer": PeerEvent(name="a1", kind="agent", role="worker", state="lost",
                             reason="silent"),
+    "event.keys": KeysChanged(added=["rack-a"], removed=["old"]),
+    "audit.query": AuditQuery(since=1700000000.0, session_id="s-1", action="submit", limit=50),
+    "audit.reply": AuditReply(records=[AuditRecord(
+        ts=1700000000.5, action="submit", actor="cli-1", who="alice@box", session_id="s-1",
+        detail="RUN in /tmp/repo")]),
 }
 
 

@@ -133,7 +133,7 @@ def test_register_replies_registered_and_publishes_agent_registered(h):
     [(topic, event)] = h.events()
     assert topic == "agent.registered"
     assert event.body == PeerEvent(name="agent-1", kind="agent", role="worker",
-                                   state="registered")
+                                   state="registered", host="box", pid=1)
     assert h.metric("ccaa_hub_peers", kind="agent") == 1
     assert h.metric("ccaa_hub_events_published_total", topic="agent.registered") == 1
 
