@@ -85,6 +85,8 @@ def test_curve_allows_listed_keys_only(procs, tmp_path):
             raise AssertionError("the newly listed key was not admitted")
 
         asyncio.run(admitted())
+        hub_log = (procs.log_dir / "hub.log").read_text()
+        assert '"keys.changed"' in hub_log and '"stranger"' in hub_log  # published, audited
         security.configure(False, "", "")  # no encryption at all
         asyncio.run(refused())
     finally:
