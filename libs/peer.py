@@ -93,6 +93,7 @@ class Peer:
         self.capabilities = capabilities or []
         self.capacity = capacity
         self.metrics_url = metrics_url
+        self.host = pysocket.gethostname()  # the host it reports
         self.log = log or get_logger(name)
         self.metrics = PeerMetrics(registry or CollectorRegistry(), name)
         self._ctx = ctx or context()
@@ -240,7 +241,7 @@ class Peer:
     async def _register(self) -> None:
         body = PeerRegister(
             name=self.name, kind=self.kind, role=self.role, capabilities=self.capabilities,
-            capacity=self.capacity, pid=os.getpid(), host=pysocket.gethostname(),
+            capacity=self.capacity, pid=os.getpid(), host=self.host,
             metrics_url=self.metrics_url, reclaim=self._reclaim, token=self.comm.token,
             user=local_user(),
         )

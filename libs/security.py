@@ -20,6 +20,7 @@ made by ``libs.zmqio.socket`` (DEALER, PUB, SUB) speaks CURVE to the hub.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -118,7 +119,7 @@ class Grant:
         """Why this grant does not allow the registration ("" if it does)."""
         if kind != self.kind:
             return f"may register only as {self.describe()}, not as a {kind}"
-        if self.kind == "service" and name not in self.names:
+        if self.kind == "service" and not any(fnmatch.fnmatchcase(name, n) for n in self.names):
             return f"may register only as {self.describe()}, not as {name!r}"
         if self.kind == "agent" and self.roles and role not in self.roles:
             return f"may register only as {self.describe()}, not with role {role!r}"
@@ -224,8 +225,9 @@ def init(keys_dir: str, client: str = CLIENT_KEY) -> list[str]:
     # the hub's own event socket connects to its proxy with this keypair
     shutil.copy(root / f"{HUB_KEY}.key", root / AUTHORIZED / f"{HUB_KEY}.key")
     made = [str(root / f"{HUB_KEY}.key_secret")]
-    for service in SERVICE_KEYS:
-        made += add(keys_dir, service, Grant(kind="service", names=[service]))
+    for service in SERVICE_KEYS:  # controllers are named per host: controller@HOST
+        names = [f"{service}@*"] if service == "controller" else [service]
+        made += add(keys_dir, service, Grant(kind="service", names=names))
     made += add(keys_dir, AGENTS_KEY, Grant(kind="agent"))
     made += add(keys_dir, client, Grant(kind="client"))
     return made

@@ -47,14 +47,16 @@ async def run_service(
     first_contact_deadline: float | None = None,
     on_unreachable: Callable[[float], None] | None = None,
     http_token: str = "",
+    metrics_name: str = "",
 ) -> int:
     """Wire a service: metrics HTTP, peer, publisher; call ``build`` (which registers
     handlers and may return an async ``shutdown``); run until SIGTERM/SIGINT."""
     log = get_logger(name)
     registry = new_registry()
-    port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get(name, 0)
+    key = metrics_name or name  # its entry in metrics.ports
+    port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get(key, 0)
     setting = ("--metrics-port" if args.metrics_port is not None
-               else f"metrics.ports.{name}" if name in config.metrics.ports
+               else f"metrics.ports.{key}" if key in config.metrics.ports
                else "reporting.http_port" if name == "reporter" else "--metrics-port")
     http = HttpServer({"/metrics": metrics_route(registry), **(routes or {})},
                       config.metrics.host, port, setting=setting, token=http_token)

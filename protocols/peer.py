@@ -61,6 +61,21 @@ class PeerHeartbeat(Body):
     state: PeerState = PeerState.IDLE
     load: int = Field(default=0, ge=0)
     running: list[str] = []
+    #: a controller's view of its host: cores, memory_mb, available_mb, load1
+    host_stats: dict[str, float] = Field(default_factory=dict, max_length=16)
+
+
+#: controllers are named per host: ``controller@<host>``
+CONTROLLER = "controller"
+
+
+def controller_name(host: str) -> str:
+    return f"{CONTROLLER}@{host}"
+
+
+def service_of(name: str) -> str:
+    """The service a peer name stands for (``controller@h1`` -> ``controller``)."""
+    return name.split("@", 1)[0]
 
 
 class PeerDisconnect(Body):
@@ -100,6 +115,7 @@ class PeerInfo(Body):
     last_seen_ago: float = 0.0
     key: str = ""  # the CurveZMQ key it registered with
     user: str = ""  # the user it says it runs as
+    host_stats: dict[str, float] = {}  # a controller's host: see PeerHeartbeat
 
 
 class RegistryList(Body):

@@ -23,6 +23,9 @@ def parser() -> argparse.ArgumentParser:
                       "and runs the tasks it is assigned with its role's executor.")
     p.add_argument("--role", default="worker", help="agent_hierarchy role (default: worker)")
     p.add_argument("--name", help="agent id (default: agent-ROLE-HOST-PID)")
+    p.add_argument("--host-name", default=socket.gethostname(),
+                   help="the host this agent reports (default: this machine's name; the "
+                        "controller passes its own)")
     p.add_argument("--capacity", type=int, help="tasks run at once (default: role's capacity)")
     p.add_argument("--capability", action="append", default=[],
                    help="capability tag to advertise (repeatable; adds to the role's)")
@@ -50,11 +53,12 @@ async def watch_parent(pid: int, stop: asyncio.Event) -> None:
 
 async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     role = config.role(args.role)
-    name = args.name or f"agent-{args.role}-{socket.gethostname()}-{os.getpid()}"
+    name = args.name or f"agent-{args.role}-{args.host_name}-{os.getpid()}"
     make_executor = executor_factory(config, args.role)
 
     async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
         peer = ctx.peer
+        peer.host = args.host_name
         peer.role = args.role
         peer.capacity = args.capacity or role.capacity
         peer.capabilities = sorted(set(role.capabilities) | set(args.capability))

@@ -244,15 +244,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reply.model_dump(mode="json"), indent=2))
         return 0
-    print(f"{'NAME':<36} {'KIND':<8} {'ROLE':<10} {'STATE':<8} {'LOAD':<6} PID")
-    print(f"{'hub':<36} {'service':<8} {'-':<10} {'serving':<8} {'-':<6} "
-          f"{reply.hub_pid}  {config.communication.router()} (id {reply.hub_id})")
-    for p in reply.peers:
-        if p.kind == PeerKind.CLIENT:
-            continue
-        load = f"{p.load}/{p.capacity}" if p.kind == PeerKind.AGENT else "-"
-        print(f"{p.name:<36} {p.kind.value:<8} {p.role or '-':<10} {p.state.value:<8} "
-              f"{load:<6} {p.pid}")
+    from services.cli import views
+
+    print(views.status_table(reply, config.communication.router()))
     return 0
 
 

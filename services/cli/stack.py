@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from libs.client import BusClient
 from services.cli import orphans
 from libs.config import CONFIG_ENV, SystemConfig, ensure_bus_token
 from libs.peer import RequestFailed, RequestTimeout
+from protocols.peer import CONTROLLER, controller_name
 from protocols.peer import PeerKind, RegistryList, RegistryListReply
 
 SERVICES = ("hub", "commands", "orchestrator", "distributor", "reporter", "controller")
@@ -119,6 +121,9 @@ async def wait_ready(config: SystemConfig, timeout: float, pid: int,
     is still missing as it changes; fail early if supervisord or a program dies."""
     deadline = time.monotonic() + timeout
     want_agents = expected_agents(config)
+    # this host's controller is named after it (other hosts' controllers do not count)
+    want = [controller_name(socket.gethostname()) if s == CONTROLLER else s
+            for s in BUS_SERVICES]
     last: RegistryListReply | None = None
     said = ""
     bus: BusClient | None = None
@@ -140,9 +145,9 @@ async def wait_ready(config: SystemConfig, timeout: float, pid: int,
             else:
                 names = {p.name for p in last.peers if p.kind == PeerKind.SERVICE}
                 agents = [p for p in last.peers if p.kind == PeerKind.AGENT]
-                if set(BUS_SERVICES) <= names and len(agents) >= want_agents:
+                if set(want) <= names and len(agents) >= want_agents:
                     return last
-                status = (f"services {len(names & set(BUS_SERVICES)) + 1}/{len(SERVICES)}, "
+                status = (f"services {len(names & set(want)) + 1}/{len(SERVICES)}, "
                           f"agents {len(agents)}/{want_agents}")
             if problems:
                 status = "; ".join([status, *problems])

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from protocols.command import CommandStatusReply, SessionInfo, TaskInfo, TaskLogsReply
+from protocols.peer import CONTROLLER, PeerInfo, PeerKind, RegistryListReply, service_of
 
 
 def ago(ts: float) -> str:
@@ -125,4 +126,41 @@ def logs(reply: TaskLogsReply) -> str:
             lines.append(f"stdout (tail):\n{r['stdout'].rstrip()}")
         if r.get("stderr"):
             lines.append(f"stderr (tail):\n{r['stderr'].rstrip()}")
+    return "\n".join(lines)
+
+
+def _peer_row(p: PeerInfo, indent: str = "") -> str:
+    load = f"{p.load}/{p.capacity}" if p.kind == PeerKind.AGENT else "-"
+    return (f"{indent + p.name:<36} {p.kind.value:<8} {p.role or '-':<10} {p.state.value:<8} "
+            f"{load:<6} {p.pid}")
+
+
+def host_line(host: str, stats: dict[str, float]) -> str:
+    if not stats:
+        return f"host {host or '?'}: no controller (bare agents)"
+    free = stats.get("available_mb", 0) / 1024
+    total = stats.get("memory_mb", 0) / 1024
+    return (f"host {host}: {stats.get('cores', 0):g} cores, load {stats.get('load1', 0):g}, "
+            f"memory {free:.1f} of {total:.1f} GiB free")
+
+
+def status_table(reply: RegistryListReply, router: str) -> str:
+    """Services, then each host (its controller's view of cores, load, memory) with its
+    agents under it."""
+    lines = [f"{'NAME':<36} {'KIND':<8} {'ROLE':<10} {'STATE':<8} {'LOAD':<6} PID",
+             f"{'hub':<36} {'service':<8} {'-':<10} {'serving':<8} {'-':<6} "
+             f"{reply.hub_pid}  {router} (id {reply.hub_id})"]
+    controllers = {p.host: p for p in reply.peers if service_of(p.name) == CONTROLLER}
+    lines += [_peer_row(p) for p in reply.peers
+              if p.kind == PeerKind.SERVICE and service_of(p.name) != CONTROLLER]
+    hosts: dict[str, list[PeerInfo]] = {}
+    for p in reply.peers:
+        if p.kind == PeerKind.AGENT:
+            hosts.setdefault(p.host, []).append(p)
+    for host in sorted(set(hosts) | set(controllers)):
+        controller = controllers.get(host)
+        lines.append(host_line(host, controller.host_stats if controller else {}))
+        if controller is not None:
+            lines.append(_peer_row(controller, "  "))
+        lines += [_peer_row(p, "  ") for p in sorted(hosts.get(host, []), key=lambda p: p.name)]
     return "\n".join(lines)

@@ -10,10 +10,11 @@ import sys
 import time
 from typing import Awaitable, Callable
 
+import psutil
 from prometheus_client import Counter
 
 from libs.peer import RequestFailed, RequestTimeout
-from protocols.peer import PeerKind, RegistryList
+from protocols.peer import CONTROLLER, PeerHeartbeat, PeerKind, RegistryList, controller_name
 from protocols.task import QueueStats
 from services.controller.scaling import Scaler
 
@@ -25,18 +26,26 @@ from services.controller.metrics import PoolMetrics
 from services.controller.pool import AgentPool, Slot, agent_argv
 
 
+def host_stats() -> dict[str, float]:
+    """This host as the registry shows it (`ccaa status` groups agents under it)."""
+    mem = psutil.virtual_memory()
+    return {"cores": float(psutil.cpu_count() or 0), "memory_mb": mem.total // 2**20,
+            "available_mb": mem.available // 2**20, "load1": round(os.getloadavg()[0], 2)}
+
+
 def parser() -> argparse.ArgumentParser:
     p = common_parser("ccaa-controller", "The ccaa process controller: runs this host's agent "
                       "pools (agent_hierarchy.<role>.count agents per role) and restarts any "
-                      "agent that dies.")
-    p.add_argument("--host-name", default=socket.gethostname(), help="used in agent names")
+                      "agent that dies. One per host, registered as controller@HOST.")
+    p.add_argument("--host-name", default=socket.gethostname(),
+                   help="this host's name: in the controller's and agents' names")
     return p
 
 
 def agent_args(args: argparse.Namespace, config: SystemConfig, slot: Slot) -> list[str]:
     comm = config.communication
     argv = [*agent_argv(), "--role", slot.role, "--name", slot.name,
-            "--parent-pid", str(os.getpid()),
+            "--parent-pid", str(os.getpid()), "--host-name", args.host_name,
             "--hub", comm.router(), "--pub", comm.pub(), "--sub", comm.sub(),
             "--log-level", args.log_level]
     if args.config:
@@ -123,6 +132,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                 if ctx.peer.registered:
                     await scale_once(ctx, config, pool, scaler, args.host_name, metrics.scaled)
 
+        ctx.peer.heartbeat_body = lambda: PeerHeartbeat(host_stats=host_stats())
         loops = [asyncio.ensure_future(keep())]
         if config.auto_scaling.enabled:
             loops.append(asyncio.ensure_future(autoscale()))
@@ -134,7 +144,12 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
         return shutdown
 
-    return await run_service("controller", args, config, build)
+    async def build_here(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
+        ctx.peer.host = args.host_name
+        return await build(ctx)
+
+    return await run_service(controller_name(args.host_name), args, config, build_here,
+                             metrics_name=CONTROLLER)
 
 
 def main(argv: list[str] | None = None) -> int:

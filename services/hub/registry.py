@@ -23,6 +23,7 @@ class PeerEntry:
     running: list[str] = field(default_factory=list)
     reclaim: str = field(default_factory=lambda: secrets.token_hex(16))
     key: str = ""  # the CurveZMQ key it registered with ("" without CurveZMQ)
+    host_stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -39,7 +40,7 @@ class PeerEntry:
             capacity=i.capacity, state=self.state, load=self.load, running=self.running,
             pid=i.pid, host=i.host, metrics_url=i.metrics_url,
             registered_at=self.registered_at, last_seen_ago=round(now - self.last_seen, 3),
-            key=self.key, user=i.user,
+            key=self.key, user=i.user, host_stats=self.host_stats,
         )
 
 
@@ -84,6 +85,8 @@ class PeerTable:
         entry.last_seen = now
         changed = entry.state != hb.state
         entry.state, entry.load, entry.running = hb.state, hb.load, hb.running
+        if hb.host_stats:
+            entry.host_stats = hb.host_stats
         return changed
 
     def expired(self, now: float, budget: float) -> list[PeerEntry]:

@@ -76,7 +76,7 @@ def test_controller_restarts_dead_agents_and_stops_them_all(procs, bus):
     procs.ready(controller)
     comm = bus.comm()
     names = {"agent-worker-testhost-1", "agent-worker-testhost-2"}
-    asyncio.run(wait_for_peers(comm, names | {"controller"}, 30))
+    asyncio.run(wait_for_peers(comm, names | {"controller@testhost"}, 30))
 
     agents = {p.pid: p for p in psutil.Process(controller.pid).children()}
     assert len(agents) == 2
@@ -176,3 +176,47 @@ def test_controller_stops_and_restarts_an_agent_over_its_memory_limit(procs, bus
             break  # stopped for memory, and a new process took its place
         assert time.monotonic() < deadline, text[-2000:]
         time.sleep(0.2)  # wait-ok: polling metrics and the process table under a deadline
+
+
+@pytest.mark.timeout(90)
+def test_two_hosts_controllers_share_one_hub_each_with_its_own_pool(procs, bus):
+    """Controllers are named per host: a second host's controller registers beside the
+    first (it was refused as a duplicate "controller"), runs its own pool, and reports its
+    host's cores, memory and load, which `ccaa status` shows above that host's agents."""
+    common = ["--set", 'agent_hierarchy.worker.executor="command"',
+              "--set", "agent_hierarchy.architect.count=0",
+              "--set", "agent_hierarchy.manager.count=0",
+              "--set", "agent_hierarchy.utility.count=0"]
+    for host, count in (("host-a", 1), ("host-b", 2)):
+        procs.ready(procs.service("services.controller", *bus.args(), "--host-name", host,
+                                  "--set", f"agent_hierarchy.worker.count={count}", *common,
+                                  name=f"controller-{host}"))
+    comm = bus.comm()
+    want = {"controller@host-a", "controller@host-b", "agent-worker-host-a-1",
+            "agent-worker-host-b-1", "agent-worker-host-b-2"}
+    asyncio.run(wait_for_peers(comm, want, 30))
+
+    async def stats():
+        deadline = time.monotonic() + 10
+        while True:  # host stats come with the controllers' first heartbeats
+            async with BusClient(comm, connect_timeout=5) as client:
+                reply = (await client.request("hub", RegistryList())).body
+            controllers = [p for p in reply.peers if p.name.startswith("controller@")]
+            if all(p.host_stats for p in controllers):
+                return reply
+            assert time.monotonic() < deadline, controllers
+            await asyncio.sleep(0.1)  # wait-ok: polling the registry under a deadline
+
+    reply = asyncio.run(stats())
+    by_name = {p.name: p for p in reply.peers}
+    for host in ("host-a", "host-b"):
+        s = by_name[f"controller@{host}"].host_stats
+        assert s["cores"] == psutil.cpu_count() and s["memory_mb"] > 0 and s["load1"] >= 0
+    from services.cli.views import status_table
+
+    table = status_table(reply, comm.router()).splitlines()
+    for host, agents in (("host-a", 1), ("host-b", 2)):
+        at = next(i for i, line in enumerate(table) if line.startswith(f"host {host}: "))
+        assert table[at + 1].split()[0] == f"controller@{host}"
+        rows = [r.split()[0] for r in table[at + 2:at + 2 + agents]]
+        assert rows == [f"agent-worker-{host}-{i}" for i in range(1, agents + 1)], table

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 import sys
@@ -77,10 +78,15 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
         assert status.returncode == 0, status.stderr
         rows = status.stdout.splitlines()
         services = {r.split()[0] for r in rows if " service " in r}
+        host = socket.gethostname()
         assert services == {"hub", "commands", "orchestrator", "distributor", "reporter",
-                            "controller"}
+                            f"controller@{host}"}
         agents = [r for r in rows if " agent " in r]
         assert len(agents) == 2 and all(" worker " in r for r in agents)
+        # agents are listed under their host, with the host's cores, load and memory
+        at = rows.index(next(r for r in rows if r.startswith(f"host {host}: ")))
+        assert " cores, load " in rows[at] and " GiB free" in rows[at]
+        assert all(r.startswith("  ") for r in rows[at + 1:at + 4]), rows
 
         sub = ccaa("submit", "RUN", "printf 'made by ccaa' > out.txt", "--repo", str(repo), "--wait",
                    "--wait-timeout", "60", config=config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 import psutil
@@ -65,7 +66,8 @@ def test_down_and_up_recover_from_a_killed_supervisord(tmp_path):
         status = ccaa("status", config=config)
         assert status.returncode == 0
         names = {line.split()[0] for line in status.stdout.splitlines()[1:]}
-        assert {"hub", "orchestrator", "controller"} <= names, status.stdout
+        assert {"hub", "orchestrator", f"controller@{socket.gethostname()}"} <= names, \
+            status.stdout
         seen.update(tree_of(pidfile))
     finally:
         down = ccaa("down", config=config)

@@ -68,7 +68,8 @@ def test_audit_backup_and_restore(tmp_path):
         cancel = by[("cancel", second)]
         assert cancel["who"] == me and cancel["detail"] == "wrong command"
         registered = {r["actor"]: r for r in records if r["action"] == "register"}
-        assert {"commands", "orchestrator", "distributor", "reporter", "controller"} <= set(registered)
+        assert {"commands", "orchestrator", "distributor", "reporter",
+                f"controller@{socket.gethostname()}"} <= set(registered)
         assert sum(1 for name in registered if name.startswith("agent-")) == 2
         assert registered["orchestrator"]["who"] == me
         [refusal] = [r for r in records if r["action"] == "refused"]

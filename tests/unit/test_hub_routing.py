@@ -494,3 +494,20 @@ def test_under_curve_the_reclaim_key_alone_does_not_move_a_name_to_another_key(h
     assert isinstance(decode(h.sent[-1][1:]).body, PeerRegistered)
     assert h.hub.table.by_name["agent-1"].identity == b"id-3"
     assert h.metric("ccaa_hub_refused_total", reason="name_taken") == 1
+
+
+def test_a_controllers_host_stats_reach_the_registry_and_a_bare_heartbeat_keeps_them(h):
+    h.register(b"id-c", "controller@h1", kind=PeerKind.SERVICE, role="")
+    stats = {"cores": 8.0, "memory_mb": 32000.0, "available_mb": 20000.0, "load1": 1.5}
+    h.message(b"id-c", "controller@h1", "hub", PeerHeartbeat(host_stats=stats))
+    h.message(b"id-c", "controller@h1", "hub", PeerHeartbeat())
+    _, out = h.message(b"id-c", "controller@h1", "hub", RegistryList())
+    [info] = decode(out[0][1:]).body.peers
+    assert info.host_stats == stats and info.host == "box"
+
+
+def test_a_controller_key_may_register_any_hosts_controller_but_nothing_else():
+    grant = Grant(kind="service", names=["controller@*"])
+    assert grant.refusal("service", "controller@h1", "", "h1") == ""
+    assert "not as 'orchestrator'" in grant.refusal("service", "orchestrator", "", "h1")
+    assert "not as 'controller'" in grant.refusal("service", "controller", "", "h1")
