@@ -48,16 +48,21 @@ def test_killing_an_agent_mid_task_leaves_nothing_running_and_the_task_runs_once
                 text=f"sleep 4 && echo done >> {marks}", repo=str(repo), type=CommandType.RUN))
             sid = reply.body.session_id
 
-            async def running():
+            async def command_running():
+                # the task is "running" a moment before its shell has forked the command
                 st = await session_state(client, sid)
-                return st.tasks[0] if st.tasks[0].state.value == "running" else None
-            task = await wait_for(running, 20, "the task to run")
-            agent = next(p for p in psutil.Process(controller.pid).children()
-                         if task.agent_id in p.cmdline())
-            token = agent.environ()["CCAA_AGENT_TOKEN"]
-            sleeper = next(p for p in psutil.process_iter(["cmdline"])
-                           if p.info["cmdline"] == ["sleep", "4"]
-                           and p.environ().get("CCAA_AGENT_TOKEN") == token)
+                task = st.tasks[0]
+                if task.state.value != "running":
+                    return None
+                agent = next((p for p in psutil.Process(controller.pid).children()
+                              if task.agent_id in p.cmdline()), None)
+                if agent is None:
+                    return None
+                token = agent.environ()["CCAA_AGENT_TOKEN"]
+                sleeper = next((p for p in carrying(token) if p.cmdline() == ["sleep", "4"]),
+                               None)
+                return (agent, sleeper) if sleeper is not None else None
+            agent, sleeper = await wait_for(command_running, 20, "the task's command to run")
             procs.extra_pids.add(sleeper.pid)  # in case it survives, for cleanup
             os.kill(agent.pid, signal.SIGKILL)  # no goodbye, no signal to the task's group
 
