@@ -13,6 +13,7 @@ otherwise.
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -370,8 +371,6 @@ def read_bus_token(config: "SystemConfig") -> str:
 
 def ensure_bus_token(config: "SystemConfig") -> str:
     """Make the data directory's bus token if there is none (mode 0600); return it."""
-    import secrets
-
     path = config.data_path() / BUS_TOKEN_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,13 +54,12 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
 
 
 class Pump:
-    def __init__(self, sock: zmq.Socket, on_frames: FrameHandler,
-                 on_frames_by: Callable[[list[bytes], str], None] | None = None):
-        """``on_frames_by``, when given, is called instead with each message's
-        authenticated ``User-Id`` (the key name under CurveZMQ; "" without)."""
+    def __init__(self, sock: zmq.Socket, on_frames: FrameHandler, user_ids: bool = False):
+        """With ``user_ids``, ``on_frames`` is called as ``on_frames(frames, user_id)``:
+        each message's authenticated ZAP ``User-Id`` (the key name under CurveZMQ)."""
         self.sock = sock
-        self.on_frames = on_frames
-        self.on_frames_by = on_frames_by
+        self.on_frames: Callable[..., None] = on_frames
+        self.user_ids = user_ids
         self._outbox: collections.deque[list[bytes]] = collections.deque()
         self._wake = asyncio.Event()
         self._closed = False
@@ -121,18 +120,16 @@ class Pump:
         n = 0
         while n < _BATCH and not self._closed:
             try:
-                if self.on_frames_by is None:
-                    frames = self.sock.recv_multipart(flags=zmq.NOBLOCK)
-                else:
+                if self.user_ids:
                     parts = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    frames, extra = [p.bytes for p in parts], (_user_id(parts),)
+                else:
+                    frames, extra = self.sock.recv_multipart(flags=zmq.NOBLOCK), ()
             except zmq.Again:
                 break
             n += 1
             try:
-                if self.on_frames_by is not None:
-                    self.on_frames_by([p.bytes for p in parts], _user_id(parts))
-                    continue
-                self.on_frames(frames)
+                self.on_frames(frames, *extra)
             except Exception:  # one bad message must not stop the loop
                 self.crashed += 1
                 _log.exception("frames.crashed", frames=len(frames))

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -116,7 +117,7 @@ def restore(config: SystemConfig, source: str, running: bool) -> int:
 
 
 def _count(path: Path) -> int:
-    conn = sqlite.connect(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # never changes a backup file
     try:
         return conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
     finally:

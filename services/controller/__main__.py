@@ -87,6 +87,7 @@ async def scale_once(ctx: ServiceContext, config: SystemConfig, pool: AgentPool,
 
 async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
+        ctx.peer.host = args.host_name
         metrics = PoolMetrics(ctx.registry, list(config.agent_hierarchy))
         log_dir = str(config.data_path() / "logs" / "agents")
 
@@ -144,11 +145,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
         return shutdown
 
-    async def build_here(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
-        ctx.peer.host = args.host_name
-        return await build(ctx)
-
-    return await run_service(controller_name(args.host_name), args, config, build_here,
+    return await run_service(controller_name(args.host_name), args, config, build,
                              metrics_name=CONTROLLER)
 
 

@@ -35,11 +35,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     auth = None
     secure = None
     loop = asyncio.get_running_loop()
-    refused: list = []  # the hub's handler, once it exists
 
-    def on_refused(key: str) -> None:  # on the ZAP thread
-        if refused:
-            loop.call_soon_threadsafe(refused[0], key)
+    def on_refused(key: str) -> None:  # on the ZAP thread; runs on the loop, once `hub` exists
+        loop.call_soon_threadsafe(lambda: hub.refused_handshake(key))
 
     if comm.curve:
         try:
@@ -71,8 +69,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
               log=log)
     if auth is not None:
         hub.keyring = auth.keyring
-        refused.append(hub.refused_handshake)
-    pump = Pump(router, hub.on_frames, on_frames_by=hub.on_frames if auth is not None else None)
+    pump = Pump(router, hub.on_frames, user_ids=auth is not None)
 
     port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get("hub", 0)
     http = HttpServer({"/metrics": metrics_route(registry)}, config.metrics.host, port,

@@ -79,8 +79,7 @@ class Hub:
         self.table = PeerTable()
         #: under CurveZMQ, what each key may register as (None: no keys, no check)
         self.keyring: Keyring | None = None
-        self._local = {
-            PeerRegister.TYPE: self._on_register,
+        self._local = {  # requests of registered peers (peer.register is handled apart)
             PeerHeartbeat.TYPE: self._on_heartbeat,
             PeerDisconnect.TYPE: self._on_disconnect,
             RegistryList.TYPE: self._on_registry_list,
@@ -134,6 +133,9 @@ class Hub:
         self.metrics.routed.inc()
 
     def _on_local(self, identity: bytes, header: Header, body_frame: bytes, key: str) -> None:
+        if header.type == PeerRegister.TYPE:
+            self._on_register(identity, header, decode_body(header, body_frame), key)
+            return
         handler = self._local.get(header.type)
         if handler is None:
             if header.type == Error.TYPE:
@@ -141,15 +143,12 @@ class Hub:
                 return
             raise ProtocolError(ErrorCode.UNSUPPORTED, f"the hub does not handle {header.type}")
         body = decode_body(header, body_frame)
-        if header.type != PeerRegister.TYPE:
-            entry = self.table.by_identity.get(identity)
-            if entry is None or entry.name != header.src:
-                raise ProtocolError(ErrorCode.NOT_REGISTERED,
-                                    "unknown peer: register first (peer.register)")
-            entry.last_seen = self.clock()
-            handler(identity, header, body, entry)
-        else:
-            self._on_register(identity, header, body, key)
+        entry = self.table.by_identity.get(identity)
+        if entry is None or entry.name != header.src:
+            raise ProtocolError(ErrorCode.NOT_REGISTERED,
+                                "unknown peer: register first (peer.register)")
+        entry.last_seen = self.clock()
+        handler(identity, header, body, entry)
 
     # ---- hub requests -----------------------------------------------------------------
 
@@ -195,12 +194,10 @@ class Hub:
         self.metrics.refused.labels(reason).inc()
         self.log.warning("peer.refused", name=safe(body.name), kind=body.kind.value,
                          reason=reason, detail=detail, pid=body.pid, host=safe(body.host))
-        topic = peer_topic(body.kind.value, "refused")
-        event = PeerEvent(name=safe(body.name, 128), kind=body.kind.value, role=safe(body.role),
-                          state="refused", reason=f"{reason}: {detail}", key=key,
-                          host=safe(body.host, 128), pid=body.pid, user=safe(body.user, 64))
-        self._publish(encode_event(topic, make_header(PeerEvent.TYPE, HUB, "*"), event))
-        self.metrics.events.labels(topic).inc()
+        self._publish_event(peer_topic(body.kind.value, "refused"), PeerEvent(
+            name=safe(body.name, 128), kind=body.kind.value, role=safe(body.role),
+            state="refused", reason=f"{reason}: {detail}", key=key,
+            host=safe(body.host, 128), pid=body.pid, user=safe(body.user, 64)))
 
     def refused_handshake(self, public_key: str) -> None:
         """A CurveZMQ handshake with a key not on the allow-list (from the ZAP thread,
@@ -208,11 +205,9 @@ class Hub:
         self.metrics.refused.labels("handshake").inc()
         shown = safe(public_key, 12)
         self.log.warning("handshake.refused", key=shown, reason="key not on the allow-list")
-        topic = peer_topic("handshake", "refused")
-        event = PeerEvent(name=shown, kind="handshake", state="refused",
-                          reason="CurveZMQ key not on the allow-list")
-        self._publish(encode_event(topic, make_header(PeerEvent.TYPE, HUB, "*"), event))
-        self.metrics.events.labels(topic).inc()
+        self._publish_event(peer_topic("handshake", "refused"), PeerEvent(
+            name=shown, kind="handshake", state="refused",
+            reason="CurveZMQ key not on the allow-list"))
 
     def keys_changed(self, before: Keyring | None, after: Keyring) -> None:
         """The allow-list was re-read: publish which key names came and went."""
@@ -222,8 +217,7 @@ class Hub:
             return
         body = KeysChanged(added=sorted(new - old), removed=sorted(old - new))
         self.log.info("keys.changed", added=body.added, removed=body.removed)
-        self._publish(encode_event(KEYS_TOPIC, make_header(KeysChanged.TYPE, HUB, "*"), body))
-        self.metrics.events.labels(KEYS_TOPIC).inc()
+        self._publish_event(KEYS_TOPIC, body)
 
     def _on_heartbeat(self, identity: bytes, header: Header, body: Body, entry: PeerEntry | None) -> None:
         assert isinstance(body, PeerHeartbeat) and entry is not None
@@ -301,8 +295,10 @@ class Hub:
         if who:
             i = entry.info
             body.key, body.host, body.pid, body.user = entry.key, i.host, i.pid, i.user
-        header = make_header(PeerEvent.TYPE, HUB, "*")
-        self._publish(encode_event(topic, header, body))
+        self._publish_event(topic, body)
+
+    def _publish_event(self, topic: str, body: Body) -> None:
+        self._publish(encode_event(topic, make_header(body.TYPE, HUB, "*"), body))
         self.metrics.events.labels(topic).inc()
 
     def _update_gauges(self) -> None:

@@ -41,16 +41,17 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
             ctx.peer.on(type_, handler)
 
         def on_event(topic: str, msg: Message) -> None:
+            if topic in AUDITED_TOPICS:
+                orch.on_peer_event(topic, msg)
+                return
             name = getattr(msg.body, "name", "")
             if name:
                 ctx.peer.spawn(orch.on_agents_lost({name}))
 
         subscriber = EventSubscriber(config.communication.sub(),
-                                     ["agent.lost", "agent.disconnected"], on_event, log=ctx.log)
+                                     ["agent.lost", "agent.disconnected", *AUDITED_TOPICS],
+                                     on_event, log=ctx.log)
         subscriber.start()
-        audited = EventSubscriber(config.communication.sub(), AUDITED_TOPICS, orch.on_peer_event,
-                                  log=ctx.log)
-        audited.start()
         maintenance = Maintenance(config, store, orch.audit, ctx.log)
 
         async def audit_registry() -> None:
@@ -91,7 +92,6 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         async def shutdown() -> None:
             ticker.cancel()
             await subscriber.close()
-            await audited.close()
             store.close()
 
         ctx.log.info("store.opened", db=db)
