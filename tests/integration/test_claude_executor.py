@@ -158,7 +158,7 @@ def test_process_tree_stop_kills_descendants_their_groups_and_cookie_carriers(no
     """The kill mechanism alone, on a shell instead of claude: a child in the shell's
     group, a grandchild in a session of its own that is re-parented at once (found only
     by the cookie), and the shell itself, which ignores SIGTERM."""
-    sleeper = "python3 -c 'import time; time.sleep(300)' ${M}marker"  # not in bash's argv
+    sleeper = "python3 -c 'import time; time.sleep(300)' ${M}marker"  # wait-ok: the process under test (not in bash's argv)
     script = (f"M=ccaa-exec-tree-; trap '' TERM; setsid sh -c \"({sleeper} &)\"; {sleeper} & "
               "echo ready; wait")
     proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE,

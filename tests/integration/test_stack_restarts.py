@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,44 +14,15 @@ import pytest
 
 from libs.config import load_config
 from services.cli import stack
-from tests.conftest import ROOT, _alive
+from tests.conftest import _alive
+from tests.integration.test_stack_e2e import CONFIG as STACK_CONFIG, ccaa
 
-CONFIG = """
-data_dir = "{data}"
-[communication]
-router_endpoint = "ipc://{tmp}/hub.sock"
-pub_endpoint = "ipc://{tmp}/pub.sock"
-sub_endpoint = "ipc://{tmp}/sub.sock"
-heartbeat_interval = 0.3
+CONFIG = STACK_CONFIG + """
 [orchestrator]
 reconcile_interval = 0.5
-[metrics.ports]
-hub = 0
-commands = 0
-orchestrator = 0
-distributor = 0
-controller = 0
-[reporting]
-http_port = 0
-[agent_hierarchy.worker]
-count = 2
-executor = "command"
-[agent_hierarchy.architect]
-count = 0
-[agent_hierarchy.manager]
-count = 0
-[agent_hierarchy.utility]
-count = 0
 """
 
 JOBS = 3
-
-
-def ccaa(*args: str, config: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "services.cli.main", *args,
-                           "--config", str(config)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
 def show(sid: str, config: Path) -> dict:

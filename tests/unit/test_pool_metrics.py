@@ -17,7 +17,7 @@ from services.controller.pool import AgentPool
 
 pytestmark = pytest.mark.timeout(60)
 
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]  # wait-ok: the process under test
 
 
 def test_pool_gauge_follows_every_scale_step_and_restart():
