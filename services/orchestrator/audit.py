@@ -12,7 +12,10 @@ import sqlite3
 import time
 from typing import Any, Callable
 
+from protocols import Message
 from protocols.audit import AuditRecord
+from protocols.events import KeysChanged, PeerEvent
+from protocols.peer import PeerInfo
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -28,6 +31,10 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
 MAX_DETAIL = 500
+
+
+def _peer_detail(kind: str, role: str, pid: int, host: str) -> str:
+    return f"{kind} {role}".strip() + f" pid {pid} on {host or '?'}"
 
 
 def who_of(key: str, user: str, host: str) -> str:
@@ -79,6 +86,35 @@ class AuditLog:
         return self.conn.execute(
             "SELECT 1 FROM audit WHERE actor = ? AND action = 'register' AND ts BETWEEN ? AND ?",
             (actor, around - slack, around + slack)).fetchone() is not None
+
+    def hub_event(self, msg: Message) -> None:
+        """A registration, refusal or key change the hub published."""
+        body = msg.body
+        if isinstance(body, KeysChanged):
+            self.add("keys", msg.header.src, detail=f"added: {', '.join(body.added) or '-'}"
+                     f"; removed: {', '.join(body.removed) or '-'}")
+        elif isinstance(body, PeerEvent) and body.state in ("registered", "refused"):
+            registered = body.state == "registered"
+            if registered and self.has_register(body.name, msg.header.ts):
+                return  # already recorded from the registry
+            detail = _peer_detail(body.kind, body.role, body.pid, body.host)
+            if body.reason:
+                detail += f": {body.reason}"
+            self.add("register" if registered else "refused", body.name,
+                     who=who_of(body.key, body.user, body.host), detail=detail,
+                     ts=msg.header.ts if registered else None)
+
+    def registry(self, peers: list[PeerInfo]) -> int:
+        """Record the registrations in the hub's registry not recorded yet (those published
+        before the orchestrator listened); returns how many were missing."""
+        missing = 0
+        for p in peers:
+            if not self.has_register(p.name, p.registered_at):
+                self.add("register", p.name, who=who_of(p.key, p.user, p.host),
+                         detail=_peer_detail(p.kind.value, p.role, p.pid, p.host),
+                         ts=p.registered_at)
+                missing += 1
+        return missing
 
     def prune(self, cutoff: float) -> int:
         return self.conn.execute("DELETE FROM audit WHERE ts < ?", (cutoff,)).rowcount

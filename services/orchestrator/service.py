@@ -39,8 +39,6 @@ from protocols.command import (
 )
 from protocols.audit import AuditQuery, AuditReply
 from protocols.events import (
-    KeysChanged,
-    PeerEvent,
     SessionEvent,
     TaskEvent,
     session_topic,
@@ -63,7 +61,7 @@ from protocols.task import (
 )
 from protocols.header import HUB
 from services.orchestrator import queries
-from services.orchestrator.audit import AuditLog, who_of
+from services.orchestrator.audit import AuditLog
 from services.orchestrator.gates import GateConfigError, project_gates
 from services.orchestrator.report import session_report
 from services.orchestrator.safeguards import TERMINAL, Safeguards
@@ -217,34 +215,13 @@ class Orchestrator(Safeguards):
 
     def on_peer_event(self, topic: str, msg: Message) -> None:
         """Registrations, refusals and key changes from the hub, into the audit log."""
-        body = msg.body
-        if isinstance(body, KeysChanged):
-            self.audit.add("keys", msg.header.src, detail=f"added: {', '.join(body.added) or '-'}"
-                           f"; removed: {', '.join(body.removed) or '-'}")
-        elif isinstance(body, PeerEvent) and body.state in ("registered", "refused"):
-            registered = body.state == "registered"
-            if registered and self.audit.has_register(body.name, msg.header.ts):
-                return  # already recorded from the registry at start
-            detail = f"{body.kind} {body.role}".strip() + f" pid {body.pid} on {body.host or '?'}"
-            if body.reason:
-                detail += f": {body.reason}"
-            self.audit.add("register" if registered else "refused", body.name,
-                           who=who_of(body.key, body.user, body.host), detail=detail,
-                           ts=msg.header.ts if registered else None)
+        self.audit.hub_event(msg)
 
     async def audit_registry(self) -> int:
         """Record the registrations the hub made before this orchestrator listened for
         them (from the registry); returns how many were missing."""
         reply = await self.peer.request(HUB, RegistryList())
-        missing = 0
-        for p in reply.body.peers:
-            if self.audit.has_register(p.name, p.registered_at):
-                continue
-            self.audit.add("register", p.name, who=who_of(p.key, p.user, p.host),
-                           detail=f"{p.kind.value} {p.role}".strip()
-                           + f" pid {p.pid} on {p.host or '?'}", ts=p.registered_at)
-            missing += 1
-        return missing
+        return self.audit.registry(reply.body.peers)
 
     async def on_logs(self, msg: Message) -> TaskLogsReply:
         body = msg.body
