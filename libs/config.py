@@ -12,13 +12,14 @@ otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class _Section(BaseModel):
@@ -143,6 +144,14 @@ class ResourceLimits(_Section):
     max_memory_mb: int = Field(0, ge=0, description="per-agent resident memory limit, its "
                                "Claude Code runs included; the controller stops an agent "
                                "over it (it restarts; its task is re-queued). 0 = unlimited")
+    agent_memory_mb: int = Field(400, ge=1, description="memory one agent needs while it "
+                                 "runs a task, its Claude Code run included (~290 MB for a "
+                                 "small task: benchmarks/agent_memory.py); auto-scaling "
+                                 "starts an agent only when the host has this much available "
+                                 "beyond reserve_memory_mb (or the most one of its agents "
+                                 "has used, if that is more)")
+    reserve_memory_mb: int = Field(512, ge=0, description="memory auto-scaling leaves free "
+                                   "on the host for everything else")
 
 
 class ReportingConfig(_Section):
@@ -180,8 +189,41 @@ class MetricsConfig(_Section):
             "distributor": 9453,
             "controller": 9455,
         },
-        description="per-service /metrics port (0 = ephemeral); agents always use 0",
+        description="per-service /metrics port (0 = ephemeral); agents use agent_ports",
     )
+    advertise_host: str = Field("", description="the address other hosts (Prometheus, via "
+                                "the reporter's /api/targets) reach this host's /metrics at; "
+                                "default: metrics.host, or this host's name when metrics.host "
+                                "is a wildcard like 0.0.0.0")
+    agent_ports: str = Field("", pattern=r"^$|^\d{1,5}-\d{1,5}$",
+                             description="ports agents bind /metrics in, as FIRST-LAST (one "
+                             "free port each, e.g. 9500-9599 to open in a firewall); empty: "
+                             "ephemeral")
+
+    @field_validator("agent_ports")
+    @classmethod
+    def _ordered(cls, value: str) -> str:
+        if value:
+            first, last = (int(p) for p in value.split("-"))
+            if not 0 < first <= last <= 65535:
+                raise ValueError("needs FIRST-LAST with 0 < FIRST <= LAST <= 65535")
+        return value
+
+    def port_range(self) -> range | None:
+        if not self.agent_ports:
+            return None
+        first, last = (int(p) for p in self.agent_ports.split("-"))
+        return range(first, last + 1)
+
+    def advertised(self, host: str) -> str:
+        """The host part of this process's metrics URL, as other hosts reach it."""
+        if self.advertise_host:
+            return self.advertise_host
+        if host in ("0.0.0.0", "::", "", "*"):
+            import socket
+
+            return socket.getfqdn()
+        return host
 
 
 class RoleConfig(_Section):
@@ -316,28 +358,40 @@ def flag_overrides(assignments: list[str]) -> dict[str, Any]:
     return tree
 
 
-def load_config(
+def load_tree(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> SystemConfig:
-    """Build the effective config. ``path`` falls back to ``$CCAA_CONFIG``, then none."""
+) -> dict[str, Any]:
+    """The settings as given (file < environment < overrides), before defaults and checks.
+    ``path`` falls back to ``$CCAA_CONFIG``, then none; a ``.json`` file is read as JSON (a
+    node's effective configuration), anything else as TOML."""
     environ = os.environ if environ is None else environ
     path = path or environ.get(CONFIG_ENV) or None
     tree: dict[str, Any] = {}
     if path:
         file = Path(path).expanduser()
         try:
-            tree = tomllib.loads(file.read_text())
+            text = file.read_text()
+            tree = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
         except FileNotFoundError:
             raise ConfigError(f"config file {file} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except (tomllib.TOMLDecodeError, ValueError) as exc:
+            kind = "JSON" if file.suffix == ".json" else "TOML"
+            raise ConfigError(f"config file {file} is not valid {kind}: {exc}") from None
+        except OSError as exc:
             raise ConfigError(f"config file {file} cannot be read: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {file} does not hold a table of settings")
     tree = _merge(tree, env_overrides(environ))
     if overrides:
         tree = _merge(tree, overrides)
+    return tree
+
+
+def build_config(tree: Mapping[str, Any]) -> SystemConfig:
+    """Check a tree of settings and fill in the defaults."""
+    tree = dict(tree)
     # roles and gates named in the file/env extend the defaults instead of replacing them
     for key, defaults_of in (("agent_hierarchy", _default_hierarchy), ("gates", _default_gates)):
         if key in tree:
@@ -353,6 +407,15 @@ def load_config(
     if not config.communication.token:
         config.communication.token = read_bus_token(config)
     return config
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SystemConfig:
+    """Build the effective config. ``path`` falls back to ``$CCAA_CONFIG``, then none."""
+    return build_config(load_tree(path, environ, overrides))
 
 
 BUS_TOKEN_FILE = "bus.token"

@@ -7,6 +7,7 @@ is served; anything else gets 405, unknown paths 404, oversize or garbled reques
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
 import os
@@ -48,15 +49,23 @@ class HttpServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> None:
-        try:
-            self._server = await asyncio.start_server(self._serve, self.host, self.port)
-        except OSError as exc:
-            from libs.runner import BindError
+    async def start(self, ports: range | None = None) -> None:
+        """Listen on ``self.port``, or on the first free port of ``ports``."""
+        from libs.runner import BindError
 
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise BindError("HTTP (/metrics)", f"{self.host}:{self.port}", self.setting,
-                            reason) from None
+        for port in ports or [self.port]:
+            try:
+                self._server = await asyncio.start_server(self._serve, self.host, port)
+                break
+            except OSError as exc:
+                if ports and exc.errno == errno.EADDRINUSE:
+                    continue
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise BindError("HTTP (/metrics)", f"{self.host}:{port}", self.setting,
+                                reason) from None
+        else:
+            raise BindError("HTTP (/metrics)", f"{self.host}:{ports.start}-{ports.stop - 1}",
+                            self.setting, "every port in the range is in use") from None
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

@@ -58,11 +58,17 @@ async def run_service(
     setting = ("--metrics-port" if args.metrics_port is not None
                else f"metrics.ports.{key}" if key in config.metrics.ports
                else "reporting.http_port" if name == "reporter" else "--metrics-port")
+    ports = config.metrics.port_range() if kind == PeerKind.AGENT else None
+    if ports is not None and args.metrics_port is None:
+        setting = "metrics.agent_ports"
     http = HttpServer({"/metrics": metrics_route(registry), **(routes or {})},
                       config.metrics.host, port, setting=setting, token=http_token)
-    await http.start()
+    await http.start(ports if args.metrics_port is None else None)
     comm = config.communication
-    peer = Peer(name=name, kind=kind, comm=comm, metrics_url=http.url + "/metrics",
+    # the URL other hosts scrape (the reporter lists it for Prometheus)
+    metrics_url = (f"http://{config.metrics.advertised(config.metrics.host)}:{http.port}"
+                   "/metrics")
+    peer = Peer(name=name, kind=kind, comm=comm, metrics_url=metrics_url,
                 registry=registry, log=log)
     peer.first_contact_deadline = first_contact_deadline
     peer.on_unreachable = on_unreachable

@@ -11,11 +11,10 @@ import time
 from typing import Awaitable, Callable
 
 import psutil
-from prometheus_client import Counter
-
 from libs.peer import RequestFailed, RequestTimeout
 from protocols.peer import CONTROLLER, PeerHeartbeat, PeerKind, RegistryList, controller_name
 from protocols.task import QueueStats
+from services.controller import scaling
 from services.controller.scaling import Scaler
 
 from libs.config import SystemConfig
@@ -55,10 +54,22 @@ def agent_args(args: argparse.Namespace, config: SystemConfig, slot: Slot) -> li
     return argv
 
 
+def memory_room(config: SystemConfig, pool: AgentPool, largest_seen_mb: float) -> int:
+    """More agents this host's memory allows: what is available, less what the live agents
+    may still grow to (each up to what one agent needs while it runs a task), less the
+    reserve, in units of that need."""
+    per_agent = max(float(config.resources.agent_memory_mb), largest_seen_mb)
+    growth = sum(max(0.0, per_agent - pool.memory_mb(s)) for s in pool.live())
+    available = psutil.virtual_memory().available / 2**20
+    return scaling.memory_room(available - growth, config.resources.reserve_memory_mb,
+                               per_agent)
+
+
 async def scale_once(ctx: ServiceContext, config: SystemConfig, pool: AgentPool,
-                     scaler: Scaler, host: str, scaled: Counter) -> None:
-    """One auto-scaling decision per role, from the distributor's queue and the hub's view
-    of this host's agents."""
+                     scaler: Scaler, host: str, metrics: PoolMetrics,
+                     largest_seen_mb: float = 0.0) -> None:
+    """One auto-scaling decision per role, from the distributor's queue, the hub's view
+    of this host's agents and this host's available memory."""
     try:
         stats = (await ctx.peer.request("distributor", QueueStats())).body
         peers = (await ctx.peer.request("hub", RegistryList(kind=PeerKind.AGENT))).body
@@ -67,18 +78,31 @@ async def scale_once(ctx: ServiceContext, config: SystemConfig, pool: AgentPool,
         return
     states = {p.name: p.state.value for p in peers.peers}  # type: ignore[attr-defined]
     now = time.monotonic()
+    room = memory_room(config, pool, largest_seen_mb)
+    metrics.memory_room.set(room)
     for role in config.agent_hierarchy:
         mine = sorted((s for s in pool.slots.values() if s.role == role), key=lambda s: s.index)
         agents = {s.name: states[s.name] for s in mine if s.name in states}
         last = mine[-1].name if mine else ""
         queued = stats.queued.get(role, 0)  # type: ignore[attr-defined]
-        new = scaler.step(role, queued, agents, last, now)
+        new = scaler.step(role, queued, agents, last, now, room)
         if new is None:
+            if room == 0 and scaler.wanted_more(role, queued, agents):
+                metrics.memory_bound.labels(role).inc()
+                if role not in scaler.memory_bound:  # once, until the pool can grow again
+                    scaler.memory_bound.add(role)
+                    ctx.log.warning(
+                        "pool.memory_bound", role=role, queued=queued, agents=len(mine),
+                        reserve_mb=config.resources.reserve_memory_mb,
+                        agent_memory_mb=config.resources.agent_memory_mb)
+            elif room > 0:
+                scaler.memory_bound.discard(role)
             continue
         direction = "up" if new > len(mine) else "down"
         ctx.log.info("pool.scaled", role=role, agents=new, direction=direction, queued=queued)
-        scaled.labels(role, direction).inc()
+        metrics.scaled.labels(role, direction).inc()
         pool.resize(role, new, host)
+        room = max(0, room - max(0, new - len(mine)))
         await pool.ensure()
         ctx.events.publish("pool.scaled", PeerEvent(name=f"{role}@{host}", kind="pool",
                                                     role=role, state=str(new),
@@ -112,12 +136,14 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         scaler = Scaler(config.auto_scaling, counts)
 
         limit = config.resources.max_memory_mb
+        largest = [0.0]  # the most memory one of this host's agents has used (MB)
 
         async def keep() -> None:
             while not ctx.stop.is_set():
                 try:
                     await asyncio.wait_for(ctx.stop.wait(), 1.0)
                 except asyncio.TimeoutError:
+                    largest[0] = max([largest[0], *(pool.memory_mb(s) for s in pool.live())])
                     if limit:
                         for slot, _ in await pool.enforce_memory(limit):
                             metrics.memory_kills.labels(slot.role).inc()
@@ -131,7 +157,8 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                 except asyncio.TimeoutError:
                     pass
                 if ctx.peer.registered:
-                    await scale_once(ctx, config, pool, scaler, args.host_name, metrics.scaled)
+                    await scale_once(ctx, config, pool, scaler, args.host_name, metrics,
+                                     largest[0])
 
         ctx.peer.heartbeat_body = lambda: PeerHeartbeat(host_stats=host_stats())
         loops = [asyncio.ensure_future(keep())]

@@ -20,10 +20,17 @@ class PoolMetrics:
                                     registry=registry)
         self.scaled = Counter("ccaa_pool_scaled_total", "auto-scaling changes, by role and "
                               "direction", ["role", "direction"], registry=registry)
+        self.memory_room = Gauge("ccaa_pool_memory_room_agents", "more agents this host's "
+                                 "available memory allows (auto-scaling starts no more)",
+                                 registry=registry)
+        self.memory_bound = Counter("ccaa_pool_memory_bound_total", "scale-ups not made "
+                                    "because the host's memory allows no more agents, by role",
+                                    ["role"], registry=registry)
         for role in self.roles:  # every series exists from the start (increase() sees the first)
             self.running.labels(role).set(0)
             self.restarts.labels(role)
             self.memory_kills.labels(role)
+            self.memory_bound.labels(role)
             for direction in ("up", "down"):
                 self.scaled.labels(role, direction)
 

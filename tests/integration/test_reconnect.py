@@ -154,6 +154,61 @@ def test_controller_scales_a_pool_up_while_work_waits_and_down_when_idle(procs, 
     asyncio.run(go())
 
 
+@pytest.mark.timeout(120)
+def test_auto_scaling_starts_no_agent_the_hosts_memory_cannot_hold(procs, bus, tmp_path):
+    import urllib.request
+
+    from protocols.command import CommandSubmit, CommandType
+    from tests.integration.test_bus_flow import session_state, wait_for
+
+    args = bus.args()
+    for m in ("services.commands", "services.orchestrator", "services.distributor"):
+        procs.ready(procs.service(m, *args))
+    controller = procs.service(
+        "services.controller", *args, "--host-name", "small",
+        "--set", "agent_hierarchy.worker.count=1", "--set", "agent_hierarchy.architect.count=0",
+        "--set", "agent_hierarchy.manager.count=0", "--set", "agent_hierarchy.utility.count=0",
+        "--set", "auto_scaling.enabled=true", "--set", "auto_scaling.interval=0.3",
+        "--set", "auto_scaling.cooldown=0",
+        "--set", "auto_scaling.max_agents_per_type={worker = 3}",
+        "--set", "resources.reserve_memory_mb=100000000")  # no host has this much to spare
+    ready = procs.ready(controller)
+    comm = bus.comm()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def metric(name: str) -> float:
+        with urllib.request.urlopen(ready["metrics"] + "/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return -1.0
+
+    async def go():
+        await wait_for_peers(comm, {"agent-worker-small-1"}, 30)
+        async with BusClient(comm) as client:
+            sids = []
+            for i in range(2):
+                acc = await client.request("commands", CommandSubmit(
+                    text=f"sleep 1.5; echo {i}", repo=str(repo), type=CommandType.RUN))
+                sids.append(acc.body.session_id)
+
+            async def bound():  # work waits, the only agent is busy, memory says no
+                return metric('ccaa_pool_memory_bound_total{role="worker"}') > 0 or None
+            await wait_for(bound, 20, "a scale-up refused for memory")
+            assert metric("ccaa_pool_memory_room_agents") == 0
+            for sid in sids:  # the work still gets done, one task after the other
+                async def done(sid=sid):
+                    st = await session_state(client, sid)
+                    return st if st.session.state.value != "running" else None
+                st = await wait_for(done, 30, "the sessions")
+                assert st.session.state.value == "succeeded"
+            reply = await client.request("hub", RegistryList(kind=PeerKind.AGENT))
+            assert {p.name for p in reply.body.peers} == {"agent-worker-small-1"}
+
+    asyncio.run(go())
+
+
 @pytest.mark.timeout(90)
 def test_controller_stops_and_restarts_an_agent_over_its_memory_limit(procs, bus):
     import urllib.request

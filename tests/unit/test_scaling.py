@@ -53,3 +53,19 @@ def test_a_role_started_with_no_agents_grows_when_its_work_waits():
                             max_agents_per_type={"manager": 2}, cooldown=0)
     s = Scaler(cfg, {"manager": 0})
     assert s.step("manager", queued=1, agents={}, last_agent="", now=100) == 1
+
+
+def test_never_grows_past_what_the_hosts_memory_allows():
+    from services.controller.scaling import memory_room
+
+    s = Scaler(CFG, {"worker": 1})
+    assert s.step("worker", 2, {"w1": "busy"}, "w1", now=100, room=0) is None
+    assert s.wanted_more("worker", 2, {"w1": "busy"})  # it would, memory permitting
+    assert s.step("worker", 2, {"w1": "busy"}, "w1", now=101, room=1) == 2
+    # below the minimum, memory still bounds how many are started
+    low = Scaler(AutoScalingConfig(enabled=True, min_agents_per_type={"worker": 3}), {"worker": 0})
+    assert low.step("worker", 0, {}, "", now=100, room=1) == 1
+    # room: available less the reserve, in units of one agent's need
+    assert memory_room(available_mb=2000, reserve_mb=500, per_agent_mb=400) == 3
+    assert memory_room(available_mb=800, reserve_mb=500, per_agent_mb=400) == 0
+    assert memory_room(available_mb=100, reserve_mb=500, per_agent_mb=400) == 0
