@@ -18,12 +18,14 @@ from protocols.peer import PeerKind
 class BusClient:
     """``async with BusClient(comm) as bus: reply = await bus.request("commands", body)``"""
 
-    def __init__(self, comm: CommunicationConfig, name: str = "", connect_timeout: float = 10.0):
+    def __init__(self, comm: CommunicationConfig, name: str = "", connect_timeout: float = 10.0,
+                 kind: PeerKind = PeerKind.CLIENT, host: str = ""):
         self.comm = comm
         self.name = name or f"cli-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.connect_timeout = connect_timeout
-        self.peer = Peer(name=self.name, kind=PeerKind.CLIENT, comm=comm,
-                         log=get_logger(self.name))
+        self.peer = Peer(name=self.name, kind=kind, comm=comm, log=get_logger(self.name))
+        if host:
+            self.peer.host = host
         self._task: asyncio.Task[Any] | None = None
 
     async def __aenter__(self) -> "BusClient":

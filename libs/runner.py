@@ -45,6 +45,11 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> SystemConfig:
+    return load_config(args.config, overrides=overrides_from_args(args))
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the common flags give (--set, --hub, --pub, --sub)."""
     overrides = flag_overrides(args.set)
     comm: dict[str, Any] = {}
     if args.hub:
@@ -55,7 +60,7 @@ def config_from_args(args: argparse.Namespace) -> SystemConfig:
         comm["sub_endpoint"] = args.sub
     if comm:
         overrides.setdefault("communication", {}).update(comm)
-    return load_config(args.config, overrides=overrides)
+    return overrides
 
 
 def derive_endpoint(router: str, port_offset: int) -> str:

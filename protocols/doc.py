@@ -31,6 +31,8 @@ ROUTES: dict[str, str] = {
     "ack": "distributor -> orchestrator (reply to task.enqueue)",
     "registry.list": "any peer -> hub",
     "registry.list_reply": "hub -> peer (reply)",
+    "node.config": "controller (ccaa node) -> hub",
+    "node.config_reply": "hub -> controller (reply)",
     "command.submit": "client -> commands",
     "command.accepted": "commands -> client (reply)",
     "command.status": "client -> orchestrator",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocols import audit, command, events, peer, task
+from protocols import audit, command, events, node, peer, task
 from protocols.base import Body
 from protocols.errors import ErrorCode, ProtocolError
 
@@ -15,6 +15,8 @@ _MODELS: list[type[Body]] = [
     peer.Ack,
     peer.RegistryList,
     peer.RegistryListReply,
+    node.NodeConfigGet,
+    node.NodeConfigReply,
     command.CommandSubmit,
     command.CommandAccepted,
     command.CommandStatus,

@@ -35,6 +35,7 @@ EPILOG = """Typical use:
   ccaa submit IMPLEMENT_FEATURE "add a --json flag" --repo . --wait
                                            plan, implement, gate, review, merge; follow it
   ccaa show SESSION                        the task DAG with states, gates and cost
+  ccaa node --hub tcp://HOST:5555          this host's agent pools, as a node of that hub
   ccaa agent --hub tcp://HOST:5555         attach one more agent from any host
   ccaa audit --since 1d                    who submitted, cancelled, registered, was refused
   ccaa backup FILE / ccaa restore FILE     copy the state database live / put one back
@@ -70,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start the six services under supervisord and wait for them")
     _config_args(p)
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for readiness")
+
+    p = sub.add_parser(
+        "node", help="start this host's agent pools as a node of a hub on another host",
+        description="Start this host's controller under supervisord, connected to the hub "
+        "at --hub, and wait until it and its agents registered. Role definitions, gates, "
+        "templates and timing come from the hub's configuration; this host's config file "
+        "(--config) may set only its agent counts (agent_hierarchy.ROLE.count, cli_path), "
+        "resources, auto_scaling, metrics, data_dir and how it connects (keys, token). "
+        "The bus token is DATA_DIR/bus.token or communication.token; under CurveZMQ the "
+        "keys directory holds hub.key, the controller's and the agents' keypairs. "
+        "`ccaa down` with the same config stops just this node.")
+    _config_args(p)
+    p.add_argument("--hub", required=True, metavar="tcp://HOST:PORT",
+                   help="the hub's ROUTER endpoint (its event ports come from the hub)")
+    p.add_argument("--host-name", help="the name this host registers under (default: "
+                   "its hostname); agents are named agent-ROLE-NAME-N")
+    p.add_argument("--timeout", type=float, default=120,
+                   help="seconds to wait for the controller and its agents (default 120)")
 
     p = sub.add_parser("down", help="stop supervisord, the services and every agent")
     _config_args(p)
@@ -214,6 +233,48 @@ def cmd_up(args: argparse.Namespace) -> int:
     if hub_port:
         print(f"  hub metrics      http://{config.metrics.host}:{hub_port}/metrics")
     print(f"  logs             {stack.run_dir(config) / 'logs'}")
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    import socket
+
+    from libs import nodeconfig
+    from libs.config import build_config, load_tree
+    from services.cli import stack
+
+    host = args.host_name or socket.gethostname()
+    overrides = flag_overrides(args.set)
+    overrides.setdefault("communication", {})["router_endpoint"] = args.hub
+    local_tree = load_tree(args.config, overrides=overrides)
+    local = build_config(local_tree)
+    comm = local.communication
+    security.configure(comm.curve, comm.keys_dir, comm.client_key)
+    reply = asyncio.run(nodeconfig.fetch(comm, host=host, timeout=comm.message_timeout))
+    config, ignored = nodeconfig.node_config(reply.config, local_tree, router=args.hub,
+                                             pub_port=reply.pub_port, sub_port=reply.sub_port)
+    config.communication.token = comm.token
+    for setting in ignored:
+        print(f"ccaa node: {setting} in this host's config is not used: the hub's "
+              "configuration decides it", file=sys.stderr)
+    problems = nodeconfig.role_problems(config)
+    if problems:
+        print("ccaa node: this host cannot run what it is asked to:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    env = _env_overrides([item for item in args.set])
+    found = stack.node(config, args.config, env, host, args.timeout,
+                       progress=lambda line: print(f"  ... {line}", file=sys.stderr, flush=True))
+    agents = [p for p in found.peers if p.kind == PeerKind.AGENT and p.host == host]
+    print(f"node {host} is up, attached to hub {found.hub_id} at {args.hub}")
+    for role, rc in config.agent_hierarchy.items():
+        mine = sum(1 for a in agents if a.role == role)
+        if rc.count or mine:
+            print(f"  {role:<12} {mine} agent(s)")
+    print(f"  config           {config.data_path() / nodeconfig.EFFECTIVE_FILE}")
+    print(f"  logs             {stack.run_dir(config) / 'logs'}")
+    print("  stop it with     ccaa down" + (f" --config {args.config}" if args.config else ""))
     return 0
 
 
@@ -397,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         return model_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging("error")
-    handlers = {"demo": cmd_demo, "up": cmd_up, "down": cmd_down, "status": cmd_status,
+    handlers = {"demo": cmd_demo, "up": cmd_up, "node": cmd_node, "down": cmd_down, "status": cmd_status,
                 "submit": cmd_submit, "show": cmd_show, "sessions": cmd_sessions,
                 "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
                 "backup": cmd_backup, "restore": cmd_restore}

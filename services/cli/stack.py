@@ -28,8 +28,9 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def supervisord_conf() -> Path:
-    conf = project_root() / "supervisord.conf"
+def supervisord_conf(node: bool = False) -> Path:
+    """The stack's supervisord.conf, or a node's (deploy/node.supervisord.conf)."""
+    conf = project_root() / ("deploy/node.supervisord.conf" if node else "supervisord.conf")
     if not conf.is_file():
         raise SystemExit(f"ccaa: {conf} is missing; run ccaa from its source checkout")
     return conf
@@ -116,23 +117,27 @@ def expected_agents(config: SystemConfig) -> int:
 
 
 async def wait_ready(config: SystemConfig, timeout: float, pid: int,
-                     progress: Callable[[str], None] | None = None) -> RegistryListReply:
-    """Wait until every service and the configured agents have registered, reporting what
-    is still missing as it changes; fail early if supervisord or a program dies."""
+                     progress: Callable[[str], None] | None = None,
+                     services: list[str] | None = None, host: str = "",
+                     what: str = "ccaa up", exited_is_final: bool = False) -> RegistryListReply:
+    """Wait until ``services`` (default: the stack's, with this host's controller) and the
+    configured agents (of ``host`` if given) have registered, reporting what is still
+    missing as it changes; fail early if supervisord or a program dies."""
     deadline = time.monotonic() + timeout
     want_agents = expected_agents(config)
     # this host's controller is named after it (other hosts' controllers do not count)
-    want = [controller_name(socket.gethostname()) if s == CONTROLLER else s
-            for s in BUS_SERVICES]
+    want = services or [controller_name(socket.gethostname()) if s == CONTROLLER else s
+                        for s in BUS_SERVICES]
+    total = len(want) + (0 if services else 1)  # the hub counts as a service of the stack
     last: RegistryListReply | None = None
     said = ""
     bus: BusClient | None = None
     try:
         while time.monotonic() < deadline:
             if not _alive(pid):
-                raise SystemExit("ccaa up: supervisord exited; see "
+                raise SystemExit(f"{what}: supervisord exited; see "
                                  + str(run_dir(config) / "supervisord.log"))
-            problems = _starting_problems(config)
+            problems = _starting_problems(config, what, exited_is_final)
             try:
                 if bus is None:
                     bus = await BusClient(config.communication, connect_timeout=2.0).__aenter__()
@@ -144,11 +149,12 @@ async def wait_ready(config: SystemConfig, timeout: float, pid: int,
                 status = "waiting for the hub"
             else:
                 names = {p.name for p in last.peers if p.kind == PeerKind.SERVICE}
-                agents = [p for p in last.peers if p.kind == PeerKind.AGENT]
+                agents = [p for p in last.peers if p.kind == PeerKind.AGENT
+                          and (not host or p.host == host)]
                 if set(want) <= names and len(agents) >= want_agents:
                     return last
-                status = (f"services {len(names & set(want)) + 1}/{len(SERVICES)}, "
-                          f"agents {len(agents)}/{want_agents}")
+                have = len(names & set(want)) + total - len(want)
+                status = f"services {have}/{total}, agents {len(agents)}/{want_agents}"
             if problems:
                 status = "; ".join([status, *problems])
             if progress is not None and status != said:
@@ -159,8 +165,8 @@ async def wait_ready(config: SystemConfig, timeout: float, pid: int,
         if bus is not None:
             await bus.close()
     have = sorted(p.name for p in last.peers) if last else []
-    why = "".join(f"\n  {p}" for p in _starting_problems(config))
-    raise SystemExit(f"ccaa up: not every service registered within {timeout:g}s "
+    why = "".join(f"\n  {p}" for p in _starting_problems(config, what, exited_is_final))
+    raise SystemExit(f"{what}: not every service registered within {timeout:g}s "
                      f"(registered: {', '.join(have) or 'none'}); logs in "
                      f"{run_dir(config)/'logs'}{why}")
 
@@ -191,15 +197,19 @@ def _last_line(config: SystemConfig, program: str) -> str:
         return lines[-1]
 
 
-def _starting_problems(config: SystemConfig) -> list[str]:
+def _starting_problems(config: SystemConfig, what: str = "ccaa up",
+                       exited_is_final: bool = False) -> list[str]:
     """Programs supervisord is restarting (BACKOFF: it keeps retrying them), with the last
-    thing each logged; a FATAL program (it gave up) ends the wait at once."""
+    thing each logged; a FATAL program (it gave up), or with ``exited_is_final`` one that
+    exited (a node's controller that was refused), ends the wait at once."""
     problems = []
     for program, state in program_states(config).items():
+        if state == "EXITED" and exited_is_final:
+            raise SystemExit(f"{what}: {program} exited: {_last_line(config, program)}")
         if state == "FATAL":
             log = run_dir(config) / "logs" / f"{program}.log"
             tail = log.read_text()[-1500:] if log.exists() else "(no log)"
-            raise SystemExit(f"ccaa up: {program} is {state}; last lines of {log}:\n{tail}")
+            raise SystemExit(f"{what}: {program} is {state}; last lines of {log}:\n{tail}")
         if state == "BACKOFF":
             problems.append(f"{program} is restarting: {_last_line(config, program)}")
     return problems
@@ -207,35 +217,63 @@ def _starting_problems(config: SystemConfig) -> list[str]:
 
 def up(config: SystemConfig, config_file: str | None, env_overrides: dict[str, str],
        timeout: float, progress: Callable[[str], None] | None = None) -> RegistryListReply:
-    rdir = run_dir(config)
-    (rdir / "logs").mkdir(parents=True, exist_ok=True)
     pid = supervisord_pid(config)
     if pid is None:
-        stopped = stop_orphans(config)
-        if stopped and progress is not None:
-            progress(f"supervisord had died; stopped {len(stopped)} process(es) it left "
-                     f"running: {', '.join(stopped)}")
+        _clean_up_after_a_dead_supervisord(config, progress)
         try:
             other = asyncio.run(registry(config, timeout=1.0))
         except (RequestTimeout, RequestFailed, ConnectionError):
             other = None
         if other is not None:
             raise SystemExit(f"ccaa up: a hub ({other.hub_id}) already answers at "
-                             f"{config.communication.router()}, not run from {rdir}; "
-                             "stop it first or use other endpoints")
+                             f"{config.communication.router()}, not run from "
+                             f"{run_dir(config)}; stop it first or use other endpoints")
         if not config.communication.token:  # other local users cannot join the bus
             config.communication.token = ensure_bus_token(config)
-        env = stack_env(config, config_file, env_overrides)
-        proc = subprocess.run(["supervisord", "-c", str(supervisord_conf())], env=env,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"ccaa up: supervisord failed: {proc.stderr.strip() or proc.stdout}")
-        deadline = time.monotonic() + 10
-        while (pid := supervisord_pid(config)) is None:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"ccaa up: supervisord did not start; see {rdir}/supervisord.log")
-            time.sleep(0.05)
+        pid = start_supervisord(config, stack_env(config, config_file, env_overrides),
+                                supervisord_conf(), "ccaa up")
     return asyncio.run(wait_ready(config, timeout, pid, progress))
+
+
+def _clean_up_after_a_dead_supervisord(config: SystemConfig,
+                                       progress: Callable[[str], None] | None) -> None:
+    stopped = stop_orphans(config)
+    if stopped and progress is not None:
+        progress(f"supervisord had died; stopped {len(stopped)} process(es) it left "
+                 f"running: {', '.join(stopped)}")
+
+
+def start_supervisord(config: SystemConfig, env: dict[str, str], conf: Path, what: str) -> int:
+    """Start supervisord on ``conf``; its pid once it runs."""
+    rdir = run_dir(config)
+    (rdir / "logs").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["supervisord", "-c", str(conf)], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what}: supervisord failed: {proc.stderr.strip() or proc.stdout}")
+    deadline = time.monotonic() + 10
+    while (pid := supervisord_pid(config)) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: supervisord did not start; see {rdir}/supervisord.log")
+        time.sleep(0.05)  # wait-ok: polling for the pid file under a deadline
+    return pid
+
+
+def node(config: SystemConfig, config_file: str | None, env_overrides: dict[str, str],
+         host: str, timeout: float,
+         progress: Callable[[str], None] | None = None) -> RegistryListReply:
+    """Start this host's node (its controller under supervisord, deploy/node.supervisord.conf)
+    and wait until the controller and its agents registered with the hub."""
+    pid = supervisord_pid(config)
+    if pid is None:
+        _clean_up_after_a_dead_supervisord(config, progress)
+        env = stack_env(config, config_file, env_overrides)
+        env["CCAA_NODE_HOST"] = host
+        env["CCAA_COMMUNICATION__ROUTER_ENDPOINT"] = config.communication.router()
+        pid = start_supervisord(config, env, supervisord_conf(node=True), "ccaa node")
+    return asyncio.run(wait_ready(config, timeout, pid, progress,
+                                  services=[controller_name(host)], host=host,
+                                  what="ccaa node", exited_is_final=True))
 
 
 def _alive(pid: int) -> bool:

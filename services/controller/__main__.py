@@ -11,7 +11,11 @@ import time
 from typing import Awaitable, Callable
 
 import psutil
-from libs.peer import RequestFailed, RequestTimeout
+from libs import nodeconfig
+from libs.config import ConfigError, load_tree
+from libs.log import get_logger
+from libs.peer import RegistrationRefused, RequestFailed, RequestTimeout
+from libs.runner import overrides_from_args
 from protocols.peer import CONTROLLER, PeerHeartbeat, PeerKind, RegistryList, controller_name
 from protocols.task import QueueStats
 from services.controller import scaling
@@ -38,7 +42,48 @@ def parser() -> argparse.ArgumentParser:
                       "agent that dies. One per host, registered as controller@HOST.")
     p.add_argument("--host-name", default=socket.gethostname(),
                    help="this host's name: in the controller's and agents' names")
+    p.add_argument("--node", action="store_true",
+                   help="a node of a hub on another host (ccaa node): take role definitions "
+                        "and the rest from the hub's configuration, this host's own settings "
+                        "only for its counts, limits, scaling, metrics and connection")
     return p
+
+
+#: exit code when the hub's configuration and this node's cannot make a runnable node
+EXIT_NODE_CONFIG = 2
+
+
+async def node_setup(args: argparse.Namespace, config: SystemConfig) -> SystemConfig:
+    """This node's effective configuration, from the hub's (asked for until the hub
+    answers), written for its agents. Raises ConfigError for a node that cannot run."""
+    log = get_logger(controller_name(args.host_name))
+    local = load_tree(args.config, os.environ, overrides_from_args(args))
+    comm = config.communication
+    while True:
+        try:
+            reply = await nodeconfig.fetch(comm, host=args.host_name,
+                                           name=controller_name(args.host_name),
+                                           kind=PeerKind.SERVICE, timeout=comm.message_timeout)
+            break
+        except (RequestTimeout, RequestFailed, ConnectionError) as exc:
+            log.warning("node.hub_unreachable", hub=comm.router(), error=str(exc))
+            await asyncio.sleep(comm.heartbeat_interval)  # then ask again
+    effective, ignored = nodeconfig.node_config(
+        reply.config, local, router=comm.router(), pub_port=reply.pub_port,
+        sub_port=reply.sub_port)
+    for setting in ignored:
+        log.warning("node.setting_ignored", setting=setting,
+                    reason="the hub's configuration decides it")
+    problems = nodeconfig.role_problems(effective)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    effective.communication.token = comm.token
+    path = effective.data_path() / nodeconfig.EFFECTIVE_FILE
+    nodeconfig.write_effective(effective, path)
+    log.info("node.configured", hub_id=reply.hub_id, config=str(path),
+             roles={r: c.count for r, c in effective.agent_hierarchy.items()})
+    args.config, args.set = str(path), []  # what the agents are started with
+    return effective
 
 
 def agent_args(args: argparse.Namespace, config: SystemConfig, slot: Slot) -> list[str]:
@@ -110,6 +155,15 @@ async def scale_once(ctx: ServiceContext, config: SystemConfig, pool: AgentPool,
 
 
 async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
+    environ = None
+    if args.node:
+        try:
+            config = await node_setup(args, config)
+        except (ConfigError, RegistrationRefused) as exc:
+            get_logger(controller_name(args.host_name)).error("node.refused", message=str(exc))
+            return EXIT_NODE_CONFIG
+        environ = nodeconfig.agent_environ(os.environ)
+
     async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
         ctx.peer.host = args.host_name
         metrics = PoolMetrics(ctx.registry, list(config.agent_hierarchy))
@@ -120,7 +174,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
             ctx.events.publish(f"pool.{event}", PeerEvent(name=slot.name, kind="agent",
                                                           role=slot.role, state=event))
 
-        pool = AgentPool(lambda slot: agent_args(args, config, slot), ctx.log,
+        pool = AgentPool(lambda slot: agent_args(args, config, slot), ctx.log, env=environ,
                          log_dir=log_dir, on_change=on_change)
         total = 0
         for role, rc in config.agent_hierarchy.items():

@@ -12,6 +12,7 @@ import zmq
 
 from libs import security
 from libs.config import SystemConfig
+from libs.nodeconfig import shared_config
 from libs.http import HttpServer, metrics_route
 from libs.log import get_logger
 from libs.metrics import new_registry
@@ -20,6 +21,11 @@ from libs.zmqio import Pump, bind, context, socket
 from services.hub.proxy import INPROC, EventProxy
 from services.hub.service import Hub
 
+
+
+def port_of(endpoint: str) -> int:
+    tail = endpoint.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
@@ -69,6 +75,8 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
               log=log)
     if auth is not None:
         hub.keyring = auth.keyring
+    hub.shared_config = shared_config(config)
+    hub.event_ports = (port_of(proxy.pub_endpoint), port_of(proxy.sub_endpoint))
     pump = Pump(router, hub.on_frames, user_ids=auth is not None)
 
     port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get("hub", 0)

@@ -10,7 +10,7 @@ import hmac
 import os
 import time
 import uuid
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -24,6 +24,7 @@ from protocols.base import Body
 from protocols.codec import decode_body, peek_header
 from protocols.events import KEYS_TOPIC, KeysChanged, PeerEvent, peer_topic
 from protocols.header import HUB, Header
+from protocols.node import NodeConfigGet, NodeConfigReply
 from protocols.peer import (
     Error,
     PeerDisconnect,
@@ -83,7 +84,12 @@ class Hub:
             PeerHeartbeat.TYPE: self._on_heartbeat,
             PeerDisconnect.TYPE: self._on_disconnect,
             RegistryList.TYPE: self._on_registry_list,
+            NodeConfigGet.TYPE: self._on_node_config,
         }
+        #: what node.config answers: the central configuration without secrets, and the
+        #: ports the event sockets listen on (set by the hub's main)
+        self.shared_config: dict[str, Any] = {}
+        self.event_ports = (0, 0)
 
     # ---- frames in --------------------------------------------------------------------
 
@@ -240,6 +246,13 @@ class Hub:
                  if body.kind is None or e.kind == body.kind]
         peers.sort(key=lambda p: (p.kind.value, p.name))
         self._reply(identity, header, RegistryListReply(hub_id=self.hub_id, hub_pid=os.getpid(), peers=peers))
+
+    def _on_node_config(self, identity: bytes, header: Header, body: Body, entry: PeerEntry | None) -> None:
+        assert isinstance(body, NodeConfigGet) and entry is not None
+        self.log.info("node.config", peer=entry.name, host=safe(body.host))
+        self._reply(identity, header, NodeConfigReply(
+            hub_id=self.hub_id, config=self.shared_config, pub_port=self.event_ports[0],
+            sub_port=self.event_ports[1]))
 
     # ---- liveness ---------------------------------------------------------------------
 

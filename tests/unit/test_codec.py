@@ -25,6 +25,7 @@ from protocols import (
 from protocols.audit import AuditQuery, AuditRecord, AuditReply
 from protocols.base import Body
 from protocols.events import KeysChanged
+from protocols.node import NodeConfigGet, NodeConfigReply
 from protocols.codec import peek_header
 from protocols.command import (
     CommandAccepted,
@@ -122,6 +123,9 @@ SAMPLES: dict[str, Body] = {
                  metrics_url="http://h/metrics", registered_at=1.5, last_seen_ago=0.25),
         PeerInfo(name="orchestrator", kind=PeerKind.SERVICE),
     ]),
+    "node.config": NodeConfigGet(host="node-b"),
+    "node.config_reply": NodeConfigReply(hub_id="hub-abc", pub_port=5556, sub_port=5557,
+                                         config={"agent_hierarchy": {"worker": {"count": 2}}}),
     "command.submit": _submit(),
     "command.accepted": CommandAccepted(session_id="sess-1", type=CommandType.RUN,
                                         classification="given"),

@@ -1,0 +1,150 @@
+"""`ccaa node`: a second host's controller and agent pools under their own supervisord,
+attached to a hub by its address alone, configured by the hub's configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import _alive
+from tests.integration.test_stack_e2e import ccaa
+
+CENTRAL = """
+data_dir = "{data}"
+[communication]
+hub_host = "127.0.0.1"
+hub_port = {hub}
+pub_port = {pub}
+sub_port = {sub}
+heartbeat_interval = 0.3
+[metrics.ports]
+hub = 0
+commands = 0
+orchestrator = 0
+distributor = 0
+controller = 0
+[reporting]
+http_port = 0
+[agent_hierarchy.worker]
+count = 0
+executor = "command"
+command = ["bash", "-c", "echo defined-on-the-hub; {{prompt}}"]
+[agent_hierarchy.architect]
+count = 0
+[agent_hierarchy.manager]
+count = 0
+[agent_hierarchy.utility]
+count = 0
+"""
+
+NODE = """
+data_dir = "{data}"
+[metrics]
+host = "127.0.0.1"
+advertise_host = "node-b.example"
+agent_ports = "{first}-{last}"
+[metrics.ports]
+controller = 0
+[agent_hierarchy.worker]
+count = 2
+command = ["bash", "-c", "echo defined-on-the-node; {{prompt}}"]
+"""
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tree_of(pidfile: Path) -> list[int]:
+    sup = psutil.Process(int(pidfile.read_text()))
+    return [sup.pid] + [c.pid for c in sup.children(recursive=True)]
+
+
+@pytest.mark.timeout(240)
+def test_a_node_runs_the_hubs_roles_on_its_own_pools_and_stops_alone(tmp_path):
+    hub, pub, sub = free_ports(3)
+    central = tmp_path / "central.toml"
+    central.write_text(CENTRAL.format(data=tmp_path / "central", hub=hub, pub=pub, sub=sub))
+    first = free_ports(1)[0]
+    node = tmp_path / "node.toml"
+    node.write_text(NODE.format(data=tmp_path / "node", first=first, last=first + 20))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    central_pids: list[int] = []
+    node_pids: list[int] = []
+    try:
+        up = ccaa("up", config=central)
+        assert up.returncode == 0, up.stdout + up.stderr
+        central_pids = tree_of(tmp_path / "central" / "run" / "supervisord.pid")
+        # the node needs the hub's address and its token, nothing else of the hub's config
+        (tmp_path / "node").mkdir()
+        token = (tmp_path / "central" / "bus.token").read_text()
+        (tmp_path / "node" / "bus.token").write_text(token)
+
+        # a role the hub does not define: refused before anything starts
+        bad = ccaa("node", "--hub", f"tcp://127.0.0.1:{hub}", "--host-name", "node-b",
+                   "--set", "agent_hierarchy.gpu.count=1", config=node)
+        assert bad.returncode == 2, bad.stdout + bad.stderr
+        assert "role 'gpu'" in bad.stderr and "does not define" in bad.stderr, bad.stderr
+        assert not (tmp_path / "node" / "run" / "supervisord.pid").exists()
+
+        started = ccaa("node", "--hub", f"tcp://127.0.0.1:{hub}", "--host-name", "node-b",
+                       config=node)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "node node-b is up" in started.stdout and "worker       2 agent(s)" in started.stdout
+        assert "agent_hierarchy.worker.command in this host's config is not used" in started.stderr
+        node_pids = tree_of(tmp_path / "node" / "run" / "supervisord.pid")
+        assert len(node_pids) == 1 + 1 + 2  # supervisord, the controller, two workers
+        effective = json.loads((tmp_path / "node" / "node-config.json").read_text())
+        assert effective["communication"]["sub_endpoint"] == f"tcp://127.0.0.1:{sub}"
+        assert token.strip() not in json.dumps(effective)
+
+        status = ccaa("status", "--json", config=central)
+        peers = json.loads(status.stdout)["peers"]
+        by_name = {p["name"]: p for p in peers}
+        assert "controller@node-b" in by_name
+        workers = [p for p in peers if p["kind"] == "agent"]
+        assert sorted(p["name"] for p in workers) == ["agent-worker-node-b-1",
+                                                        "agent-worker-node-b-2"]
+        for p in workers:  # /metrics in the node's range, at the address it advertises
+            assert p["host"] == "node-b"
+            head, port = p["metrics_url"].removesuffix("/metrics").rsplit(":", 1)
+            assert head == "http://node-b.example" and first <= int(port) <= first + 20
+        table = ccaa("status", config=central).stdout
+        assert "host node-b: " in table
+
+        # the work runs on the node with the role as the hub defines it
+        run = ccaa("submit", "RUN", "echo done > out.txt", "--repo", str(repo), "--wait",
+                   "--wait-timeout", "60", config=central)
+        assert run.returncode == 0, run.stdout + run.stderr
+        sid = run.stdout.split()[1]
+        task = json.loads(ccaa("show", sid, "--json", config=central).stdout)["tasks"][0]
+        logs = ccaa("logs", task["task_id"], config=central).stdout
+        assert "defined-on-the-hub" in logs and "defined-on-the-node" not in logs, logs
+        assert "agent-worker-node-b-" in logs
+
+        # `ccaa down` with the node's config stops the node, and only the node
+        down = ccaa("down", config=node)
+        assert down.returncode == 0 and "ccaa is down" in down.stdout, down.stderr
+        assert [p for p in node_pids if _alive(p)] == []
+        assert all(_alive(p) for p in central_pids)
+        again = ccaa("status", config=central)
+        assert again.returncode == 0 and "controller@node-b" not in again.stdout
+    finally:
+        for config, pids in ((node, node_pids), (central, central_pids)):
+            ccaa("down", config=config)
+            for pid in pids:
+                if _alive(pid):
+                    os.kill(pid, 9)
