@@ -179,6 +179,29 @@ class AutoScalingConfig(_Section):
                                           "stays idle before it is stopped")
 
 
+class CodeTransferConfig(_Section):
+    """How agents get a session's repository. The repository stays on the orchestrator's
+    host; an agent whose host cannot see it gets the commits it needs over the bus (git
+    bundles in chunks, into a per-host cache each later task updates incrementally) and
+    sends its task's branch back as ``ccaa/<session>/<task>``."""
+
+    mode: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: use the repository in place when this host has it (same "
+        "path, the base commit present), else transfer; always: transfer even when the path "
+        "is visible (one machine can test the many-host path); never: the path must be "
+        "visible (a shared filesystem)")
+    chunk_kb: int = Field(256, ge=4, le=1024, description="KiB per chunk")
+    credit: int = Field(8, ge=1, le=64, description="chunks in flight per transfer (the "
+                        "receiver asks for more as each arrives, so a large repository "
+                        "never floods the hub or delays other traffic)")
+    cache_dir: str = Field("", description="this host's repository caches (default "
+                           "DATA_DIR/repos)")
+    max_transfers: int = Field(16, ge=1, description="bundles the orchestrator keeps ready "
+                               "at once (more wait for one to be released)")
+    transfer_idle: float = Field(300.0, gt=0, description="seconds an unreleased transfer "
+                                 "is kept after its last use")
+
+
 class MetricsConfig(_Section):
     host: str = Field("127.0.0.1", description="address each service's /metrics binds")
     ports: dict[str, int] = Field(
@@ -278,6 +301,7 @@ class SystemConfig(_Section):
     reporting: ReportingConfig = ReportingConfig()
     auto_scaling: AutoScalingConfig = AutoScalingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    code_transfer: CodeTransferConfig = CodeTransferConfig()
     agent_hierarchy: dict[str, RoleConfig] = Field(default_factory=_default_hierarchy)
     gates: dict[str, GateConfig] = Field(
         default_factory=_default_gates,

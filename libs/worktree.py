@@ -123,6 +123,19 @@ def _registered(repo: str) -> dict[str, str]:
     return out
 
 
+def remove_worktrees_of(repo: str, branch: str) -> list[str]:
+    """Remove the worktrees that have ``branch`` checked out (their changes go); return
+    their paths."""
+    with locked(repo):
+        gone = [path for path, b in _registered(repo).items() if b == branch]
+        for path in gone:
+            git(repo, "worktree", "remove", "--force", path, check=False)
+            shutil.rmtree(path, ignore_errors=True)
+        if gone:
+            git(repo, "worktree", "prune", check=False)
+    return gone
+
+
 @contextmanager
 def locked(repo: str) -> Iterator[None]:
     """Hold the repository's worktree lock: git's ``worktree add`` writes

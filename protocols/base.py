@@ -12,3 +12,5 @@ class Body(BaseModel):
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
     TYPE: ClassVar[str] = ""
+    #: fields of type bytes: sent as raw bytes (msgpack bin), not as JSON text
+    BINARY: ClassVar[tuple[str, ...]] = ()

@@ -43,10 +43,20 @@ def _pack(obj: dict[str, Any]) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+def body_values(body: Body) -> dict[str, Any]:
+    """The body as msgpack values: JSON-compatible, except its ``BINARY`` fields, which
+    travel as raw bytes (msgpack bin), not as text."""
+    if not body.BINARY:
+        return body.model_dump(mode="json")
+    values = body.model_dump(mode="json", exclude=set(body.BINARY))
+    values.update({name: getattr(body, name) for name in body.BINARY})
+    return values
+
+
 def encode(header: Header, body: Body) -> list[bytes]:
     if header.type != body.TYPE:
         raise ValueError(f"header type {header.type!r} does not match body {body.TYPE!r}")
-    frames = [_pack(header.model_dump()), _pack(body.model_dump(mode="json"))]
+    frames = [_pack(header.model_dump()), _pack(body_values(body))]
     size = len(frames[0]) + len(frames[1])
     if size > MAX_MESSAGE_SIZE:
         raise ProtocolError(

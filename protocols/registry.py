@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocols import audit, command, events, node, peer, task
+from protocols import audit, command, events, node, peer, repo, task
 from protocols.base import Body
 from protocols.errors import ErrorCode, ProtocolError
 
@@ -17,6 +17,15 @@ _MODELS: list[type[Body]] = [
     peer.RegistryListReply,
     node.NodeConfigGet,
     node.NodeConfigReply,
+    repo.RepoFetch,
+    repo.RepoOffer,
+    repo.RepoChunkGet,
+    repo.RepoChunk,
+    repo.RepoRelease,
+    repo.RepoPush,
+    repo.RepoPushChunk,
+    repo.RepoPushDone,
+    repo.RepoPushed,
     command.CommandSubmit,
     command.CommandAccepted,
     command.CommandStatus,

@@ -15,6 +15,7 @@ from libs.runner import common_parser, run_main
 from libs.service import EXIT_UNREACHABLE, ServiceContext, run_service
 from protocols.peer import PeerKind
 from services.agent.executors.factory import executor_factory
+from services.agent.code import CodeSource
 from services.agent.service import Agent
 
 
@@ -62,8 +63,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         peer.role = args.role
         peer.capacity = args.capacity or role.capacity
         peer.capabilities = sorted(set(role.capabilities) | set(args.capability))
+        code = CodeSource(config, peer.request, ctx.log)
         agent = Agent(peer, ctx.events, make_executor, ctx.registry,
-                      config.orchestrator.result_resend_interval, ctx.log)
+                      config.orchestrator.result_resend_interval, ctx.log, code)
         for type_, handler in agent.handlers.items():
             peer.on(type_, handler)
         loops = [asyncio.ensure_future(agent.resend_loop(ctx.stop))]

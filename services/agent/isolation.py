@@ -8,6 +8,9 @@ import os
 from dataclasses import dataclass
 
 from libs import worktree
+from libs.peer import RequestFailed, RequestTimeout
+from libs.transfer import TransferError
+from services.agent.code import remove_worktree
 from services.agent.executors.base import RunContext
 
 
@@ -16,13 +19,27 @@ class Workspace:
     run_dir: str
     base: str  # commit the changes are measured from ("" outside git)
     wt: worktree.Worktree | None
+    transferred: bool = False  # made from this host's cache: the branch goes back
 
 
 async def prepare(ctx: RunContext, root: str | None, setup: str = "",
                   setup_timeout: float = worktree.SETUP_TIMEOUT) -> Workspace:
-    """The directory to run in. Raises RuntimeError when the worktree cannot be made."""
+    """The directory to run in: the task's worktree, made from the session's repository
+    or (code over the bus) this host's cache of it. Raises RuntimeError when there is
+    none to be had."""
     spec = ctx.spec
     cwd = os.path.abspath(spec.cwd or os.getcwd())
+    transferred = False
+    if ctx.code is not None:
+        try:
+            source = await ctx.code.checkout(spec, ctx.progress)
+        except (RequestFailed, RequestTimeout, TransferError) as exc:
+            raise RuntimeError(f"the repository could not be fetched over the bus: "
+                               f"{exc}") from None
+        cwd, transferred = source.repo, source.transferred
+        ctx.data["code"] = "transferred" if transferred else "in place"
+    if not os.path.isdir(cwd):
+        raise RuntimeError(f"working directory {cwd} does not exist on this host")
     is_repo = await asyncio.to_thread(worktree.is_git_repo, cwd)
     wt = None
     if spec.isolate and is_repo:
@@ -40,7 +57,7 @@ async def prepare(ctx: RunContext, root: str | None, setup: str = "",
     if is_repo:
         base = (wt.base if wt else spec.base_commit) or \
             await asyncio.to_thread(worktree.head, run_dir)
-    return Workspace(run_dir, base, wt)
+    return Workspace(run_dir, base, wt, transferred)
 
 
 def record_changes(ctx: RunContext, ws: Workspace, status: str) -> None:
@@ -68,3 +85,22 @@ async def finish(ctx: RunContext, ws: Workspace, status: str) -> None:
         await asyncio.to_thread(record_changes, ctx, ws, status)
     except RuntimeError as exc:
         ctx.data["git_error"] = str(exc)
+        if ws.transferred:
+            ctx.data["code_error"] = f"the task's work could not be committed: {exc}"
+        return
+    if ws.transferred and ws.wt is not None and ctx.code is not None:
+        commit = ctx.data.get("commit", "")
+        try:
+            sent = await ctx.code.send_back(ctx.spec, ws.wt.repo, ws.wt.branch, ws.base, commit)
+        except (RequestFailed, RequestTimeout, TransferError, RuntimeError) as exc:
+            ctx.data["code_error"] = f"the branch {ws.wt.branch} could not be sent back: {exc}"
+            return
+        finally:
+            try:
+                await asyncio.to_thread(remove_worktree, ws.wt.repo, ws.wt.branch)
+            except RuntimeError as exc:
+                ctx.data["git_error"] = f"removing the worktree: {exc}"
+        ctx.data["sent_bytes"] = sent
+        if sent:
+            ctx.progress("code", f"sent {ws.wt.branch} back ({sent} bytes)",
+                         {"sent_bytes": sent, "branch": ws.wt.branch})

@@ -43,8 +43,9 @@ class Running:
 class Agent:
     def __init__(self, peer: Peer, events: EventPublisher, executor_for: ExecutorFactory,
                  registry: CollectorRegistry, resend_interval: float = 2.0,
-                 log: EventLogger | None = None):
+                 log: EventLogger | None = None, code: Any = None):
         self.peer = peer
+        self.code = code  # services.agent.code.CodeSource: repositories over the bus
         self.events = events
         self.executor_for = executor_for
         self.resend_interval = resend_interval
@@ -91,7 +92,8 @@ class Agent:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, f"cannot run this task: {exc}") from None
         ctx = RunContext(spec=spec, agent_id=self.name,
                          progress=lambda kind, summary, data: self._progress(spec, kind,
-                                                                             summary, data))
+                                                                             summary, data),
+                         code=self.code)
         task = asyncio.ensure_future(self._run(executor, ctx))
         self.owners[spec.attempt_id] = spec.owner
         self.running[spec.attempt_id] = Running(spec, ctx, task, time.monotonic())
@@ -139,6 +141,11 @@ class Agent:
         except Exception as exc:
             self.log.exception("executor.failed", task=spec.task_id)
             result = ExecutionResult(Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+        if ctx.data.get("code_error") and result.outcome == Outcome.SUCCEEDED:
+            # the work is done but its branch never reached the repository's host: the
+            # owner could not gate or merge it, so the attempt fails (and is retried)
+            result = ExecutionResult(Outcome.FAILED, exit_code=result.exit_code,
+                                     error=ctx.data["code_error"])
         if self.stopping and result.outcome in (Outcome.FAILED, Outcome.CANCELLED):
             # its processes died with the agent (a signal to the whole group): not the
             # task's fault, so the owner runs it again

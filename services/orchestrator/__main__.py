@@ -15,6 +15,7 @@ from libs.service import ServiceContext, run_service
 from protocols import Message
 from protocols.events import KEYS_TOPIC
 from services.orchestrator.maintenance import Maintenance
+from services.orchestrator.repo_server import RepoServer
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.store import Store
 
@@ -38,6 +39,18 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         store = Store(db)
         orch = Orchestrator(config, store, ctx.peer, ctx.events, ctx.registry, ctx.log)
         for type_, handler in orch.handlers.items():
+            ctx.peer.on(type_, handler)
+
+        def repo_of(session_id: str) -> str | None:
+            row = store.session(session_id)
+            return row["repo"] if row is not None and row["base_commit"] else None
+
+        def has_task(session_id: str, task_id: str) -> bool:
+            task = store.task(task_id)
+            return task is not None and task.session_id == session_id
+
+        repos = RepoServer(config, repo_of, has_task, ctx.registry, ctx.log)
+        for type_, handler in repos.handlers.items():
             ctx.peer.on(type_, handler)
 
         def on_event(topic: str, msg: Message) -> None:
@@ -91,6 +104,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
         async def shutdown() -> None:
             ticker.cancel()
+            repos.close()
             await subscriber.close()
             store.close()
 

@@ -26,6 +26,7 @@ from protocols.audit import AuditQuery, AuditRecord, AuditReply
 from protocols.base import Body
 from protocols.events import KeysChanged
 from protocols.node import NodeConfigGet, NodeConfigReply
+from protocols import repo as r
 from protocols.codec import peek_header
 from protocols.command import (
     CommandAccepted,
@@ -123,6 +124,18 @@ SAMPLES: dict[str, Body] = {
                  metrics_url="http://h/metrics", registered_at=1.5, last_seen_ago=0.25),
         PeerInfo(name="orchestrator", kind=PeerKind.SERVICE),
     ]),
+    "repo.fetch": r.RepoFetch(session_id="s1", want="a" * 40, have=["b" * 40],
+                              branch="ccaa/s1/t1"),
+    "repo.offer": r.RepoOffer(transfer_id="x1", size=300, sha256="c" * 64,
+                              refs={"refs/ccaa/transfer/x1": "a" * 40}),
+    "repo.chunk_get": r.RepoChunkGet(transfer_id="x1", offset=0, size=256),
+    "repo.chunk": r.RepoChunk(transfer_id="x1", offset=0, data=bytes(range(256))),
+    "repo.release": r.RepoRelease(transfer_id="x1"),
+    "repo.push": r.RepoPush(session_id="s1", task_id="t1", attempt_id="a1",
+                            branch="ccaa/s1/t1", commit="d" * 40, size=10, sha256="e" * 64),
+    "repo.push_chunk": r.RepoPushChunk(transfer_id="x2", offset=0, data=b"\x00\xff" * 5),
+    "repo.push_done": r.RepoPushDone(transfer_id="x2"),
+    "repo.pushed": r.RepoPushed(branch="ccaa/s1/t1", commit="d" * 40),
     "node.config": NodeConfigGet(host="node-b"),
     "node.config_reply": NodeConfigReply(hub_id="hub-abc", pub_port=5556, sub_port=5557,
                                          config={"agent_hierarchy": {"worker": {"count": 2}}}),

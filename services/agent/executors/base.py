@@ -55,6 +55,8 @@ class RunContext:
     stderr: Tail = field(default_factory=Tail)
     data: dict[str, Any] = field(default_factory=dict)
     pgid: int | None = None  # process group of the child, once started
+    #: where the repository comes from (services.agent.code.CodeSource); None: in place
+    code: Any = None
 
 
 @dataclass

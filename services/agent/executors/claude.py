@@ -262,9 +262,6 @@ class ClaudeExecutor:
 
     async def run(self, ctx: RunContext) -> ExecutionResult:
         spec = ctx.spec
-        cwd = os.path.abspath(spec.cwd or os.getcwd())
-        if not os.path.isdir(cwd):
-            return ExecutionResult(Outcome.FAILED, error=f"working directory {cwd} does not exist")
         try:
             cli = resolve_cli(self.cli_path)
         except FileNotFoundError as exc:

@@ -6,7 +6,6 @@ in a process group of its own, which is killed whole on timeout or cancel."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 
@@ -37,10 +36,6 @@ class CommandExecutor:
         self.worktree_setup = worktree_setup
 
     async def run(self, ctx: RunContext) -> ExecutionResult:
-        spec = ctx.spec
-        cwd = spec.cwd or os.getcwd()
-        if not os.path.isdir(cwd):
-            return ExecutionResult(Outcome.FAILED, error=f"working directory {cwd} does not exist")
         try:
             ws = await isolation.prepare(ctx, self.worktree_root, self.worktree_setup)
         except RuntimeError as exc:
