@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from tests.conftest import _alive
+from tests.integration.test_code_transfer import git, make_repo
 from tests.integration.test_stack_e2e import ccaa
 
 CENTRAL = """
@@ -30,6 +31,8 @@ distributor = 0
 controller = 0
 [reporting]
 http_port = 0
+[code_transfer]
+mode = "always"  # the node takes its code over the bus, as on another host
 [agent_hierarchy.worker]
 count = 0
 executor = "command"
@@ -80,8 +83,7 @@ def test_a_node_runs_the_hubs_roles_on_its_own_pools_and_stops_alone(tmp_path):
     first = free_ports(1)[0]
     node = tmp_path / "node.toml"
     node.write_text(NODE.format(data=tmp_path / "node", first=first, last=first + 20))
-    repo = tmp_path / "repo"
-    repo.mkdir()
+    repo = make_repo(tmp_path / "repo")
     central_pids: list[int] = []
     node_pids: list[int] = []
     try:
@@ -125,7 +127,8 @@ def test_a_node_runs_the_hubs_roles_on_its_own_pools_and_stops_alone(tmp_path):
         table = ccaa("status", config=central).stdout
         assert "host node-b: " in table
 
-        # the work runs on the node with the role as the hub defines it
+        # the work runs on the node with the role as the hub defines it, on code that
+        # came over the bus (the hub's code_transfer.mode), and its branch comes back
         run = ccaa("submit", "RUN", "echo done > out.txt", "--repo", str(repo), "--wait",
                    "--wait-timeout", "60", config=central)
         assert run.returncode == 0, run.stdout + run.stderr
@@ -134,6 +137,9 @@ def test_a_node_runs_the_hubs_roles_on_its_own_pools_and_stops_alone(tmp_path):
         logs = ccaa("logs", task["task_id"], config=central).stdout
         assert "defined-on-the-hub" in logs and "defined-on-the-node" not in logs, logs
         assert "agent-worker-node-b-" in logs
+        assert not (repo / "out.txt").exists()
+        assert git(repo, "show", f"ccaa/{sid}/{task['task_id']}:out.txt") == "done"
+        assert any((tmp_path / "node" / "repos").iterdir())
 
         # `ccaa down` with the node's config stops the node, and only the node
         down = ccaa("down", config=node)
