@@ -45,6 +45,9 @@ class CommunicationConfig(_Section):
                             "service uses the key named after it when keys_dir has one)")
     agent_key: str = Field("agents", description="the keypair agents use when keys_dir has "
                            "it (else client_key); `ccaa keys add NAME --role R` makes one")
+    node_key: str = Field("controller", description="the keypair this host's controller "
+                          "uses when keys_dir has it (`ccaa keys add NAME --service "
+                          "controller@HOST` binds one to its host)")
     token: str = Field("", description="secret every peer must present to register; the hub "
                        "requires it when set. Default: DATA_DIR/bus.token if it exists (ccaa "
                        "up makes one, mode 0600, so other local users cannot join); give "

@@ -26,7 +26,8 @@ LOCAL_SECTIONS = ("resources", "auto_scaling")
 #: settings only the node knows (its addresses and paths): the hub's are not used
 HOST_ONLY = ("data_dir", "metrics")
 LOCAL_COMMUNICATION = ("hub_host", "hub_port", "router_endpoint", "pub_endpoint",
-                       "sub_endpoint", "curve", "keys_dir", "client_key", "agent_key", "token")
+                       "sub_endpoint", "curve", "keys_dir", "client_key", "agent_key", "node_key",
+                       "token")
 LOCAL_ROLE = ("count", "cli_path")
 #: never sent to a node
 SECRETS = (("communication", "token"), ("reporting", "http_token"))

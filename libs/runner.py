@@ -84,7 +84,7 @@ def run_main(setup: Callable[[argparse.Namespace, SystemConfig], Awaitable[int]]
         config = config_from_args(args)
         comm = config.communication
         own = parser.prog.removeprefix("ccaa-")  # a service's own key, if keys_dir has it
-        own = comm.agent_key if own == "agent" else own
+        own = {"agent": comm.agent_key, "controller": comm.node_key}.get(own, own)
         security.configure(comm.curve, comm.keys_dir,
                            security.key_for(comm.keys_dir, own, comm.client_key))
     except (ConfigError, security.KeyError_) as exc:

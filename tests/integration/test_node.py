@@ -154,3 +154,55 @@ def test_a_node_runs_the_hubs_roles_on_its_own_pools_and_stops_alone(tmp_path):
             for pid in pids:
                 if _alive(pid):
                     os.kill(pid, 9)
+
+
+@pytest.mark.timeout(240)
+def test_a_curve_node_registers_with_keys_bound_to_its_host(tmp_path):
+    """The README's walk-through: the hub's host makes a controller key and an agents key
+    for host node-b; the node uses them (communication.node_key, agent_key)."""
+    hub, pub, sub = free_ports(3)
+    keys = tmp_path / "keys"
+    central = tmp_path / "central.toml"
+    central.write_text(CENTRAL.format(data=tmp_path / "central", hub=hub, pub=pub, sub=sub)
+                       .replace("[communication]\n", f'[communication]\ncurve = true\n'
+                                                     f'keys_dir = "{keys}"\n'))
+    node = tmp_path / "node.toml"
+    first = free_ports(1)[0]
+    node.write_text(NODE.format(data=tmp_path / "node", first=first, last=first + 20)
+                    + f'[communication]\ncurve = true\nkeys_dir = "{keys}"\n'
+                      'node_key = "node-b"\nagent_key = "agents-b"\n')
+    for args in (("keys", "init"), ("keys", "add", "node-b", "--service", "controller@node-b"),
+                 ("keys", "add", "agents-b", "--role", "any", "--host", "node-b")):
+        made = ccaa(*args, config=central)
+        assert made.returncode == 0, made.stderr
+    central_pids: list[int] = []
+    node_pids: list[int] = []
+    try:
+        up = ccaa("up", config=central)
+        assert up.returncode == 0, up.stdout + up.stderr
+        central_pids = tree_of(tmp_path / "central" / "run" / "supervisord.pid")
+        (tmp_path / "node").mkdir()
+        (tmp_path / "node" / "bus.token").write_text(
+            (tmp_path / "central" / "bus.token").read_text())
+        # under another host's name these keys are refused: they are node-b's
+        wrong = ccaa("node", "--hub", f"tcp://127.0.0.1:{hub}", "--host-name", "node-c",
+                     "--timeout", "20", config=node)
+        assert wrong.returncode != 0
+        assert "may register only as service controller@node-b" in wrong.stderr, wrong.stderr
+        ccaa("down", config=node)
+        started = ccaa("node", "--hub", f"tcp://127.0.0.1:{hub}", "--host-name", "node-b",
+                       config=node)
+        assert started.returncode == 0, started.stdout + started.stderr
+        node_pids = tree_of(tmp_path / "node" / "run" / "supervisord.pid")
+        audit = ccaa("audit", "--action", "register", "--json", config=central)
+        rows = [json.loads(line) for line in audit.stdout.splitlines() if line.strip()] \
+            if not audit.stdout.lstrip().startswith("[") else json.loads(audit.stdout)
+        who = {r["actor"]: r["who"] for r in rows}
+        assert who.get("controller@node-b") == "key node-b", rows
+        assert who.get("agent-worker-node-b-1") == "key agents-b", rows
+    finally:
+        for config, pids in ((node, node_pids), (central, central_pids)):
+            ccaa("down", config=config)
+            for pid in pids:
+                if _alive(pid):
+                    os.kill(pid, 9)
