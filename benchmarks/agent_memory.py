@@ -21,31 +21,15 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from libs.proctrack import tree_rss_mb  # noqa: E402
 from services.agent.executors.claude import resolve_cli  # noqa: E402
 from services.model_server.server import ModelServer  # noqa: E402
 
 SCRIPT = ROOT / "tests" / "model_scripts" / "model_server_write_edit.yaml"
 PROMPT = "MS-WRITE-EDIT: create hello.py, then edit it"
-
-
-def tree_rss_mb(pid: int) -> float:
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / 2**20
 
 
 def sample_peak(pid: int, done: threading.Event, peaks: list[float]) -> None:

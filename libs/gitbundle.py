@@ -6,11 +6,9 @@ code. Git failures raise ``RuntimeError`` carrying git's stderr.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
-from libs.worktree import GIT_TIMEOUT, git
+from libs.worktree import git
 
 #: seconds one bundle may take to write or read (large repositories)
 BUNDLE_TIMEOUT = 1800.0
@@ -20,13 +18,9 @@ def present(repo: str, shas: list[str]) -> list[str]:
     """The commits of ``shas`` that ``repo`` has."""
     if not shas:
         return []
-    proc = subprocess.run(["git", "-C", repo, "cat-file", "--batch-check=%(objectname) %(objecttype)"],
-                          input="".join(f"{s}\n" for s in shas), capture_output=True, text=True,
-                          timeout=GIT_TIMEOUT, env=dict(os.environ, LC_ALL="C"))
-    if proc.returncode != 0:
-        raise RuntimeError(f"git cat-file in {repo} failed: {proc.stderr.strip()}")
-    return [line.split()[0] for line in proc.stdout.splitlines()
-            if line.endswith(" commit")]
+    out = git(repo, "cat-file", "--batch-check=%(objectname) %(objecttype)",
+              input="".join(f"{s}\n" for s in shas))
+    return [line.split()[0] for line in out.splitlines() if line.endswith(" commit")]
 
 
 def has_commit(repo: str, sha: str) -> bool:
@@ -43,13 +37,12 @@ def create(repo: str, refs: dict[str, str], exclude: list[str], out: Path) -> bo
         args = ["bundle", "create", "-q", str(out), *refs]
         if exclude:
             args += ["--not", *exclude]
-        proc = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
-                              timeout=BUNDLE_TIMEOUT, env=dict(os.environ, LC_ALL="C"),
-                              stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            if "empty bundle" in proc.stderr:
+        try:
+            git(repo, *args, timeout=BUNDLE_TIMEOUT)
+        except RuntimeError as exc:
+            if "empty bundle" in str(exc):
                 return False
-            raise RuntimeError(f"git bundle create in {repo} failed: {proc.stderr.strip()}")
+            raise
         return True
     finally:
         for name in refs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -113,6 +114,25 @@ async def fetch(comm: CommunicationConfig, *, host: str, name: str = "",
             raise
     assert isinstance(reply.body, NodeConfigReply)
     return reply.body
+
+
+@dataclass
+class NodeSetup:
+    config: SystemConfig  # the node's effective configuration (its own token in it)
+    ignored: list[str]  # local settings the hub's configuration overrode
+    problems: list[str]  # roles this host is asked to run but cannot
+    hub_id: str
+
+
+async def setup(comm: CommunicationConfig, local: Mapping[str, Any], *, host: str,
+                name: str = "", kind: PeerKind = PeerKind.CLIENT) -> NodeSetup:
+    """Ask the hub for its configuration and make this node's of it (``local``: the node's
+    own settings as given)."""
+    reply = await fetch(comm, host=host, name=name, kind=kind, timeout=comm.message_timeout)
+    config, ignored = node_config(reply.config, local, router=comm.router(),
+                                  pub_port=reply.pub_port, sub_port=reply.sub_port)
+    config.communication.token = comm.token
+    return NodeSetup(config, ignored, role_problems(config), reply.hub_id)
 
 
 def _host_of(endpoint: str) -> str:

@@ -48,13 +48,15 @@ class Worktree:
 
 
 def git(path: str | os.PathLike[str], *args: str, check: bool = True,
-        timeout: float = GIT_TIMEOUT) -> str:
-    """Run ``git -C path args...``; return stdout (stripped of the final newline)."""
+        timeout: float = GIT_TIMEOUT, input: str | None = None) -> str:
+    """Run ``git -C path args...`` (``input`` on its stdin); return stdout (stripped of
+    the final newline)."""
     argv = ["git", "-C", str(path), *args]
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env=env, stdin=subprocess.DEVNULL)
+                              env=env, **stdin)
     except FileNotFoundError:
         raise RuntimeError("git is not installed (no 'git' on PATH)") from None
     except subprocess.TimeoutExpired:

@@ -63,7 +63,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         peer.role = args.role
         peer.capacity = args.capacity or role.capacity
         peer.capabilities = sorted(set(role.capabilities) | set(args.capability))
-        code = CodeSource(config, peer.request, ctx.log)
+        code = CodeSource(config, peer, ctx.log)
         agent = Agent(peer, ctx.events, make_executor, ctx.registry,
                       config.orchestrator.result_resend_interval, ctx.log, code)
         for type_, handler in agent.handlers.items():

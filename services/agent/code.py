@@ -22,6 +22,7 @@ from typing import Any
 from libs import gitbundle, transfer, worktree
 from libs.config import SystemConfig
 from libs.log import EventLogger
+from libs.peer import Peer
 from protocols.repo import RepoFetch, RepoOffer, RepoPush, RepoPushDone, RepoRelease
 from protocols.task import TaskSpec
 
@@ -36,11 +37,12 @@ class Source:
 
 
 class CodeSource:
-    def __init__(self, config: SystemConfig, request: Any, log: EventLogger):
+    def __init__(self, config: SystemConfig, peer: Peer, log: EventLogger):
         self.cfg = config.code_transfer
         self.root = Path(self.cfg.cache_dir).expanduser() if self.cfg.cache_dir \
             else config.data_path() / "repos"
-        self.request = request  # (dst, body) -> reply Message
+        self.request = peer.request
+        self.spawn = peer.spawn
         self.log = log
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -98,7 +100,8 @@ class CodeSource:
                                             [f"+{ref}:{HAVE}{sha}"
                                              for ref, sha in offer.refs.items()])
             finally:
-                self.request_nowait(spec.owner, RepoRelease(transfer_id=offer.transfer_id))
+                # not waited for: the bundle also expires on its own
+                self.spawn(self.request(spec.owner, RepoRelease(transfer_id=offer.transfer_id)))
         await asyncio.to_thread(_settle, repo, offer.refs, branch)
         seconds = round(time.monotonic() - started, 3)
         summary = (f"fetched {offer.size} bytes for {spec.base_commit[:12]} in {seconds}s"
@@ -108,15 +111,6 @@ class CodeSource:
                                    "cache": repo})
         self.log.info("code.fetched", task=spec.task_id, bytes=offer.size, seconds=seconds,
                       cache=repo)
-
-    def request_nowait(self, dst: str, body: Any) -> None:
-        async def go() -> None:
-            try:
-                await self.request(dst, body)
-            except Exception as exc:  # the bundle expires on its own
-                self.log.warning("code.release_failed", error=str(exc))
-
-        asyncio.ensure_future(go())
 
     async def send_back(self, spec: TaskSpec, cache: str, branch: str, base: str,
                         commit: str) -> int:
@@ -166,12 +160,6 @@ def _settle(repo: str, refs: dict[str, str], branch: str) -> None:
             worktree.git(repo, "update-ref", f"refs/heads/{branch}", tip)
         else:
             worktree.git(repo, "branch", "-D", branch)
-
-
-def remove_worktree(repo: str, branch: str) -> None:
-    """The task's worktree in a cache goes once its branch went back (a retry makes it
-    again at the same path, so a Claude Code session there resumes)."""
-    worktree.remove_worktrees_of(repo, branch)
 
 
 def _init(path: Path) -> None:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from libs import worktree
 from libs.peer import RequestFailed, RequestTimeout
 from libs.transfer import TransferError
-from services.agent.code import remove_worktree
 from services.agent.executors.base import RunContext
 
 
@@ -97,7 +96,8 @@ async def finish(ctx: RunContext, ws: Workspace, status: str) -> None:
             return
         finally:
             try:
-                await asyncio.to_thread(remove_worktree, ws.wt.repo, ws.wt.branch)
+                # a retry makes it again at the same path, so a Claude Code session there resumes
+                await asyncio.to_thread(worktree.remove_worktrees_of, ws.wt.repo, ws.wt.branch)
             except RuntimeError as exc:
                 ctx.data["git_error"] = f"removing the worktree: {exc}"
         ctx.data["sent_bytes"] = sent

@@ -247,24 +247,19 @@ def cmd_node(args: argparse.Namespace) -> int:
     overrides = flag_overrides(args.set)
     overrides.setdefault("communication", {})["router_endpoint"] = args.hub
     local_tree = load_tree(args.config, overrides=overrides)
-    local = build_config(local_tree)
-    comm = local.communication
+    comm = build_config(local_tree).communication
     security.configure(comm.curve, comm.keys_dir, comm.client_key)
-    reply = asyncio.run(nodeconfig.fetch(comm, host=host, timeout=comm.message_timeout))
-    config, ignored = nodeconfig.node_config(reply.config, local_tree, router=args.hub,
-                                             pub_port=reply.pub_port, sub_port=reply.sub_port)
-    config.communication.token = comm.token
-    for setting in ignored:
+    node = asyncio.run(nodeconfig.setup(comm, local_tree, host=host))
+    for setting in node.ignored:
         print(f"ccaa node: {setting} in this host's config is not used: the hub's "
               "configuration decides it", file=sys.stderr)
-    problems = nodeconfig.role_problems(config)
-    if problems:
+    if node.problems:
         print("ccaa node: this host cannot run what it is asked to:", file=sys.stderr)
-        for problem in problems:
+        for problem in node.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    env = _env_overrides([item for item in args.set])
-    found = stack.node(config, args.config, env, host, args.timeout,
+    config = node.config
+    found = stack.node(config, args.config, _env_overrides(args.set), host, args.timeout,
                        progress=lambda line: print(f"  ... {line}", file=sys.stderr, flush=True))
     agents = [p for p in found.peers if p.kind == PeerKind.AGENT and p.host == host]
     print(f"node {host} is up, attached to hub {found.hub_id} at {args.hub}")

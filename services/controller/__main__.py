@@ -61,26 +61,22 @@ async def node_setup(args: argparse.Namespace, config: SystemConfig) -> SystemCo
     comm = config.communication
     while True:
         try:
-            reply = await nodeconfig.fetch(comm, host=args.host_name,
-                                           name=controller_name(args.host_name),
-                                           kind=PeerKind.SERVICE, timeout=comm.message_timeout)
+            node = await nodeconfig.setup(comm, local, host=args.host_name,
+                                          name=controller_name(args.host_name),
+                                          kind=PeerKind.SERVICE)
             break
         except (RequestTimeout, RequestFailed, ConnectionError) as exc:
             log.warning("node.hub_unreachable", hub=comm.router(), error=str(exc))
             await asyncio.sleep(comm.heartbeat_interval)  # then ask again
-    effective, ignored = nodeconfig.node_config(
-        reply.config, local, router=comm.router(), pub_port=reply.pub_port,
-        sub_port=reply.sub_port)
-    for setting in ignored:
+    for setting in node.ignored:
         log.warning("node.setting_ignored", setting=setting,
                     reason="the hub's configuration decides it")
-    problems = nodeconfig.role_problems(effective)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    effective.communication.token = comm.token
+    if node.problems:
+        raise ConfigError("; ".join(node.problems))
+    effective = node.config
     path = effective.data_path() / nodeconfig.EFFECTIVE_FILE
     nodeconfig.write_effective(effective, path)
-    log.info("node.configured", hub_id=reply.hub_id, config=str(path),
+    log.info("node.configured", hub_id=node.hub_id, config=str(path),
              roles={r: c.count for r, c in effective.agent_hierarchy.items()})
     args.config, args.set = str(path), []  # what the agents are started with
     return effective

@@ -151,23 +151,11 @@ class AgentPool:
             watcher.cancel()
 
     def memory_mb(self, slot: Slot) -> float:
-        """Resident memory of an agent and everything it started (its Claude Code runs)."""
-        import psutil
-
+        """Resident memory (MiB) of an agent and everything it started (its Claude Code
+        runs)."""
         if slot.proc is None or slot.proc.returncode is not None:
             return 0.0
-        try:
-            root = psutil.Process(slot.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0.0
-        total = 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total / 1e6
+        return proctrack.tree_rss_mb(slot.proc.pid)
 
     async def enforce_memory(self, limit_mb: int) -> list[tuple[Slot, float]]:
         """Stop agents over ``limit_mb`` (they restart through the usual backoff; their

@@ -70,6 +70,23 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def share_token(tmp_path: Path) -> str:
+    """What a node's operator copies from the hub's host: the bus token."""
+    (tmp_path / "node").mkdir()
+    token = (tmp_path / "central" / "bus.token").read_text()
+    (tmp_path / "node" / "bus.token").write_text(token)
+    return token
+
+
+def stop_all(*stacks: tuple[Path, list[int]]) -> None:
+    """`ccaa down` each (config, pids), then kill -9 whatever it left."""
+    for config, pids in stacks:
+        ccaa("down", config=config)
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, 9)
+
+
 def tree_of(pidfile: Path) -> list[int]:
     sup = psutil.Process(int(pidfile.read_text()))
     return [sup.pid] + [c.pid for c in sup.children(recursive=True)]
@@ -91,9 +108,7 @@ def test_a_node_runs_the_hubs_roles_on_its_own_pools_and_stops_alone(tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         central_pids = tree_of(tmp_path / "central" / "run" / "supervisord.pid")
         # the node needs the hub's address and its token, nothing else of the hub's config
-        (tmp_path / "node").mkdir()
-        token = (tmp_path / "central" / "bus.token").read_text()
-        (tmp_path / "node" / "bus.token").write_text(token)
+        token = share_token(tmp_path)
 
         # a role the hub does not define: refused before anything starts
         bad = ccaa("node", "--hub", f"tcp://127.0.0.1:{hub}", "--host-name", "node-b",
@@ -149,11 +164,7 @@ def test_a_node_runs_the_hubs_roles_on_its_own_pools_and_stops_alone(tmp_path):
         again = ccaa("status", config=central)
         assert again.returncode == 0 and "controller@node-b" not in again.stdout
     finally:
-        for config, pids in ((node, node_pids), (central, central_pids)):
-            ccaa("down", config=config)
-            for pid in pids:
-                if _alive(pid):
-                    os.kill(pid, 9)
+        stop_all((node, node_pids), (central, central_pids))
 
 
 @pytest.mark.timeout(240)
@@ -181,9 +192,7 @@ def test_a_curve_node_registers_with_keys_bound_to_its_host(tmp_path):
         up = ccaa("up", config=central)
         assert up.returncode == 0, up.stdout + up.stderr
         central_pids = tree_of(tmp_path / "central" / "run" / "supervisord.pid")
-        (tmp_path / "node").mkdir()
-        (tmp_path / "node" / "bus.token").write_text(
-            (tmp_path / "central" / "bus.token").read_text())
+        share_token(tmp_path)
         # under another host's name these keys are refused: they are node-b's
         wrong = ccaa("node", "--hub", f"tcp://127.0.0.1:{hub}", "--host-name", "node-c",
                      "--timeout", "20", config=node)
@@ -201,8 +210,4 @@ def test_a_curve_node_registers_with_keys_bound_to_its_host(tmp_path):
         assert who.get("controller@node-b") == "key node-b", rows
         assert who.get("agent-worker-node-b-1") == "key agents-b", rows
     finally:
-        for config, pids in ((node, node_pids), (central, central_pids)):
-            ccaa("down", config=config)
-            for pid in pids:
-                if _alive(pid):
-                    os.kill(pid, 9)
+        stop_all((node, node_pids), (central, central_pids))

@@ -104,6 +104,11 @@ def test_controller_restarts_dead_agents_and_stops_them_all(procs, bus):
         time.sleep(0.05)  # wait-ok: polling the process table under a deadline
 
 
+#: a controller running one worker and no other agent
+ONE_WORKER = ("--set", "agent_hierarchy.worker.count=1", "--set", "agent_hierarchy.architect.count=0",
+              "--set", "agent_hierarchy.manager.count=0", "--set", "agent_hierarchy.utility.count=0")
+
+
 @pytest.mark.timeout(120)
 def test_controller_scales_a_pool_up_while_work_waits_and_down_when_idle(procs, bus, tmp_path):
     from protocols.command import CommandSubmit, CommandType
@@ -114,8 +119,7 @@ def test_controller_scales_a_pool_up_while_work_waits_and_down_when_idle(procs, 
         procs.ready(procs.service(m, *args))
     controller = procs.service(
         "services.controller", *args, "--host-name", "h",
-        "--set", "agent_hierarchy.worker.count=1", "--set", "agent_hierarchy.architect.count=0",
-        "--set", "agent_hierarchy.manager.count=0", "--set", "agent_hierarchy.utility.count=0",
+        *ONE_WORKER,
         "--set", "auto_scaling.enabled=true", "--set", "auto_scaling.interval=0.3",
         "--set", "auto_scaling.cooldown=0", "--set", "auto_scaling.idle_before_scale_down=1",
         "--set", "auto_scaling.min_agents_per_type={worker = 1}",
@@ -166,8 +170,7 @@ def test_auto_scaling_starts_no_agent_the_hosts_memory_cannot_hold(procs, bus, t
         procs.ready(procs.service(m, *args))
     controller = procs.service(
         "services.controller", *args, "--host-name", "small",
-        "--set", "agent_hierarchy.worker.count=1", "--set", "agent_hierarchy.architect.count=0",
-        "--set", "agent_hierarchy.manager.count=0", "--set", "agent_hierarchy.utility.count=0",
+        *ONE_WORKER,
         "--set", "auto_scaling.enabled=true", "--set", "auto_scaling.interval=0.3",
         "--set", "auto_scaling.cooldown=0",
         "--set", "auto_scaling.max_agents_per_type={worker = 3}",
@@ -215,8 +218,7 @@ def test_controller_stops_and_restarts_an_agent_over_its_memory_limit(procs, bus
 
     controller = procs.service(
         "services.controller", *bus.args(), "--host-name", "m",
-        "--set", "agent_hierarchy.worker.count=1", "--set", "agent_hierarchy.architect.count=0",
-        "--set", "agent_hierarchy.manager.count=0", "--set", "agent_hierarchy.utility.count=0",
+        *ONE_WORKER,
         "--set", "resources.max_memory_mb=5")  # any Python process is over 5 MB
     ready = procs.ready(controller)
     first = {c.pid for c in psutil.Process(controller.pid).children()}
