@@ -25,6 +25,8 @@ class EventPublisher:
         self.sock.connect(endpoint)
 
     def publish(self, topic: str, body: Body) -> None:
+        if self.sock.closed:  # shutting down: nobody is listening any more
+            return
         frames = encode_event(topic, make_header(body.TYPE, self.src, "*"), body)
         try:
             self.sock.send_multipart(frames, flags=zmq.NOBLOCK)

@@ -72,6 +72,8 @@ class Agent:
     def heartbeat(self) -> PeerHeartbeat:
         load = len(self.running)
         state = PeerState.BUSY if load >= self.peer.capacity else PeerState.IDLE
+        if self.stopping:
+            state = PeerState.DRAINING
         return PeerHeartbeat(state=state, load=load,
                              running=[r.spec.task_id for r in self.running.values()])
 
@@ -83,6 +85,8 @@ class Agent:
                                 agent_id=self.name)
         if spec.attempt_id in self.running or spec.attempt_id in self.unacked:
             return accepted  # a repeated assignment of an attempt already here
+        if self.stopping:  # (e.g. its controller died): the work goes to another agent
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"{self.name} is stopping")
         if len(self.running) >= self.peer.capacity:
             raise ProtocolError(ErrorCode.BUSY, f"{self.name} is running "
                                 f"{len(self.running)}/{self.peer.capacity} tasks")
