@@ -13,7 +13,7 @@ from typing import Any, Callable
 from protocols import ErrorCode, Message, ProtocolError
 from protocols.events import TaskEvent, task_topic
 from protocols.peer import PeerInfo
-from protocols.task import TaskWaiting
+from protocols.task import TaskCancel, TaskWaiting
 from services.orchestrator.report import session_report
 from services.orchestrator.store import TaskRow
 
@@ -104,7 +104,8 @@ class Safeguards:
         self.move(task, "failed", why[:500], meta=meta)
         self.workflow.on_final(task)
 
-    def _run_again(self, task: TaskRow, why: str, **fields: Any) -> None:
+    def _run_again(self, task: TaskRow, why: str, lost: dict[str, Any] | None = None,
+                   **fields: Any) -> None:
         """The attempt's agent went away (stopped, restarted, lost): queue a new attempt at
         once, without using up a retry; past ``max_interruptions`` the task fails."""
         n = task.meta.get("interruptions", 0) + 1
@@ -116,7 +117,7 @@ class Safeguards:
             self.workflow.on_final(task)
             return
         meta = {**task.meta, "interruptions": n,
-                "attempt_base": task.meta.get("attempt_base", 0) + 1}
+                "attempt_base": task.meta.get("attempt_base", 0) + 1, "lost": lost or {}}
         self.move(task, "ready", f"run again: {why}"[:500], agent_id="", ready_at=0,
                   meta=meta, **fields)
 
@@ -129,10 +130,72 @@ class Safeguards:
             self.metrics.lost_attempts.inc()
             self.store.set_attempt(task.attempt_id, state="lost", ended_at=self.clock())
             self._release(task, outcome="lost")
-            self._run_again(task, f"agent {task.agent_id} lost")
+            # kept in mind: the agent may come back (a partition, a stopped host) with it
+            lost = {"attempt": task.attempt_id, "agent": task.agent_id, "n": task.attempt}
+            self._run_again(task, f"agent {task.agent_id} lost", lost=lost)
             requeued = True
         if requeued:
             self.schedule()
+
+    def _keep_lost(self, task: TaskRow, attempt_id: str, agent_id: str, why: str) -> bool:
+        """The agent of ``task``'s lost attempt came back with it (still running, or its
+        result): if the re-run has reached no agent yet, keep the lost attempt, withdraw the
+        re-run, and return True (the work runs once)."""
+        lost = task.meta.get("lost") or {}
+        if lost.get("attempt") != attempt_id or lost.get("agent") != agent_id:
+            return False
+        row = self.store.attempt(attempt_id)
+        if row is None or row["state"] != "lost":
+            return False
+        if task.state == "queued":
+            rerun = self.store.attempt(task.attempt_id)
+            if rerun is None or rerun["state"] != "queued":
+                return False
+            self._release(task, withdraw=True)
+            self.store.set_attempt(task.attempt_id, state="withdrawn", ended_at=self.clock())
+            withdrawn = f"; attempt {task.attempt} withdrawn"
+        elif task.state == "ready" and task.attempt_id == attempt_id:
+            withdrawn = ""
+        else:
+            return False
+        meta = {k: v for k, v in task.meta.items() if k not in ("lost", "waiting")}
+        meta["interruptions"] = max(0, meta.get("interruptions", 1) - 1)
+        meta["attempt_base"] = max(0, meta.get("attempt_base", 1) - 1)
+        self.store.set_attempt(attempt_id, state="running", ended_at=0)
+        self.metrics.kept_attempts.inc()
+        self.log.info("attempt.kept", task=task.id, attempt=attempt_id, agent=agent_id, why=why)
+        self.move(task, "running", f"agent {agent_id} came back: {why}; attempt {lost['n']} "
+                  f"goes on{withdrawn}"[:500], attempt_id=attempt_id, attempt=lost["n"],
+                  agent_id=agent_id, meta=meta)
+        return True
+
+    def _stop_withdrawn(self, task: TaskRow, attempt_id: str, agent_id: str) -> None:
+        """An agent took an attempt that is no longer the task's (withdrawn, or lost and run
+        again elsewhere): stop it, nobody would use its result."""
+        row = self.store.attempt(attempt_id)
+        if row is None or row["task_id"] != task.id or row["state"] not in ("withdrawn", "lost"):
+            return
+        self.metrics.duplicates_stopped.inc()
+        self.log.warning("attempt.superseded", task=task.id, attempt=attempt_id, agent=agent_id)
+        self.peer.send(agent_id, TaskCancel(task_id=task.id, attempt_id=attempt_id,
+                                            reason="superseded: another attempt of the "
+                                                   "task is the current one"))
+
+    def check_returned(self, alive: dict[str, PeerInfo]) -> None:
+        """Agents back from a partition still running an attempt that was declared lost:
+        keep it if its re-run has not started, else stop it (it would run twice)."""
+        for task in self.store.tasks(states=("ready", "queued", "assigned", "running")):
+            lost = task.meta.get("lost") or {}
+            agent = alive.get(lost.get("agent", ""))
+            if agent is None or task.id not in agent.running:
+                continue
+            if task.state in ("ready", "queued"):
+                self._keep_lost(task, lost["attempt"], lost["agent"],
+                                "it still runs the attempt")
+            elif task.agent_id != lost["agent"]:  # the re-run is elsewhere
+                self._stop_withdrawn(task, lost["attempt"], lost["agent"])
+                self.store.update_task(task, meta={k: v for k, v in task.meta.items()
+                                                   if k != "lost"})
 
     def _forgotten(self, task: TaskRow, agent: PeerInfo) -> bool:
         """The agent holding ``task`` is a new process under the same name (a restart the

@@ -88,6 +88,14 @@ class OrchestratorMetrics:
                                      registry=registry)
         self.lost_attempts = Counter("ccaa_attempts_lost_total",
                                      "attempts whose agent was lost", registry=registry)
+        self.kept_attempts = Counter("ccaa_attempts_kept_total",
+                                     "lost attempts kept because their agent came back (with "
+                                     "the attempt running or its result) before the re-run "
+                                     "reached an agent; the re-run was withdrawn",
+                                     registry=registry)
+        self.duplicates_stopped = Counter("ccaa_duplicate_attempts_stopped_total",
+                                          "superseded attempts found still running and "
+                                          "cancelled", registry=registry)
         self.active = Gauge("ccaa_tasks_active", "tasks queued, assigned or running",
                             registry=registry)
         self.cost = Counter("ccaa_cost_usd_total", "model cost reported by agents (USD)",
@@ -342,7 +350,10 @@ class Orchestrator(Safeguards):
         task = self.store.task(body.task_id)
         if task is None or self._stop_cancelled(task, body.attempt_id, body.agent_id):
             return None
-        if task.attempt_id != body.attempt_id or task.state != "queued":
+        if task.attempt_id != body.attempt_id:
+            self._stop_withdrawn(task, body.attempt_id, body.agent_id)
+            return None
+        if task.state != "queued":
             return None
         self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
         self.store.set_attempt(body.attempt_id, agent_id=body.agent_id, state="assigned")
@@ -352,7 +363,10 @@ class Orchestrator(Safeguards):
         body = msg.body
         assert isinstance(body, TaskAccepted)
         task = self.store.task(body.task_id)
-        if task is None or task.attempt_id != body.attempt_id:
+        if task is None:
+            return None
+        if task.attempt_id != body.attempt_id:
+            self._stop_withdrawn(task, body.attempt_id, body.agent_id)
             return None
         if self._stop_cancelled(task, body.attempt_id, body.agent_id):
             return None
@@ -374,6 +388,10 @@ class Orchestrator(Safeguards):
         current = (task.attempt_id == body.attempt_id and task.state in ACTIVE
                    and task.agent_id in ("", body.agent_id))
         attempt = self.store.attempt(body.attempt_id)
+        if not current and body.outcome not in (Outcome.INTERRUPTED, Outcome.CANCELLED) \
+                and self._keep_lost(task, body.attempt_id, body.agent_id,
+                                    f"its result ({body.outcome.value}) came after all"):
+            current = True
         already = attempt is not None and attempt["state"] in OUTCOMES
         if not already:
             self.store.set_attempt(body.attempt_id, state=body.outcome.value,
@@ -446,7 +464,7 @@ class Orchestrator(Safeguards):
                 self.store.update_task(task, enqueued_at=now)
                 self.peer.spawn(self._enqueue(task))
         busy = self.store.tasks(states=("assigned", "running"))
-        if busy:
+        if busy or self.store.has_lost_attempts():
             try:
                 reply = await self.peer.request("hub", RegistryList(kind=PeerKind.AGENT))
             except (RequestFailed, RequestTimeout, ConnectionError):
@@ -457,6 +475,7 @@ class Orchestrator(Safeguards):
                         and (t.agent_id not in alive or self._forgotten(t, alive[t.agent_id]))}
                 if gone:
                     await self.on_agents_lost(gone)
+                self.check_returned(alive)
         for sid in self.store.overdue_sessions(now):
             self._deadline_passed(sid)
         for task in self.store.tasks(states=("running",)):

@@ -279,6 +279,12 @@ class Store:
             params += [limit, offset]
         return [TaskRow.from_row(r) for r in self.conn.execute(sql, params)]
 
+    def has_lost_attempts(self) -> bool:
+        """Whether an unfinished task remembers a lost attempt whose agent may come back."""
+        return self.conn.execute(
+            "SELECT 1 FROM tasks WHERE state IN ('ready','queued','assigned','running')"
+            " AND json_extract(meta, '$.lost.attempt') IS NOT NULL LIMIT 1").fetchone() is not None
+
     def count_active(self, session_id: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM tasks WHERE state IN ('queued','assigned','running')"
         if session_id is None:
