@@ -54,6 +54,8 @@ ROUTES: dict[str, str] = {
     "task.logs": "client -> orchestrator",
     "task.logs_reply": "orchestrator -> client (reply): the task and every attempt's result",
     "task.enqueue": "orchestrator -> distributor",
+    "claude.transcript_get": "agent -> agent (a later attempt's, to the previous attempt's)",
+    "claude.transcript": "agent -> agent (reply: the Claude Code session, zlib-compressed)",
     "queue.stats": "controller -> distributor (auto-scaling)",
     "queue.stats_reply": "distributor -> controller (reply)",
     "task.assign": "distributor -> agent",

@@ -38,6 +38,8 @@ _MODELS: list[type[Body]] = [
     command.TaskLogs,
     command.TaskLogsReply,
     task.TaskEnqueue,
+    task.TranscriptGet,
+    task.Transcript,
     task.TaskAssign,
     task.TaskDispatched,
     task.TaskAccepted,

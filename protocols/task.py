@@ -39,6 +39,12 @@ class Outcome(str, Enum):
     INTERRUPTED = "interrupted"
 
 
+#: characters of a previous attempt's report a task spec carries
+MAX_SUMMARY = 4000
+#: most bytes of a compressed Claude Code transcript sent in one message (limit 4 MiB)
+MAX_TRANSCRIPT = 3 * 1024 * 1024
+
+
 class TaskSpec(Body):
     """Everything an agent needs to run one attempt of a task."""
 
@@ -57,6 +63,11 @@ class TaskSpec(Body):
     resume_session: str = ""  # executor session to resume (claude --resume)
     base_commit: str = ""  # the session's base commit; empty: run in cwd as it is
     isolate: bool = False  # run in a git worktree of its own (branch ccaa/<session>/<task>)
+    #: the agent that ran the task's previous attempt: preferred again (then its host), and
+    #: asked for the Claude Code session's transcript when this agent does not have it
+    prefer_agent: str = Field(default="", max_length=128)
+    #: the previous attempt's final report, for a fresh session when its own cannot resume
+    previous_summary: str = Field(default="", max_length=MAX_SUMMARY)
 
 
 class TaskEnqueue(Body):
@@ -176,3 +187,18 @@ class QueueStatsReply(Body):
     queued: dict[str, int]  # role -> tasks waiting for an agent
     agents: dict[str, int]  # role -> agents known
     busy: dict[str, int]  # role -> agents at capacity
+
+
+class TranscriptGet(Body):
+    """Asks the agent that ran a Claude Code session for its transcript, so a retry on
+    another host resumes it."""
+
+    TYPE = "claude.transcript_get"
+    session_id: str = Field(pattern=r"^[A-Za-z0-9-]{1,64}$")  # a session id, never a path
+
+
+class Transcript(Body):
+    TYPE = "claude.transcript"
+    BINARY = ("data",)
+    session_id: str
+    data: bytes = Field(max_length=MAX_TRANSCRIPT)  # the session's JSONL, zlib-compressed

@@ -14,7 +14,7 @@ from libs.config import ConfigError, SystemConfig
 from libs.runner import common_parser, run_main
 from libs.service import EXIT_UNREACHABLE, ServiceContext, run_service
 from protocols.peer import PeerKind
-from services.agent.executors.factory import executor_factory
+from services.agent.executors.factory import claude_sessions_dir, executor_factory
 from services.agent.code import CodeSource
 from services.agent.service import Agent
 
@@ -65,7 +65,8 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         peer.capabilities = sorted(set(role.capabilities) | set(args.capability))
         code = CodeSource(config, peer, ctx.log)
         agent = Agent(peer, ctx.events, make_executor, ctx.registry,
-                      config.orchestrator.result_resend_interval, ctx.log, code)
+                      config.orchestrator.result_resend_interval, ctx.log, code,
+                      claude_sessions_dir(config))
         for type_, handler in agent.handlers.items():
             peer.on(type_, handler)
         loops = [asyncio.ensure_future(agent.resend_loop(ctx.stop))]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -25,7 +26,10 @@ from protocols.task import (
     TaskResult,
     TaskResultAck,
     TaskSpec,
+    Transcript,
+    TranscriptGet,
 )
+from services.agent.executors import transcripts
 from services.agent.executors.base import ExecutionResult, Executor, RunContext
 
 ExecutorFactory = Callable[[TaskSpec], Executor]
@@ -43,8 +47,10 @@ class Running:
 class Agent:
     def __init__(self, peer: Peer, events: EventPublisher, executor_for: ExecutorFactory,
                  registry: CollectorRegistry, resend_interval: float = 2.0,
-                 log: EventLogger | None = None, code: Any = None):
+                 log: EventLogger | None = None, code: Any = None,
+                 claude_dir: Path | None = None):
         self.peer = peer
+        self.claude_dir = claude_dir  # where this host's Claude Code sessions are kept
         self.code = code  # services.agent.code.CodeSource: repositories over the bus
         self.events = events
         self.executor_for = executor_for
@@ -61,6 +67,7 @@ class Agent:
             TaskAssign.TYPE: self.on_assign,
             TaskCancel.TYPE: self.on_cancel,
             TaskResultAck.TYPE: self.on_ack,
+            TranscriptGet.TYPE: self.on_transcript_get,
         }
         peer.heartbeat_body = self.heartbeat
         peer.on_registered.append(self.resend_all)
@@ -97,7 +104,7 @@ class Agent:
         ctx = RunContext(spec=spec, agent_id=self.name,
                          progress=lambda kind, summary, data: self._progress(spec, kind,
                                                                              summary, data),
-                         code=self.code)
+                         code=self.code, ask=self.peer.request)
         task = asyncio.ensure_future(self._run(executor, ctx))
         self.owners[spec.attempt_id] = spec.owner
         self.running[spec.attempt_id] = Running(spec, ctx, task, time.monotonic())
@@ -125,6 +132,23 @@ class Agent:
             self.owners.pop(body.attempt_id, None)
             self.log.info("result.acked", task=body.task_id, applied=body.applied)
         return None
+
+    async def on_transcript_get(self, msg: Message) -> Transcript:
+        """Another agent took over a task this one ran: it gets the Claude Code session's
+        transcript to resume it (session ids are unguessable; the bus authenticates)."""
+        body = msg.body
+        assert isinstance(body, TranscriptGet)
+        if self.claude_dir is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"{self.name} runs no Claude Code sessions")
+        try:
+            data = await asyncio.to_thread(transcripts.pack, self.claude_dir, body.session_id)
+        except FileNotFoundError as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from None
+        except (ValueError, OSError) as exc:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        self.log.info("transcript.sent", session=body.session_id, to=msg.header.src,
+                      bytes=len(data))
+        return Transcript(session_id=body.session_id, data=data)
 
     # ---- running ----------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ from protocols.task import (
     TaskReleased,
     TaskResult,
     TaskResultAck,
+    MAX_SUMMARY,
     TaskSpec,
     TaskWaiting,
 )
@@ -331,13 +332,19 @@ class Orchestrator(Safeguards):
     async def _enqueue(self, task: TaskRow) -> None:
         session = self.store.session(task.session_id)
         base = task.base or (session["base_commit"] if session is not None else "")
+        resume = task.meta.get("resume_session", "")
+        # a later attempt prefers the agent (then the host) of the one before, whose result
+        # is the task's last; its report stands in for a session that cannot resume
+        before = task.result if task.attempt > 1 else {}
         spec = TaskSpec(task_id=task.id, attempt_id=task.attempt_id, session_id=task.session_id,
                         owner=self.peer.name, role=task.role, priority=task.priority,
                         title=task.title, prompt=task.prompt, cwd=task.cwd,
                         timeout_s=task.timeout_s, base_commit=base,
                         isolate=bool(task.isolate and base), executor=task.executor,
                         capabilities=task.meta.get("subtask", {}).get("capabilities", []),
-                        resume_session=task.meta.get("resume_session", ""))
+                        resume_session=resume, prefer_agent=before.get("agent_id", ""),
+                        previous_summary=str((before.get("data") or {}).get("result") or "")
+                        [:MAX_SUMMARY] if resume else "")
         try:
             await self.peer.request(DISTRIBUTOR, TaskEnqueue(task=spec))
         except (RequestFailed, RequestTimeout, ConnectionError) as exc:

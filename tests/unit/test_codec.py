@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -61,6 +63,8 @@ from protocols.peer import (
     RegistryListReply,
 )
 from protocols.task import (
+    Transcript,
+    TranscriptGet,
     AgentRecord,
     AgentStats,
     AgentStatsReply,
@@ -95,7 +99,8 @@ def _spec(**kw) -> TaskSpec:
     base = dict(task_id="task-1", attempt_id="att-1", session_id="sess-1", owner="orchestrator",
                 role="worker", capabilities=["python", "git"], priority=3, title="a title",
                 prompt="do the thing\nwith care", cwd="/tmp/repo", timeout_s=12.5,
-                executor="command", resume_session="r-1", base_commit="abc123", isolate=True)
+                executor="command", resume_session="r-1", base_commit="abc123", isolate=True,
+                prefer_agent="agent-worker-b-1", previous_summary="did half of it")
     base.update(kw)
     return TaskSpec(**base)
 
@@ -180,6 +185,9 @@ SAMPLES: dict[str, Body] = {
                               started_at=2.0, ended_at=3.0, applied=True,
                               result={"exit_code": 0})]),
     "task.enqueue": TaskEnqueue(task=_spec()),
+    "claude.transcript_get": TranscriptGet(session_id="66673461-7f69-428f-86ff-dc3eeb96cc61"),
+    "claude.transcript": Transcript(session_id="66673461-7f69-428f-86ff-dc3eeb96cc61",
+                                    data=zlib.compress(b'{"type": "user"}\n')),
     "task.assign": TaskAssign(task=_spec(priority=-2, isolate=False)),
     "task.dispatched": TaskDispatched(task_id="task-1", attempt_id="att-1", agent_id="a1"),
     "task.accepted": TaskAccepted(task_id="task-1", attempt_id="att-1", agent_id="a1"),

@@ -57,6 +57,8 @@ class RunContext:
     pgid: int | None = None  # process group of the child, once started
     #: where the repository comes from (services.agent.code.CodeSource); None: in place
     code: Any = None
+    #: a request to another peer over the bus (``Peer.request``); None outside an agent
+    ask: Any = None
 
 
 @dataclass

@@ -39,6 +39,7 @@ from libs.config import RoleConfig
 from libs.log import get_logger
 from libs import worktree
 from services.agent import isolation
+from services.agent.executors import transcripts
 from services.agent.executors.base import ExecutionResult, RunContext
 from services.agent.executors.claude_stream import ClaudeStream
 from protocols.task import Outcome
@@ -243,8 +244,9 @@ class ClaudeExecutor:
                        reason="the Claude Code CLI has no temperature setting; the role's "
                               "temperature is ignored by the claude executor")
 
-    def options(self, ctx: RunContext, cwd: str, cli: str, cookie: str = "") -> ClaudeAgentOptions:
-        role, spec = self.role, ctx.spec
+    def options(self, ctx: RunContext, cwd: str, cli: str, cookie: str = "",
+                resume: str | None = None) -> ClaudeAgentOptions:
+        role = self.role
         system_prompt: dict[str, Any] = {"type": "preset", "preset": "claude_code"}
         if role.system_prompts:
             system_prompt["append"] = "\n\n".join(role.system_prompts)
@@ -256,7 +258,7 @@ class ClaudeExecutor:
             allowed_tools=list(role.allowed_tools),
             disallowed_tools=list(role.disallowed_tools),
             permission_mode=role.permission_mode or None,  # type: ignore[arg-type]
-            resume=spec.resume_session or None,
+            resume=resume,
             stderr=lambda line: ctx.stderr.add(line + "\n"),
         )
 
@@ -274,6 +276,7 @@ class ClaudeExecutor:
         except RuntimeError as exc:
             return ExecutionResult(Outcome.FAILED, error=f"worktree: {exc}")
         run_dir = ws.run_dir
+        prompt, resume = await self._resumption(ctx, run_dir)
 
         stream = ClaudeStream(ctx)
         cookie = f"{spec.attempt_id}-{uuid.uuid4().hex[:12]}"
@@ -283,11 +286,11 @@ class ClaudeExecutor:
             tree.set_root(pid)
             ctx.data["pid"] = pid
             ctx.progress("started", f"pid {pid}: {os.path.basename(cli)} in {run_dir}",
-                         {"pid": pid, "cli": cli, "resume": spec.resume_session or None})
+                         {"pid": pid, "cli": cli, "resume": resume})
 
-        options = self.options(ctx, run_dir, cli, cookie)
-        transport = _Transport(spec.prompt, options, on_start=started)
-        consumer = asyncio.ensure_future(self._consume(spec.prompt, options, transport,
+        options = self.options(ctx, run_dir, cli, cookie, resume)
+        transport = _Transport(prompt, options, on_start=started)
+        consumer = asyncio.ensure_future(self._consume(prompt, options, transport,
                                                        stream, tree))
         watcher = asyncio.ensure_future(tree.watch())
         status = "interrupted"
@@ -305,6 +308,31 @@ class ClaudeExecutor:
             log.warning("claude.run_failed", task=spec.task_id,
                         error=f"{type(exc).__name__}: {exc}")
         return stream.outcome(exc, code)
+
+    async def _resumption(self, ctx: RunContext, run_dir: str) -> tuple[str, str | None]:
+        """The prompt and the session to resume: the previous attempt's session when its
+        transcript can be put where the CLI looks (see ``transcripts``), else a fresh one
+        told what the previous attempt reported."""
+        spec = ctx.spec
+        if not spec.resume_session:
+            return spec.prompt, None
+
+        async def fetch(agent: str, body: Any) -> Any:
+            return (await ctx.ask(agent, body, timeout=transcripts.FETCH_TIMEOUT)).body
+
+        restored = await transcripts.restore(
+            transcripts.config_dir(self.env), run_dir, spec.resume_session, spec.prefer_agent,
+            ctx.agent_id, fetch if ctx.ask is not None else None)
+        ctx.data["resume_mode"] = restored.mode
+        summary = ("resumes the previous attempt's session" if restored.resumes
+                   else "a fresh session with the previous attempt's report")
+        log.info("claude.resume", task=spec.task_id, mode=restored.mode, session=spec.resume_session,
+                 detail=restored.detail)
+        ctx.progress("resume", f"{summary}: {restored.detail}",
+                     {"mode": restored.mode, "session": spec.resume_session})
+        if restored.resumes:
+            return spec.prompt, spec.resume_session
+        return transcripts.fresh_prompt(spec.prompt, spec.previous_summary, restored.detail), None
 
     async def _consume(self, prompt: str, options: ClaudeAgentOptions, transport: _Transport,
                        stream: ClaudeStream, tree: ProcessTree) -> None:

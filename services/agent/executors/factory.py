@@ -15,6 +15,7 @@ The ``claude`` executor also reads the agent's environment:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable, Mapping
 
 from libs.config import ConfigError, RoleConfig, SystemConfig
@@ -41,6 +42,13 @@ def claude_env(environ: Mapping[str, str] | None = None, config_dir: str = "") -
             # offline runs keep their sessions out of the user's own ~/.claude
             env["CLAUDE_CONFIG_DIR"] = config_dir
     return env
+
+
+def claude_sessions_dir(config: SystemConfig) -> Path:
+    """Where this agent's Claude Code runs keep their sessions."""
+    from services.agent.executors.transcripts import config_dir
+
+    return config_dir(claude_env(config_dir=str(config.data_path() / "claude")))
 
 
 def _claude(config: SystemConfig, role: RoleConfig) -> Executor:
