@@ -38,6 +38,7 @@ class AgentSlot:
     unknown_running: int = 0  # tasks the agent reports that this distributor did not assign
     cooldown_until: float = 0.0  # after a refusal or no answer, skipped until then
     record: Record = field(default_factory=Record)
+    host: str = ""
 
     @property
     def load(self) -> int:
@@ -76,12 +77,44 @@ def eligible(task: TaskSpec, agents: list[AgentSlot], now: float = 0.0) -> list[
             and a.cooldown_until <= now]
 
 
+def affinity(task: TaskSpec, pool: list[AgentSlot], prefer_host: str = "",
+             warm: frozenset[str] = frozenset()) -> tuple[list[AgentSlot], str]:
+    """The free agents to choose among, and why: a later attempt goes back to the agent
+    that ran the one before ("agent"), else to another on its host ("host"), where its
+    worktree, caches and Claude Code session are; other work of a repository goes to the
+    hosts whose cache already holds it ("cache"); else any ("any")."""
+    if task.prefer_agent:
+        tier = [a for a in pool if a.name == task.prefer_agent]
+        if tier:
+            return tier, "agent"
+        tier = [a for a in pool if prefer_host and a.host == prefer_host]
+        if tier:
+            return tier, "host"
+    tier = [a for a in pool if a.host in warm]
+    if tier and len(tier) < len(pool):
+        return tier, "cache"
+    return pool, "any"
+
+
 def choose(strategy: str, task: TaskSpec, agents: list[AgentSlot], turn: int,
            now: float = 0.0) -> AgentSlot | None:
     """Pick an agent for ``task`` or None. ``turn`` advances round_robin."""
+    return pick(strategy, task, agents, turn, now)[0]
+
+
+def pick(strategy: str, task: TaskSpec, agents: list[AgentSlot], turn: int, now: float = 0.0,
+         prefer_host: str = "", warm: frozenset[str] = frozenset()
+         ) -> tuple[AgentSlot | None, str]:
+    """``choose`` within the affinity tier (see ``affinity``); also says which tier."""
     pool = sorted(eligible(task, agents, now), key=lambda a: a.name)
     if not pool:
-        return None
+        return None, ""
+    pool, tier = affinity(task, pool, prefer_host, warm)
+    return _strategy(strategy, task, pool, agents, turn), tier
+
+
+def _strategy(strategy: str, task: TaskSpec, pool: list[AgentSlot], agents: list[AgentSlot],
+              turn: int) -> AgentSlot:
     if strategy == "round_robin":
         return pool[turn % len(pool)]
     if strategy == "capability_based":

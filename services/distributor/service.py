@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,12 +32,14 @@ from protocols.task import (
     TaskSpec,
     TaskWaiting,
 )
-from services.distributor.choice import AgentSlot, Record, choose, unassignable_reason
+from services.distributor.choice import AgentSlot, Record, pick, unassignable_reason
 
 #: seconds of waiting worth one priority point
 AGING_SECONDS = 10.0
 #: seconds an agent that refused or did not answer an assignment is passed over
 COOLDOWN_SECONDS = 5.0
+#: repositories whose caching hosts are remembered (least recently used forgotten first)
+WARM_REPOS = 1024
 #: released outcomes that are the agent's performance (lost, interrupted, withdrawn are not)
 VERDICTS = ("succeeded", "failed", "timed_out")
 
@@ -86,6 +89,16 @@ class Distributor:
         self.records: dict[str, Record] = {}  # agent name -> attempt record
         self.records_loaded = False
         self.released_recently: dict[str, float] = {}  # task id -> when released
+        self.hosts: dict[str, str] = {}  # agent name -> its host (outlives the agent)
+        #: repository (owner, path) -> hosts that were given isolated work on it, whose
+        #: caches therefore hold it
+        self.warm: OrderedDict[str, set[str]] = OrderedDict()
+        self.affinity = Counter("ccaa_assigned_affinity_total",
+                                "assignments by affinity: the previous attempt's agent, its "
+                                "host, a host caching the repository, or any",
+                                ["match"], registry=registry)
+        for match in ("agent", "host", "cache", "any"):
+            self.affinity.labels(match)
         self.handlers = {TaskEnqueue.TYPE: self.on_enqueue, TaskReleased.TYPE: self.on_released,
                          QueueStats.TYPE: self.on_stats}
 
@@ -156,7 +169,7 @@ class Distributor:
             if p.kind != PeerKind.AGENT:
                 continue
             seen.add(p.name)
-            self.agent_up(p.name, p.role, p.capabilities, p.capacity)
+            self.agent_up(p.name, p.role, p.capabilities, p.capacity, p.host)
             slot = self.agents[p.name]
             running = set(p.running)
             for attempt in list(slot.inflight):
@@ -201,11 +214,13 @@ class Distributor:
         self.records_loaded = True
         self.log.info("records.loaded", agents=len(reply.body.agents))  # type: ignore[attr-defined]
 
-    def agent_up(self, name: str, role: str, capabilities: list[str], capacity: int) -> None:
+    def agent_up(self, name: str, role: str, capabilities: list[str], capacity: int,
+                 host: str = "") -> None:
         slot = self.agents.get(name)
+        self.hosts[name] = host
         if slot is None:
             self.agents[name] = AgentSlot(name, role, set(capabilities), capacity,
-                                          record=self._record(name))
+                                          record=self._record(name), host=host)
             self.log.info("agent.added", agent=name, role=role, capacity=capacity)
             self._reasons.clear()
         elif (slot.role, slot.capabilities, slot.capacity) != (role, set(capabilities), capacity):
@@ -239,9 +254,19 @@ class Distributor:
         now = self.clock()
         strategy = self.config.distribution.strategy
         for entry in sorted(self.queue.values(), key=lambda q: -q.score(now)):
-            agent = choose(strategy, entry.spec, list(self.agents.values()), self._turn, now)
+            spec = entry.spec
+            repo = self._repo_key(spec)
+            agent, match = pick(strategy, spec, list(self.agents.values()), self._turn, now,
+                                self.hosts.get(spec.prefer_agent, ""),
+                                frozenset(self.warm.get(repo, ())) if repo else frozenset())
             if agent is None:
                 continue
+            self.affinity.labels(match).inc()
+            if repo:
+                self.warm.setdefault(repo, set()).add(agent.host)
+                self.warm.move_to_end(repo)
+                while len(self.warm) > WARM_REPOS:
+                    self.warm.popitem(last=False)
             self._turn += 1
             del self.queue[entry.spec.attempt_id]
             agent.inflight.add(entry.spec.attempt_id)
@@ -251,6 +276,12 @@ class Distributor:
             self.peer.spawn(self._assign(agent.name, entry))
         self.queue_depth.set(len(self.queue))
         self._check_waiting()
+
+    @staticmethod
+    def _repo_key(spec: TaskSpec) -> str:
+        """The repository a task works on, for the cache affinity ("" when it works in
+        place without one)."""
+        return f"{spec.owner}\0{spec.cwd}" if spec.isolate and spec.base_commit else ""
 
     def _reason(self, spec: TaskSpec) -> str:
         key = (spec.role, frozenset(spec.capabilities))
