@@ -28,6 +28,8 @@ from protocols.task import TaskSpec
 
 #: refs in a cache that say which commits it has (what later fetches leave out)
 HAVE = "refs/ccaa/have/"
+#: have-refs a cache keeps (the newest; older commits stay, they are just not named)
+HAVE_KEPT = 200
 
 
 @dataclass
@@ -141,6 +143,22 @@ class CodeSource:
         return size
 
 
+    @staticmethod
+    def forget(cache: str, branch: str) -> None:
+        """After an attempt: its worktree and branch leave the cache (blocking)."""
+        worktree.remove_worktrees_of(cache, branch)
+        worktree.git(cache, "branch", "-D", branch, check=False)
+
+
+def _prune_have(repo: str, keep: int = HAVE_KEPT) -> None:
+    """Only the newest ``keep`` have-refs stay: fetches name at most 100 of them anyway."""
+    old = worktree.git(repo, "for-each-ref", "--sort=-committerdate", "--format=%(refname)",
+                       HAVE).split()[keep:]
+    if old:
+        worktree.git(repo, "update-ref", "--stdin",
+                     input="".join(f"delete {ref}\n" for ref in old))
+
+
 def _settle(repo: str, refs: dict[str, str], branch: str) -> None:
     """After a fetch: mark what the cache has, and set the task's branch to where the
     repository's host has it (or remove it when that host has none: the work that never
@@ -160,6 +178,7 @@ def _settle(repo: str, refs: dict[str, str], branch: str) -> None:
             worktree.git(repo, "update-ref", f"refs/heads/{branch}", tip)
         else:
             worktree.git(repo, "branch", "-D", branch)
+    _prune_have(repo)
 
 
 def _init(path: Path) -> None:

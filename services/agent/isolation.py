@@ -96,8 +96,9 @@ async def finish(ctx: RunContext, ws: Workspace, status: str) -> None:
             return
         finally:
             try:
-                # a retry makes it again at the same path, so a Claude Code session there resumes
-                await asyncio.to_thread(worktree.remove_worktrees_of, ws.wt.repo, ws.wt.branch)
+                # a retry makes it again at the same path, so a Claude Code session there
+                # resumes; the branch is the repository host's now (a retry fetches it)
+                await asyncio.to_thread(ctx.code.forget, ws.wt.repo, ws.wt.branch)
             except RuntimeError as exc:
                 ctx.data["git_error"] = f"removing the worktree: {exc}"
         ctx.data["sent_bytes"] = sent

@@ -87,8 +87,10 @@ def test_an_agent_works_from_the_bus_and_its_branch_comes_back(procs, bus, tmp_p
     assert git(repo, "rev-parse", f"{branch}~1") == base
     caches = list((data / "repos").iterdir())
     assert len([c for c in caches if c.is_dir()]) == 1
-    # the worktree in the cache went once the branch was back
+    # the worktree in the cache went once the branch was back, and so did the branch
     assert not any((data / "worktrees").rglob("made.txt"))
+    cache = next(c for c in caches if c.is_dir())
+    assert git(cache, "branch", "--list", "ccaa/*") == ""
 
     # the second task needed nothing new: the cache had the base already
     (task2,) = second.tasks
