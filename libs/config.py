@@ -119,27 +119,33 @@ class GateConfig(_Section):
 
     ``exit_code``: passes when the command exits 0. ``threshold``: ``pattern`` (a regular
     expression with one group) extracts a number from the output, which must be at least
-    ``min`` and/or at most ``max``. An empty command means the gate is not configured for
-    this project: it is skipped and reported as such."""
+    ``min`` and/or at most ``max``. ``new_findings``: run on the branch and on the base
+    commit; passes when the branch adds no finding (legacy ones do not block).
+    ``no_drop``: the ``pattern`` figure on the branch is at least the base commit's. ``auto``
+    (the default) takes the command the repository's toolchain calls for; an empty
+    command means the gate is not configured for this project: it is skipped and
+    reported as such."""
 
     command: str = ""
-    kind: Literal["exit_code", "threshold"] = "exit_code"
+    kind: Literal["exit_code", "threshold", "new_findings", "no_drop"] = "exit_code"
     pattern: str = ""
     min: float | None = None
     max: float | None = None
     timeout: float = Field(900.0, gt=0)
+    requires: list[str] = Field(default_factory=list, description="executables (or "
+                                "python:<module>) the command needs; missing ones make the "
+                                "gate 'not available' instead of failing the work")
+
+
+#: a gate command that the repository's toolchain decides (services/orchestrator/toolchain)
+AUTO = "auto"
 
 
 def _default_gates() -> dict[str, GateConfig]:
-    return {
-        "tests": GateConfig(command="python -m pytest -q -p no:cacheprovider"),
-        "coverage": GateConfig(
-            command="python -m pytest -q -p no:cacheprovider --cov --cov-report=term",
-            kind="threshold", pattern=r"TOTAL.*?(\d+(?:\.\d+)?)%", min=80),
-        "lint": GateConfig(command="ruff check ."),
-        "security": GateConfig(command="bandit -q -r . -x ./tests"),
-        "benchmark": GateConfig(kind="threshold"),
-    }
+    """Every gate's command comes from the repository's toolchain unless set here or in
+    the repository's .ccaa.toml."""
+    return {name: GateConfig(command=AUTO)
+            for name in ("tests", "coverage", "lint", "security", "benchmark")}
 
 
 class ResourceLimits(_Section):

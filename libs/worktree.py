@@ -138,6 +138,23 @@ def remove_worktrees_of(repo: str, branch: str) -> list[str]:
     return gone
 
 
+def add_detached(repo: str, path: str, commit: str) -> str:
+    """A throwaway worktree of ``commit`` (no branch) at ``path``, e.g. to run a gate on
+    the base commit beside the branch; remove it with ``remove_detached``."""
+    with locked(repo):
+        shutil.rmtree(path, ignore_errors=True)
+        git(repo, "worktree", "prune", check=False)
+        git(repo, "worktree", "add", "--force", "--detach", path, commit)
+    return path
+
+
+def remove_detached(repo: str, path: str) -> None:
+    with locked(repo):
+        git(repo, "worktree", "remove", "--force", path, check=False)
+        shutil.rmtree(path, ignore_errors=True)
+        git(repo, "worktree", "prune", check=False)
+
+
 @contextmanager
 def locked(repo: str) -> Iterator[None]:
     """Hold the repository's worktree lock: git's ``worktree add`` writes

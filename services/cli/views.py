@@ -91,6 +91,9 @@ def show(st: CommandStatusReply) -> str:
         lines.append(_task_line(t, by_id))
         for c in children.get(t.task_id, []):
             lines.append(_task_line(c, by_id, indent="      "))
+    if report.get("gates"):
+        lines.append("gates")
+        lines += [line for g in report["gates"] for line in gate_lines(g)]
     if report.get("analysis"):
         lines.append("analysis")
         lines += [f"  {line}" for line in str(report["analysis"]).splitlines()]
@@ -102,6 +105,27 @@ def show(st: CommandStatusReply) -> str:
                          f"{int(f.get('succeeded', 0))}  {f.get('seconds', 0):.1f}s  "
                          f"{money(f.get('cost_usd', 0))}")
     return "\n".join(line for line in lines if line)
+
+
+def gate_lines(g: dict[str, Any]) -> list[str]:
+    """A gate run in `ccaa show`: verdict, time, command; figures base vs branch; the first
+    lines of its output when it failed."""
+    state = g["state"] if g.get("available", True) else "n/a"
+    took = f"{g['seconds']:.1f}s" if g.get("seconds") is not None else ""
+    lines = [f"  {str(g.get('gate')):<10} {g.get('key', ''):<28} {state:<10} {took:>7}  "
+             f"{g.get('verdict', '')}"[:200]]
+    if g.get("command"):
+        lines.append(f"      $ {g['command']}"[:200])
+    if g.get("base_value") is not None or g.get("base_findings") is not None:
+        branch = g.get("value", g.get("findings"))
+        base = g.get("base_value", g.get("base_findings"))
+        lines.append(f"      base {base}  branch {branch}"
+                     + (f"  (base run {g['base_seconds']:.1f}s)" if g.get("base_seconds") else ""))
+    for item in g.get("new", [])[:5]:
+        lines.append(f"      new: {item}"[:200])
+    for out in str(g.get("output_head", "")).splitlines()[:5]:
+        lines.append(f"      | {out}"[:200])
+    return lines
 
 
 def logs(reply: TaskLogsReply) -> str:

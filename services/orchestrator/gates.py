@@ -11,8 +11,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from libs.config import GateConfig
+from protocols.gate import GateFigures
 
 PROJECT_FILE = ".ccaa.toml"
+#: how far a no_drop figure may fall below the base's (rounding in tools' output)
+NO_DROP_TOLERANCE = 0.01
 
 
 class GateConfigError(ValueError):
@@ -45,14 +48,22 @@ class Verdict:
     passed: bool
     detail: str
     value: float | None = None
+    available: bool = True  # False: the tool is not installed where it ran (no verdict)
 
 
 def evaluate(gate: GateConfig, result: dict[str, Any]) -> Verdict:
-    """Judge a gate's task result (exit code and output tails)."""
+    """Judge a gate's task result: the gate executor's figures when it ran it, else the
+    exit code and output tails (a gate run by a plain command)."""
     code = result.get("exit_code")
     outcome = result.get("outcome")
     if outcome in ("timed_out", "cancelled"):
         return Verdict(False, f"gate {outcome}")
+    figures = (result.get("data") or {}).get("gate")
+    if isinstance(figures, dict):
+        try:
+            return judge(gate, GateFigures.model_validate(figures))
+        except ValidationError as exc:
+            return Verdict(False, f"the gate's figures are malformed: {exc}"[:300])
     if gate.kind == "exit_code":
         if code == 0:
             return Verdict(True, "exit code 0")
@@ -68,4 +79,40 @@ def evaluate(gate: GateConfig, result: dict[str, Any]) -> Verdict:
         return Verdict(False, f"{value:g} is below the minimum {gate.min:g}", value)
     if gate.max is not None and value > gate.max:
         return Verdict(False, f"{value:g} is above the maximum {gate.max:g}", value)
+    return Verdict(True, f"{value:g} within bounds", value)
+
+
+def judge(gate: GateConfig, f: GateFigures) -> Verdict:
+    """The verdict on what the gate executor measured."""
+    if not f.available:
+        return Verdict(True, f"not available: {', '.join(f.missing)} missing "
+                             f"(would run: {f.command})", available=False)
+    code = f.exit_code
+    if f.kind == "exit_code":
+        return Verdict(code == 0, f"exit code {code}")
+    if f.kind == "new_findings":
+        counts = (f"{f.findings} on the branch, {f.base_findings} on the base"
+                  if f.base_findings is not None else f"{f.findings} on the branch")
+        if code not in (0, None) and not f.findings:
+            return Verdict(False, f"exit code {code} and no findings in its output")
+        if f.new_count:
+            listed = "; ".join(f.new[:5])
+            return Verdict(False, f"{f.new_count} new finding(s) ({counts}): {listed}"[:1000],
+                           float(f.new_count))
+        return Verdict(True, f"no new findings ({counts})", 0.0)
+    value = f.value
+    if value is None:
+        return Verdict(False, f"no figure matched {gate.pattern!r} in the output "
+                              f"(exit code {code})")
+    if gate.min is not None and value < gate.min:
+        return Verdict(False, f"{value:g} is below the minimum {gate.min:g}", value)
+    if gate.max is not None and value > gate.max:
+        return Verdict(False, f"{value:g} is above the maximum {gate.max:g}", value)
+    if f.kind == "no_drop":
+        if f.base_value is None:
+            return Verdict(True, f"{value:g} (the base commit gave no figure)", value)
+        if value + NO_DROP_TOLERANCE < f.base_value:
+            return Verdict(False, f"dropped from {f.base_value:g} on the base to {value:g}",
+                           value)
+        return Verdict(True, f"{value:g}, base {f.base_value:g}: no drop", value)
     return Verdict(True, f"{value:g} within bounds", value)

@@ -37,9 +37,7 @@ def session_report(store: Store, session_id: str) -> dict[str, Any]:
         for k, v in _tokens(data).items():
             tokens[k] += v
             agent[k] += v
-    gates = [{"gate": t.meta.get("gate"), "subject": t.title, "key": t.key, "state": t.state,
-              "verdict": t.meta.get("verdict", ""), "kind": t.kind}
-             for t in tasks if t.kind in ("gate", "final_gate")]
+    gates = [gate_entry(t) for t in tasks if t.kind in ("gate", "final_gate")]
     return {
         "tasks": [{"id": t.id, "key": t.key, "kind": t.kind, "title": t.title, "role": t.role,
                    "state": t.state, "attempts": t.attempt, "agent": t.agent_id,
@@ -53,3 +51,23 @@ def session_report(store: Store, session_id: str) -> dict[str, Any]:
         "wall_time_s": round((row["updated_at"] - row["created_at"]) if row else 0.0, 3),
         "per_agent": {k: dict(v) for k, v in per_agent.items()},
     }
+
+
+#: figures of the gate executor a report shows (protocols.gate.GateFigures)
+GATE_FIGURES = ("command", "seconds", "exit_code", "value", "base_value", "base_seconds",
+                "base_exit_code", "findings", "base_findings", "new_count", "missing")
+
+
+def gate_entry(t: Any) -> dict[str, Any]:
+    """One gate run: its verdict, command, duration and figures (base beside branch where
+    it compared), and the first lines of its output when it failed."""
+    figures = (t.result.get("data") or {}).get("gate") or {}
+    entry = {"gate": t.meta.get("gate"), "subject": t.title, "key": t.key, "state": t.state,
+             "verdict": t.meta.get("verdict", ""), "kind": t.kind,
+             "available": not t.meta.get("not_available")}
+    entry.update({k: figures[k] for k in GATE_FIGURES if figures.get(k) not in (None, [], "")})
+    if figures.get("new"):
+        entry["new"] = figures["new"][:10]
+    if t.state != "succeeded" and figures.get("output_head"):
+        entry["output_head"] = "\n".join(figures["output_head"].splitlines()[:10])
+    return entry

@@ -68,6 +68,7 @@ from services.orchestrator.report import session_report
 from services.orchestrator.safeguards import TERMINAL, Safeguards
 from services.orchestrator.store import Store, TaskRow
 from services.orchestrator.templates import Template, load_templates
+from services.orchestrator.toolchain import resolve
 from services.orchestrator.workflow import Workflow
 
 DISTRIBUTOR = "distributor"
@@ -151,7 +152,7 @@ class Orchestrator(Safeguards):
             raise ProtocolError(ErrorCode.INVALID_REQUEST,
                                 f"no workflow template for {body.type.value}")
         try:
-            gates = project_gates(cmd.repo, self.config.gates)
+            gates, toolchain = resolve(cmd.repo, project_gates(cmd.repo, self.config.gates))
         except GateConfigError as exc:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
         if cmd.gates is not None:
@@ -186,6 +187,10 @@ class Orchestrator(Safeguards):
                                   base_commit=base, **columns)
         self.log.info("session.created", session=body.session_id, type=body.type.value,
                       base=base[:12])
+        self.store.record(body.session_id, "toolchain",
+                          detail=(", ".join(toolchain.names) or "none detected") + "; gates: "
+                          + ", ".join(f"{k} = {v.command}" for k, v in gates.items()
+                                      if v.command)[:400])
         self.audit.add("submit", body.submitter or msg.header.src, session_id=body.session_id,
                        detail=f"{body.type.value} in {cmd.repo}: {cmd.text[:200]}")
         self.events.publish(session_topic("running"),
@@ -437,10 +442,12 @@ class Orchestrator(Safeguards):
                             result=result)
             return
         if task.kind in NO_RETRY:
-            passed, detail = self.workflow.judge_gate(task, result)
-            meta = {**task.meta, "verdict": detail}
-            self.move(task, "succeeded" if passed else "failed", f"gate: {detail}",
-                      result=result, meta=meta)
+            verdict = self.workflow.judge_gate(task, result)
+            meta = {**task.meta, "verdict": verdict.detail}
+            if not verdict.available:
+                meta["not_available"] = True
+            self.move(task, "succeeded" if verdict.passed else "failed",
+                      f"gate: {verdict.detail}"[:500], result=result, meta=meta)
         elif outcome == Outcome.SUCCEEDED:
             self.move(task, "succeeded", f"on {body.agent_id}", result=result)
         elif task.attempt - task.meta.get("attempt_base", 0) <= self.config.orchestrator.retry_attempts:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from libs import worktree
 from libs.config import GateConfig
 from services.orchestrator import merge, prompts
-from services.orchestrator.gates import evaluate
+from protocols.gate import GateRun
+from services.orchestrator.gates import Verdict, evaluate
 from services.orchestrator.plan import (
     Plan,
     PlanError,
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
     from services.orchestrator.service import Orchestrator
 
 FINAL = ("succeeded", "failed", "timed_out", "cancelled")
+#: gate kinds that run on the base commit too
+COMPARING = ("new_findings", "no_drop")
+#: seconds a gate task gets beyond its command's timeout (worktrees, a transfer)
+GATE_SETUP_SECONDS = 120.0
 
 
 class Workflow(Reviews, Escalation):
@@ -195,9 +200,16 @@ class Workflow(Reviews, Escalation):
     def _gate_task(self, sid: str, name: str, gate: GateConfig, base: str, kind: str,
                    parent: TaskRow | None) -> dict[str, Any]:
         subject = parent.key or parent.title if parent else "session"
+        # the comparing kinds also run on the commit the work started from
+        compare_to = (self._base_of(parent) if parent else
+                      self.store.session(sid)["base_commit"]) if gate.kind in COMPARING else ""
+        run = GateRun(name=name, kind=gate.kind, command=gate.command, requires=gate.requires,
+                      pattern=gate.pattern, min=gate.min, max=gate.max, timeout=gate.timeout,
+                      compare_to=compare_to if compare_to != base else "")
+        timeout = gate.timeout * (2 if run.compare_to else 1) + GATE_SETUP_SECONDS
         return self._task(sid, title=f"gate {name}: {subject}", kind=kind, role="utility",
-                          executor="command", prompt=gate.command, base=base,
-                          timeout_s=gate.timeout, key=f"{subject}:{name}",
+                          executor="gate", prompt=run.model_dump_json(), base=base,
+                          timeout_s=timeout, key=f"{subject}:{name}",
                           parent=parent.id if parent else "",
                           meta={"gate": name, "round": parent.attempt if parent else 0})
 
@@ -422,12 +434,15 @@ class Workflow(Reviews, Escalation):
             return
         self.store.record(sid, "cleanup", detail=f"{removed} worktree(s) removed")
 
-    def judge_gate(self, task: TaskRow, result: dict[str, Any]) -> tuple[bool, str]:
+    def judge_gate(self, task: TaskRow, result: dict[str, Any]) -> Verdict:
         gate = self.gates(task.session_id).get(task.meta.get("gate", ""))
         if gate is None:
-            return result.get("outcome") == "succeeded", "unknown gate"
+            return Verdict(result.get("outcome") == "succeeded", "unknown gate")
         verdict = evaluate(gate, result)
-        return verdict.passed, verdict.detail
+        if not verdict.available:
+            self.store.record(task.session_id, "gate_not_available", task.id,
+                              detail=f"{task.meta.get('gate')}: {verdict.detail}"[:500])
+        return verdict
 
     def _report(self, sid: str) -> dict[str, Any]:
         return self.orch.report(sid)

@@ -316,8 +316,8 @@ command = "mypy ."
     assert {"tests", "coverage", "lint", "security", "benchmark", "typecheck"} <= set(cfg.gates)
     assert cfg.gates["tests"].command == "make test"
     assert cfg.gates["tests"].kind == "exit_code" and cfg.gates["tests"].timeout == 900.0
-    assert cfg.gates["coverage"].min == 90 and cfg.gates["coverage"].kind == "threshold"
-    assert cfg.gates["coverage"].pattern  # default pattern kept
+    # the command (and kind, pattern) still come from the repository's toolchain
+    assert cfg.gates["coverage"].min == 90 and cfg.gates["coverage"].command == "auto"
     assert cfg.gates["typecheck"].command == "mypy ."
     assert cfg.gates["lint"] == SystemConfig().gates["lint"]
 

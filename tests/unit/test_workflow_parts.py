@@ -62,7 +62,7 @@ def test_builtin_templates_cover_every_command_type():
     assert set(templates) == {t.value for t in CommandType}
     feature = templates["IMPLEMENT_FEATURE"]
     assert feature.plan is not None and feature.work.review is not None
-    assert feature.gates == ["tests"] and feature.merge
+    assert feature.gates == ["tests", "lint", "coverage", "security"] and feature.merge
     assert templates["ANALYZE_PROJECT"].cache and templates["RUN"].single is not None
     assert "benchmark" in templates["OPTIMIZE_PERFORMANCE"].gates
 

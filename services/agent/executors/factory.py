@@ -26,7 +26,7 @@ from services.agent.executors.environment import task_env
 
 MODEL_BASE_URL_ENV = "CCAA_MODEL_BASE_URL"
 CLAUDE_PATH_ENV = "CCAA_CLAUDE_PATH"
-EXECUTORS = ("command", "claude")
+EXECUTORS = ("command", "claude", "gate")
 
 
 def claude_env(environ: Mapping[str, str] | None = None, config_dir: str = "") -> dict[str, str]:
@@ -78,6 +78,12 @@ def executor_factory(config: SystemConfig, role_name: str) -> Callable[[TaskSpec
                                    worktree_setup=config.orchestrator.worktree_setup)
         if kind == "claude":
             return _claude(config, role)
+        if kind == "gate":  # a quality gate (the owner names it per task)
+            from services.agent.executors.gate import GateExecutor
+
+            return GateExecutor(env=task_env(role.env_passthrough),
+                                worktree_root=str(config.data_path() / "worktrees"),
+                                worktree_setup=config.orchestrator.worktree_setup)
         raise ValueError(f"unknown executor {kind!r} (available: {', '.join(EXECUTORS)})")
 
     return make

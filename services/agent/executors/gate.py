@@ -1,0 +1,229 @@
+"""The ``gate`` executor: a quality gate's command (protocols.gate.GateRun, the task's
+prompt) run in a worktree of the commit under test and, for the comparing kinds, in a
+throwaway worktree of the base commit too; what it measured goes back as
+``TaskResult.data["gate"]`` (protocols.gate.GateFigures) for the owner to judge.
+
+A gate leaves nothing behind: no commit, no branch; its worktrees go when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from libs import worktree
+from protocols.gate import GateFigures, GateRun
+from protocols.task import Outcome
+from services.agent import isolation
+from services.agent.executors.base import ExecutionResult, RunContext, kill_group
+
+#: bytes of each stream kept per run (findings are read from all of it)
+MAX_OUTPUT = 4 * 1024 * 1024
+#: lines of the branch run's output in the report
+HEAD_LINES = 20
+#: new findings listed in the report
+MAX_LISTED = 50
+GRACE_SECONDS = 2.0
+#: what a shell says of a command it cannot find
+NOT_FOUND = re.compile(r"command not found|No such file or directory|not found", re.I)
+
+
+@dataclass
+class Run:
+    code: int | None
+    out: str
+    err: str
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.out}\n{self.err}"
+
+
+def missing_tools(requires: list[str], env: dict[str, str] | None) -> list[str]:
+    """The requirements not met here: executables not on PATH, ``python:<module>`` not
+    importable by the ``python`` on PATH."""
+    path = (env or os.environ).get("PATH", os.defpath)
+    missing = []
+    for need in requires:
+        if need.startswith("python:"):
+            module = need.split(":", 1)[1]
+            python = shutil.which("python", path=path) or shutil.which("python3", path=path)
+            probe = ("import importlib.util, sys; "
+                     f"sys.exit(0 if importlib.util.find_spec({module!r}) else 1)")
+            if python is None or subprocess.run([python, "-c", probe], env=env,
+                                                capture_output=True).returncode != 0:
+                missing.append(f"python module {module}")
+        elif shutil.which(need, path=path) is None:
+            missing.append(need)
+    return missing
+
+
+def findings(text: str, pattern: str, cwd: str) -> Counter[str]:
+    """One entry per finding line, ``path: message``; line numbers are left out so that
+    findings that merely moved match."""
+    found: Counter[str] = Counter()
+    regex = re.compile(pattern, re.MULTILINE)
+    prefix = cwd.rstrip("/") + "/"
+    for m in regex.finditer(text):
+        path = m.group("path").strip().removeprefix(prefix).removeprefix("./")
+        message = " ".join(m.group("message").split())
+        found[f"{path}: {message}"] += 1
+    return found
+
+
+def figure(pattern: str, text: str) -> float | None:
+    matches = re.findall(pattern, text) if pattern else []
+    if not matches:
+        return None
+    last = matches[-1]
+    try:
+        return float(last[0] if isinstance(last, tuple) else last)
+    except ValueError:
+        return None
+
+
+class GateExecutor:
+    name = "gate"
+
+    def __init__(self, env: dict[str, str] | None = None, worktree_root: str | None = None,
+                 worktree_setup: str = ""):
+        self.env = env
+        self.worktree_root = worktree_root
+        self.worktree_setup = worktree_setup
+
+    async def run(self, ctx: RunContext) -> ExecutionResult:
+        try:
+            gate = GateRun.model_validate_json(ctx.spec.prompt)
+        except ValidationError as exc:
+            return ExecutionResult(Outcome.FAILED, error=f"not a gate run: {exc}"[:500])
+        try:
+            ws = await isolation.prepare(ctx, self.worktree_root, self.worktree_setup)
+        except RuntimeError as exc:
+            return ExecutionResult(Outcome.FAILED, error=f"worktree: {exc}")
+        figures = GateFigures(name=gate.name, kind=gate.kind, command=gate.command)
+        try:
+            return await self._gate(ctx, gate, ws, figures)
+        finally:
+            ctx.data["gate"] = figures.model_dump()
+            await asyncio.shield(self._cleanup(ctx, ws))
+
+    async def _gate(self, ctx: RunContext, gate: GateRun, ws: isolation.Workspace,
+                    figures: GateFigures) -> ExecutionResult:
+        missing = await asyncio.to_thread(missing_tools, gate.requires, self.env)
+        if missing:
+            return self._not_available(ctx, figures, missing)
+        branch = await self._exec(ctx, gate, ws.run_dir, tail=True)
+        if branch.code == 127 and NOT_FOUND.search(branch.err):
+            return self._not_available(ctx, figures, [branch.err.strip().splitlines()[-1][:200]])
+        figures.exit_code, figures.seconds = branch.code, round(branch.seconds, 3)
+        figures.output_head = "\n".join(branch.text.strip().splitlines()[:HEAD_LINES])[:4000]
+        base = None
+        if gate.kind in ("new_findings", "no_drop") and gate.compare_to:
+            base = await self._on_base(ctx, gate, ws)
+            figures.base_exit_code, figures.base_seconds = base.code, round(base.seconds, 3)
+        if gate.kind in ("threshold", "no_drop"):
+            figures.value = figure(gate.pattern, branch.text)
+            if base is not None:
+                figures.base_value = figure(gate.pattern, base.text)
+        if gate.kind == "new_findings":
+            mine = findings(branch.text, gate.finding, ws.run_dir)
+            figures.findings = sum(mine.values())
+            if base is not None:
+                theirs = findings(base.text, gate.finding, self._base_dir(ws))
+                figures.base_findings = sum(theirs.values())
+                new = mine - theirs
+            else:
+                new = mine
+            figures.new_count = sum(new.values())
+            figures.new = sorted(new.elements())[:MAX_LISTED]
+        ctx.progress("gate", f"{gate.name}: exit {branch.code}"
+                     + (f", base exit {base.code}" if base else ""), {"gate": gate.name})
+        if branch.code == 0:
+            return ExecutionResult(Outcome.SUCCEEDED, exit_code=0)
+        return ExecutionResult(Outcome.FAILED, exit_code=branch.code,
+                               error=f"exit code {branch.code}")
+
+    @staticmethod
+    def _not_available(ctx: RunContext, figures: GateFigures,
+                       missing: list[str]) -> ExecutionResult:
+        figures.available, figures.missing = False, missing
+        ctx.progress("gate", f"{figures.name} not available: {', '.join(missing)} "
+                     f"(would run: {figures.command})", {"gate": figures.name})
+        return ExecutionResult(Outcome.SUCCEEDED, exit_code=None)
+
+    @staticmethod
+    def _base_dir(ws: isolation.Workspace) -> str:
+        return f"{ws.run_dir.rstrip('/')}.base"
+
+    async def _on_base(self, ctx: RunContext, gate: GateRun, ws: isolation.Workspace) -> Run:
+        repo = ws.wt.repo if ws.wt is not None else ws.run_dir
+        path = self._base_dir(ws)
+        await asyncio.to_thread(worktree.add_detached, repo, path, gate.compare_to)
+        try:
+            return await self._exec(ctx, gate, path, tail=False)
+        finally:
+            await asyncio.shield(asyncio.to_thread(worktree.remove_detached, repo, path))
+
+    async def _exec(self, ctx: RunContext, gate: GateRun, cwd: str, tail: bool) -> Run:
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", gate.command, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, env=self.env)
+        ctx.pgid = proc.pid
+        try:
+            out, err = await asyncio.wait_for(asyncio.gather(
+                _read(proc.stdout), _read(proc.stderr)), gate.timeout)
+            code: int | None = await proc.wait()
+        except asyncio.TimeoutError:
+            out, err, code = "", f"timed out after {gate.timeout:g}s", None
+        finally:
+            if proc.returncode is None:
+                kill_group(proc.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), GRACE_SECONDS)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    pass
+            kill_group(proc.pid)
+        if tail:
+            ctx.stdout.add(out)
+            ctx.stderr.add(err)
+        return Run(code, out, err, time.monotonic() - started)
+
+    async def _cleanup(self, ctx: RunContext, ws: isolation.Workspace) -> None:
+        """A gate's worktree and branch go; it made nothing to keep."""
+        if ws.wt is None:
+            return
+        try:
+            await asyncio.to_thread(_forget, ws.wt.repo, ws.wt.branch)
+        except RuntimeError as exc:
+            ctx.data["git_error"] = f"removing the gate's worktree: {exc}"
+
+
+def _forget(repo: str, branch: str) -> None:
+    worktree.remove_worktrees_of(repo, branch)
+    worktree.git(repo, "branch", "-D", branch, check=False)
+
+
+async def _read(stream: asyncio.StreamReader | None) -> str:
+    if stream is None:
+        return ""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            break
+        if size < MAX_OUTPUT:
+            chunks.append(chunk[:MAX_OUTPUT - size])
+            size += len(chunks[-1])
+    return b"".join(chunks).decode("utf-8", errors="replace")

@@ -1,0 +1,157 @@
+"""Which gate commands a repository calls for, from its files: what a user of that
+ecosystem would run. A gate configured as ``auto`` (the default) takes the command found
+here; the operator's configuration and the repository's ``.ccaa.toml`` override it.
+
+- Python (pyproject.toml, setup.py, setup.cfg, requirements*.txt, or Python modules or
+  packages at the top): pytest, coverage via
+  pytest-cov (no drop versus the base commit), ruff and bandit (no new findings).
+- Node (package.json): its ``test``, ``lint`` and ``bench`` scripts; ``npm audit`` with a
+  lockfile.
+- Go (go.mod): ``go test ./...``, ``go vet ./...`` (no new findings).
+- Rust (Cargo.toml): ``cargo test``, ``cargo clippy``.
+- Make / just: targets named test, lint, bench take precedence (the project's own way).
+
+A tool that is not installed where the gate runs makes the gate "not available" (see
+``requires``), never a pass and never a failure of the work."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from libs.config import AUTO, GateConfig
+
+COVERAGE = r"TOTAL.*?(\d+(?:\.\d+)?)%"
+NPM_PLACEHOLDER = "no test specified"
+
+
+@dataclass
+class Toolchain:
+    names: list[str] = field(default_factory=list)  # e.g. ["python", "make"]
+    gates: dict[str, GateConfig] = field(default_factory=dict)
+
+
+def _python(root: Path) -> dict[str, GateConfig]:
+    return {
+        "tests": GateConfig(command="python -m pytest -q -p no:cacheprovider",
+                            requires=["python", "python:pytest"]),
+        "coverage": GateConfig(
+            command="python -m pytest -q -p no:cacheprovider --cov=. --cov-report=term",
+            kind="no_drop", pattern=COVERAGE, requires=["python", "python:pytest_cov"]),
+        "lint": GateConfig(command="ruff check --output-format=concise --no-cache .",
+                           kind="new_findings", requires=["ruff"]),
+        "security": GateConfig(
+            command="bandit -q -r . -x ./tests,./.git -f custom "
+                    "--msg-template '{relpath}:{line}: {test_id} {msg}'",
+            kind="new_findings", requires=["bandit"]),
+    }
+
+
+def _node(root: Path) -> dict[str, GateConfig]:
+    try:
+        scripts = json.loads((root / "package.json").read_text()).get("scripts") or {}
+    except (OSError, ValueError, AttributeError):
+        scripts = {}
+    gates: dict[str, GateConfig] = {}
+    test = scripts.get("test")
+    if isinstance(test, str) and NPM_PLACEHOLDER not in test:
+        gates["tests"] = GateConfig(command="npm test --silent", requires=["npm"])
+    if isinstance(scripts.get("lint"), str):
+        gates["lint"] = GateConfig(command="npm run lint --silent", requires=["npm"])
+    if isinstance(scripts.get("bench"), str):
+        gates["benchmark"] = GateConfig(command="npm run bench --silent", requires=["npm"])
+    if (root / "package-lock.json").is_file():
+        gates["security"] = GateConfig(command="npm audit --omit=dev --audit-level=high",
+                                       requires=["npm"])
+    return gates
+
+
+def _go(root: Path) -> dict[str, GateConfig]:
+    return {"tests": GateConfig(command="go test ./...", requires=["go"]),
+            "lint": GateConfig(command="go vet ./...", kind="new_findings", requires=["go"])}
+
+
+def _rust(root: Path) -> dict[str, GateConfig]:
+    return {"tests": GateConfig(command="cargo test --quiet", requires=["cargo"]),
+            "lint": GateConfig(command="cargo clippy --quiet -- -D warnings",
+                               requires=["cargo", "cargo-clippy"])}
+
+
+def _targets(text: str, pattern: str) -> set[str]:
+    return {m.group(1) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
+def _make(root: Path) -> dict[str, GateConfig]:
+    for name in ("GNUmakefile", "makefile", "Makefile"):
+        path = root / name
+        if path.is_file():
+            targets = _targets(path.read_text(errors="replace"), r"^([A-Za-z][\w-]*)\s*:(?!=)")
+            return _by_target(targets, "make", ["make"])
+    return {}
+
+
+def _just(root: Path) -> dict[str, GateConfig]:
+    for name in ("justfile", "Justfile", ".justfile"):
+        path = root / name
+        if path.is_file():
+            targets = _targets(path.read_text(errors="replace"), r"^@?([A-Za-z][\w-]*)[^:\n]*:")
+            return _by_target(targets, "just", ["just"])
+    return {}
+
+
+def _by_target(targets: set[str], tool: str, requires: list[str]) -> dict[str, GateConfig]:
+    gates = {}
+    for gate, target in (("tests", "test"), ("lint", "lint"), ("benchmark", "bench")):
+        if target in targets:
+            gates[gate] = GateConfig(command=f"{tool} {target}", requires=requires)
+    return gates
+
+
+DETECTORS = (
+    ("python", lambda r: any((r / f).is_file() for f in ("pyproject.toml", "setup.py",
+                                                          "setup.cfg", "requirements.txt"))
+     or any(r.glob("requirements*.txt")) or any(r.glob("*.py"))
+     or any(r.glob("*/__init__.py")), _python),
+    ("node", lambda r: (r / "package.json").is_file(), _node),
+    ("go", lambda r: (r / "go.mod").is_file(), _go),
+    ("rust", lambda r: (r / "Cargo.toml").is_file(), _rust),
+    # the project's own targets last: they win over the language's defaults
+    ("make", lambda r: any((r / f).is_file() for f in ("GNUmakefile", "makefile", "Makefile")),
+     _make),
+    ("just", lambda r: any((r / f).is_file() for f in ("justfile", "Justfile", ".justfile")),
+     _just),
+)
+
+
+def detect(repo: str) -> Toolchain:
+    root = Path(repo)
+    found = Toolchain()
+    for name, present, gates_of in DETECTORS:
+        if present(root):
+            gates = gates_of(root)
+            found.names.append(name)
+            found.gates.update(gates)
+    return found
+
+
+def resolve(repo: str, gates: dict[str, GateConfig]) -> tuple[dict[str, GateConfig], Toolchain]:
+    """``gates`` with every ``auto`` command replaced by the toolchain's (or emptied: no
+    command for this repository, so the gate is skipped and reported as such). A setting
+    given beside ``auto`` (a timeout, a minimum) is kept."""
+    found = detect(repo)
+    out = {}
+    for name, gate in gates.items():
+        if gate.command != AUTO:
+            out[name] = gate
+            continue
+        detected = found.gates.get(name)
+        if detected is None:
+            out[name] = gate.model_copy(update={"command": ""})
+            continue
+        plain = GateConfig().model_dump()
+        given = {k: v for k, v in gate.model_dump().items()
+                 if k != "command" and v != plain[k]}
+        out[name] = detected.model_copy(update=given)
+    return out, found
