@@ -121,13 +121,16 @@ class GateConfig(_Section):
     expression with one group) extracts a number from the output, which must be at least
     ``min`` and/or at most ``max``. ``new_findings``: run on the branch and on the base
     commit; passes when the branch adds no finding (legacy ones do not block).
-    ``no_drop``: the ``pattern`` figure on the branch is at least the base commit's. ``auto``
+    ``no_drop``: the ``pattern`` figure on the branch is at least the base commit's.
+    ``test_first``: the tests the branch adds or changes fail on the base commit and pass
+    on the branch (``{tests}`` in the command: those files). ``auto``
     (the default) takes the command the repository's toolchain calls for; an empty
     command means the gate is not configured for this project: it is skipped and
     reported as such."""
 
     command: str = ""
-    kind: Literal["exit_code", "threshold", "new_findings", "no_drop"] = "exit_code"
+    kind: Literal["exit_code", "threshold", "new_findings", "no_drop", "test_first"] = \
+        "exit_code"
     pattern: str = ""
     min: float | None = None
     max: float | None = None
@@ -145,7 +148,7 @@ def _default_gates() -> dict[str, GateConfig]:
     """Every gate's command comes from the repository's toolchain unless set here or in
     the repository's .ccaa.toml."""
     return {name: GateConfig(command=AUTO)
-            for name in ("tests", "coverage", "lint", "security", "benchmark")}
+            for name in ("tests", "coverage", "lint", "security", "benchmark", "test_first")}
 
 
 class ResourceLimits(_Section):

@@ -5,7 +5,10 @@ Kinds: ``exit_code`` passes on exit 0; ``threshold`` extracts a figure with ``pa
 and checks ``min``/``max``; ``new_findings`` runs the command on the branch and on
 ``compare_to`` (the base commit, in a worktree of its own) and passes when the branch has
 no finding the base lacks, so legacy findings do not block work; ``no_drop`` extracts the
-figure on both and passes when the branch's is at least the base's. A command whose tool is
+figure on both and passes when the branch's is at least the base's; ``test_first`` proves a
+fix: the test files the branch adds or changes must fail on the base commit (run there with
+the branch's versions of those files) and pass on the branch (``{tests}`` in the command
+is replaced by those files). A command whose tool is
 missing (``requires``, or the shell's exit 127) is reported not available: neither a pass
 nor a failure of the work."""
 
@@ -15,7 +18,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-GateKind = Literal["exit_code", "threshold", "new_findings", "no_drop"]
+GateKind = Literal["exit_code", "threshold", "new_findings", "no_drop", "test_first"]
+#: a test file, by path: tests/ or test/ or __tests__/ directories, test_*.py, *_test.py,
+#: *_test.go, *.test.js/ts, *.spec.js/ts
+TEST_FILE = (r"(^|/)(tests?|__tests__|spec)/|(^|/)test_[^/]*\.py$|_test\.(py|go)$"
+             r"|\.(test|spec)\.[cm]?[jt]sx?$")
+#: exit codes of a test command that prove nothing (pytest: usage error, no tests; the
+#: shell: command not found)
+NOT_A_PROOF = (4, 5, 127)
 
 #: a finding line: ``path:line[:col]: message`` (ruff concise, go vet, eslint -f unix,
 #: bandit with the custom template the detection sets, mypy, ...)
@@ -33,6 +43,7 @@ class GateRun(BaseModel):
     max: float | None = None
     finding: str = FINDING  # new_findings: one finding per matching output line
     compare_to: str = Field(default="", pattern=r"^([0-9a-f]{40})?$")
+    test_files: str = TEST_FILE  # test_first: which changed files are tests
     timeout: float = Field(900.0, gt=0)
 
 
@@ -55,3 +66,5 @@ class GateFigures(BaseModel):
     new: list[str] = []  # findings the branch has and the base lacks (at most 50 shown)
     new_count: int = 0
     output_head: str = ""  # the first lines of the branch run's output
+    tests: list[str] = []  # test_first: the test files the branch adds or changes
+    base_output_head: str = ""  # test_first: how those tests failed on the base

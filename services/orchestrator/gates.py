@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from libs.config import GateConfig
-from protocols.gate import GateFigures
+from protocols.gate import NOT_A_PROOF, GateFigures
 
 PROJECT_FILE = ".ccaa.toml"
 #: how far a no_drop figure may fall below the base's (rounding in tools' output)
@@ -88,6 +88,8 @@ def judge(gate: GateConfig, f: GateFigures) -> Verdict:
         return Verdict(True, f"not available: {', '.join(f.missing)} missing "
                              f"(would run: {f.command})", available=False)
     code = f.exit_code
+    if f.kind == "test_first":
+        return _test_first(f)
     if f.kind == "exit_code":
         return Verdict(code == 0, f"exit code {code}")
     if f.kind == "new_findings":
@@ -116,3 +118,20 @@ def judge(gate: GateConfig, f: GateFigures) -> Verdict:
                            value)
         return Verdict(True, f"{value:g}, base {f.base_value:g}: no drop", value)
     return Verdict(True, f"{value:g} within bounds", value)
+
+
+def _test_first(f: GateFigures) -> Verdict:
+    if not f.tests:
+        return Verdict(False, "the change adds or changes no test: a fix must come with a "
+                              "test that fails without it")
+    named = ", ".join(f.tests[:5])
+    if f.exit_code != 0:
+        return Verdict(False, f"its tests ({named}) fail on the branch (exit {f.exit_code})")
+    if f.base_exit_code == 0:
+        return Verdict(False, f"its tests ({named}) also pass on the base commit: they do "
+                              "not show the problem the change fixes")
+    if f.base_exit_code in NOT_A_PROOF or f.base_exit_code is None:
+        return Verdict(False, f"its tests ({named}) did not run on the base commit "
+                              f"(exit {f.base_exit_code}), so they prove nothing")
+    return Verdict(True, f"{named}: fail on the base (exit {f.base_exit_code}), pass on the "
+                         "branch")

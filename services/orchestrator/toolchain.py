@@ -3,7 +3,8 @@ ecosystem would run. A gate configured as ``auto`` (the default) takes the comma
 here; the operator's configuration and the repository's ``.ccaa.toml`` override it.
 
 - Python (pyproject.toml, setup.py, setup.cfg, requirements*.txt, or Python modules or
-  packages at the top): pytest, coverage via
+  packages at the top): pytest (the whole suite; for a fix, the tests it adds or changes
+  on the base and on the branch), coverage via
   pytest-cov (no drop versus the base commit), ruff and bandit (no new findings).
 - Node (package.json): its ``test``, ``lint`` and ``bench`` scripts; ``npm audit`` with a
   lockfile.
@@ -37,6 +38,8 @@ def _python(root: Path) -> dict[str, GateConfig]:
     return {
         "tests": GateConfig(command="python -m pytest -q -p no:cacheprovider",
                             requires=["python", "python:pytest"]),
+        "test_first": GateConfig(command="python -m pytest -q -p no:cacheprovider {tests}",
+                                 kind="test_first", requires=["python", "python:pytest"]),
         "coverage": GateConfig(
             command="python -m pytest -q -p no:cacheprovider --cov=. --cov-report=term",
             kind="no_drop", pattern=COVERAGE, requires=["python", "python:pytest_cov"]),
@@ -58,6 +61,8 @@ def _node(root: Path) -> dict[str, GateConfig]:
     test = scripts.get("test")
     if isinstance(test, str) and NPM_PLACEHOLDER not in test:
         gates["tests"] = GateConfig(command="npm test --silent", requires=["npm"])
+        gates["test_first"] = GateConfig(command="npm test --silent", kind="test_first",
+                                         requires=["npm"])
     if isinstance(scripts.get("lint"), str):
         gates["lint"] = GateConfig(command="npm run lint --silent", requires=["npm"])
     if isinstance(scripts.get("bench"), str):
@@ -70,11 +75,15 @@ def _node(root: Path) -> dict[str, GateConfig]:
 
 def _go(root: Path) -> dict[str, GateConfig]:
     return {"tests": GateConfig(command="go test ./...", requires=["go"]),
+            "test_first": GateConfig(command="go test ./...", kind="test_first",
+                                     requires=["go"]),
             "lint": GateConfig(command="go vet ./...", kind="new_findings", requires=["go"])}
 
 
 def _rust(root: Path) -> dict[str, GateConfig]:
     return {"tests": GateConfig(command="cargo test --quiet", requires=["cargo"]),
+            "test_first": GateConfig(command="cargo test --quiet", kind="test_first",
+                                     requires=["cargo"]),
             "lint": GateConfig(command="cargo clippy --quiet -- -D warnings",
                                requires=["cargo", "cargo-clippy"])}
 

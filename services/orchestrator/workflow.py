@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 FINAL = ("succeeded", "failed", "timed_out", "cancelled")
 #: gate kinds that run on the base commit too
-COMPARING = ("new_findings", "no_drop")
+COMPARING = ("new_findings", "no_drop", "test_first")
 #: seconds a gate task gets beyond its command's timeout (worktrees, a transfer)
 GATE_SETUP_SECONDS = 120.0
 

@@ -97,7 +97,8 @@ def run_gate(repo: Path, tmp_path: Path, gate: GateConfig, name: str, commit_sha
 
 
 def gates_of(repo: Path) -> dict[str, GateConfig]:
-    auto = {n: GateConfig(command="auto") for n in ("tests", "coverage", "lint", "security")}
+    auto = {n: GateConfig(command="auto")
+            for n in ("tests", "coverage", "lint", "security", "test_first")}
     return resolve(str(repo), auto)[0]
 
 
@@ -174,3 +175,38 @@ def test_tests_gate_runs_pytest_on_the_commit_under_test(repo, tmp_path):
     figures, verdict = run_gate(repo, tmp_path, tests, "tests", broken, "")
     assert not verdict.passed and figures.exit_code == 1
     assert "failed" in figures.output_head.lower() or "F" in figures.output_head
+
+
+def test_a_fix_must_come_with_a_test_that_fails_without_it(repo, tmp_path):
+    # the base has a bug no test catches
+    base = commit(repo, {"mul.py": "def mul(a, b):\n    return a + b\n"}, "mul, wrong")
+    proof = gates_of(repo)["test_first"]
+    assert proof.kind == "test_first" and "{tests}" in proof.command
+    fixed = "def mul(a, b):\n    return a * b\n"
+
+    # the fix alone: refused, nothing shows the problem
+    only_fix = commit(repo, {"mul.py": fixed}, "fix mul")
+    figures, verdict = run_gate(repo, tmp_path, proof, "test_first", only_fix, base)
+    assert not verdict.passed and figures.tests == []
+    assert "adds or changes no test" in verdict.detail
+
+    # a test that passes on the base too proves nothing (2 + 2 == 2 * 2)
+    weak = commit(repo, {"tests/test_mul.py": "from mul import mul\n\n\ndef test_mul():\n"
+                                              "    assert mul(2, 2) == 4\n"}, "weak test")
+    figures, verdict = run_gate(repo, tmp_path, proof, "test_first", weak, base)
+    assert figures.tests == ["tests/test_mul.py"]
+    assert figures.base_exit_code == 0 and not verdict.passed
+    assert "also pass on the base commit" in verdict.detail
+
+    # a test that shows the bug: fails on the base, passes on the branch
+    real = commit(repo, {"tests/test_mul.py": "from mul import mul\n\n\ndef test_mul():\n"
+                                              "    assert mul(3, 4) == 12\n"}, "real test")
+    figures, verdict = run_gate(repo, tmp_path, proof, "test_first", real, base)
+    assert verdict.passed, verdict.detail
+    assert figures.exit_code == 0 and figures.base_exit_code == 1
+    assert "assert 7 == 12" in figures.base_output_head or "7 == 12" in figures.base_output_head
+
+    # the same test with the fix taken back: it fails on the branch as well
+    broken = commit(repo, {"mul.py": "def mul(a, b):\n    return a + b\n"}, "undo the fix")
+    figures, verdict = run_gate(repo, tmp_path, proof, "test_first", broken, base)
+    assert not verdict.passed and "fail on the branch" in verdict.detail

@@ -36,6 +36,7 @@ def test_python(tmp_path):
     assert g["lint"].kind == "new_findings" and g["lint"].requires == ["ruff"]
     assert g["security"].command.startswith("bandit") and g["security"].kind == "new_findings"
     assert "benchmark" not in g
+    assert g["test_first"].kind == "test_first" and "{tests}" in g["test_first"].command
 
 
 def test_node_uses_its_own_scripts_and_skips_npms_placeholder(tmp_path):
@@ -43,7 +44,8 @@ def test_node_uses_its_own_scripts_and_skips_npms_placeholder(tmp_path):
     found = detect(make(tmp_path, {"package.json": json.dumps(pkg), "package-lock.json": "{}"}))
     assert found.names == ["node"]
     assert {k: v.command for k, v in found.gates.items()} == {
-        "tests": "npm test --silent", "lint": "npm run lint --silent",
+        "tests": "npm test --silent", "test_first": "npm test --silent",
+        "lint": "npm run lint --silent",
         "benchmark": "npm run bench --silent",
         "security": "npm audit --omit=dev --audit-level=high"}
     placeholder = {"scripts": {"test": 'echo "Error: no test specified" && exit 1'}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -121,11 +122,13 @@ class GateExecutor:
         missing = await asyncio.to_thread(missing_tools, gate.requires, self.env)
         if missing:
             return self._not_available(ctx, figures, missing)
+        if gate.kind == "test_first":
+            return await self._test_first(ctx, gate, ws, figures)
         branch = await self._exec(ctx, gate, ws.run_dir, tail=True)
         if branch.code == 127 and NOT_FOUND.search(branch.err):
             return self._not_available(ctx, figures, [branch.err.strip().splitlines()[-1][:200]])
         figures.exit_code, figures.seconds = branch.code, round(branch.seconds, 3)
-        figures.output_head = "\n".join(branch.text.strip().splitlines()[:HEAD_LINES])[:4000]
+        figures.output_head = _head(branch.text)
         base = None
         if gate.kind in ("new_findings", "no_drop") and gate.compare_to:
             base = await self._on_base(ctx, gate, ws)
@@ -152,6 +155,34 @@ class GateExecutor:
         return ExecutionResult(Outcome.FAILED, exit_code=branch.code,
                                error=f"exit code {branch.code}")
 
+    async def _test_first(self, ctx: RunContext, gate: GateRun, ws: isolation.Workspace,
+                          figures: GateFigures) -> ExecutionResult:
+        """The tests the branch adds or changes, run on the branch (must pass) and on the
+        base commit with the branch's versions of those files (must fail)."""
+        if not gate.compare_to:
+            return ExecutionResult(Outcome.FAILED, error="test_first needs the base commit")
+        tests = await asyncio.to_thread(changed_tests, ws.run_dir, gate.compare_to,
+                                        gate.test_files)
+        figures.tests = tests
+        if not tests:
+            ctx.progress("gate", f"{gate.name}: the branch adds or changes no test",
+                         {"gate": gate.name})
+            return ExecutionResult(Outcome.FAILED, error="no test added or changed")
+        command = gate.command.replace("{tests}", " ".join(shlex.quote(t) for t in tests))
+        branch = await self._exec(ctx, gate, ws.run_dir, tail=True, command=command)
+        if branch.code == 127 and NOT_FOUND.search(branch.err):
+            return self._not_available(ctx, figures, [branch.err.strip().splitlines()[-1][:200]])
+        figures.exit_code, figures.seconds = branch.code, round(branch.seconds, 3)
+        figures.output_head = _head(branch.text)
+        base = await self._on_base(ctx, gate, ws, command=command,
+                                   bring=[(os.path.join(ws.run_dir, t), t) for t in tests])
+        figures.base_exit_code, figures.base_seconds = base.code, round(base.seconds, 3)
+        figures.base_output_head = _head(base.text)
+        ctx.progress("gate", f"{gate.name}: {len(tests)} test file(s): exit {base.code} on "
+                     f"the base, {branch.code} on the branch", {"gate": gate.name})
+        return ExecutionResult(Outcome.SUCCEEDED if branch.code == 0 else Outcome.FAILED,
+                               exit_code=branch.code)
+
     @staticmethod
     def _not_available(ctx: RunContext, figures: GateFigures,
                        missing: list[str]) -> ExecutionResult:
@@ -164,19 +195,27 @@ class GateExecutor:
     def _base_dir(ws: isolation.Workspace) -> str:
         return f"{ws.run_dir.rstrip('/')}.base"
 
-    async def _on_base(self, ctx: RunContext, gate: GateRun, ws: isolation.Workspace) -> Run:
+    async def _on_base(self, ctx: RunContext, gate: GateRun, ws: isolation.Workspace,
+                       command: str = "", bring: list[tuple[str, str]] = ()) -> Run:
+        """The command in a throwaway worktree of the base commit, with ``bring``'s files
+        (source, relative path) copied in first."""
         repo = ws.wt.repo if ws.wt is not None else ws.run_dir
         path = self._base_dir(ws)
         await asyncio.to_thread(worktree.add_detached, repo, path, gate.compare_to)
         try:
-            return await self._exec(ctx, gate, path, tail=False)
+            for source, rel in bring:
+                target = os.path.join(path, rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(source, target)
+            return await self._exec(ctx, gate, path, tail=False, command=command)
         finally:
             await asyncio.shield(asyncio.to_thread(worktree.remove_detached, repo, path))
 
-    async def _exec(self, ctx: RunContext, gate: GateRun, cwd: str, tail: bool) -> Run:
+    async def _exec(self, ctx: RunContext, gate: GateRun, cwd: str, tail: bool,
+                    command: str = "") -> Run:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", gate.command, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+            "bash", "-c", command or gate.command, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True, env=self.env)
         ctx.pgid = proc.pid
@@ -207,6 +246,19 @@ class GateExecutor:
             await asyncio.to_thread(_forget, ws.wt.repo, ws.wt.branch)
         except RuntimeError as exc:
             ctx.data["git_error"] = f"removing the gate's worktree: {exc}"
+
+
+def changed_tests(cwd: str, base: str, pattern: str) -> list[str]:
+    """Test files (by path) the checkout at ``cwd`` adds or changes since ``base``."""
+    out = worktree.git(cwd, "diff", "--name-only", "--no-renames", "--diff-filter=AM",
+                       base, "HEAD")
+    regex = re.compile(pattern)
+    return sorted(p for p in out.splitlines() if p and regex.search(p)
+                  and os.path.isfile(os.path.join(cwd, p)))
+
+
+def _head(text: str) -> str:
+    return "\n".join(text.strip().splitlines()[:HEAD_LINES])[:4000]
 
 
 def _forget(repo: str, branch: str) -> None:
