@@ -123,18 +123,24 @@ class GateConfig(_Section):
     commit; passes when the branch adds no finding (legacy ones do not block).
     ``no_drop``: the ``pattern`` figure on the branch is at least the base commit's.
     ``test_first``: the tests the branch adds or changes fail on the base commit and pass
-    on the branch (``{tests}`` in the command: those files). ``auto``
+    on the branch (``{tests}`` in the command: those files). ``improvement``: a benchmark
+    on the base and the branch, interleaved, ``rounds`` each; passes on a gain of at least
+    ``min_improvement`` beyond the runs' noise (figure: ``pattern``'s, else wall time). ``auto``
     (the default) takes the command the repository's toolchain calls for; an empty
     command means the gate is not configured for this project: it is skipped and
     reported as such."""
 
     command: str = ""
-    kind: Literal["exit_code", "threshold", "new_findings", "no_drop", "test_first"] = \
-        "exit_code"
+    kind: Literal["exit_code", "threshold", "new_findings", "no_drop", "test_first",
+                  "improvement"] = "exit_code"
     pattern: str = ""
     min: float | None = None
     max: float | None = None
     timeout: float = Field(900.0, gt=0)
+    rounds: int = Field(5, ge=1, le=50, description="improvement: runs on each side")
+    min_improvement: float = Field(0.05, ge=0, description="improvement: the least "
+                                   "relative gain that passes (0.05 = 5%)")
+    better: Literal["lower", "higher"] = "lower"
     requires: list[str] = Field(default_factory=list, description="executables (or "
                                 "python:<module>) the command needs; missing ones make the "
                                 "gate 'not available' instead of failing the work")
@@ -147,8 +153,10 @@ AUTO = "auto"
 def _default_gates() -> dict[str, GateConfig]:
     """Every gate's command comes from the repository's toolchain unless set here or in
     the repository's .ccaa.toml."""
-    return {name: GateConfig(command=AUTO)
-            for name in ("tests", "coverage", "lint", "security", "benchmark", "test_first")}
+    gates = {name: GateConfig(command=AUTO)
+             for name in ("tests", "coverage", "lint", "security", "test_first")}
+    gates["benchmark"] = GateConfig(command=AUTO, kind="improvement")
+    return gates
 
 
 class ResourceLimits(_Section):

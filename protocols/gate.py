@@ -8,7 +8,10 @@ no finding the base lacks, so legacy findings do not block work; ``no_drop`` ext
 figure on both and passes when the branch's is at least the base's; ``test_first`` proves a
 fix: the test files the branch adds or changes must fail on the base commit (run there with
 the branch's versions of those files) and pass on the branch (``{tests}`` in the command
-is replaced by those files). A command whose tool is
+is replaced by those files); ``improvement`` runs a benchmark on the base and on the branch,
+interleaved, ``rounds`` times each, and passes only when the branch's median is better by
+``min_improvement`` and by more than the runs' noise (the figure is ``pattern``'s, or the
+command's wall time; ``better`` says which way is better). A command whose tool is
 missing (``requires``, or the shell's exit 127) is reported not available: neither a pass
 nor a failure of the work."""
 
@@ -18,7 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-GateKind = Literal["exit_code", "threshold", "new_findings", "no_drop", "test_first"]
+GateKind = Literal["exit_code", "threshold", "new_findings", "no_drop", "test_first",
+                   "improvement"]
 #: a test file, by path: tests/ or test/ or __tests__/ directories, test_*.py, *_test.py,
 #: *_test.go, *.test.js/ts, *.spec.js/ts
 TEST_FILE = (r"(^|/)(tests?|__tests__|spec)/|(^|/)test_[^/]*\.py$|_test\.(py|go)$"
@@ -44,6 +48,9 @@ class GateRun(BaseModel):
     finding: str = FINDING  # new_findings: one finding per matching output line
     compare_to: str = Field(default="", pattern=r"^([0-9a-f]{40})?$")
     test_files: str = TEST_FILE  # test_first: which changed files are tests
+    rounds: int = Field(5, ge=1, le=50)  # improvement: runs on each side
+    min_improvement: float = Field(0.05, ge=0)  # improvement: relative, 0.05 = 5%
+    better: Literal["lower", "higher"] = "lower"
     timeout: float = Field(900.0, gt=0)
 
 
@@ -67,4 +74,8 @@ class GateFigures(BaseModel):
     new_count: int = 0
     output_head: str = ""  # the first lines of the branch run's output
     tests: list[str] = []  # test_first: the test files the branch adds or changes
+    samples: list[float] = []  # improvement: the branch's figures, run by run
+    base_samples: list[float] = []
+    improvement: float | None = None  # relative, positive = better
+    noise: float | None = None  # relative spread of the runs (the larger side's)
     base_output_head: str = ""  # test_first: how those tests failed on the base

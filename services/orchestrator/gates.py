@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from libs.config import GateConfig
-from protocols.gate import NOT_A_PROOF, GateFigures
+from protocols.gate import NOT_A_PROOF, GateFigures, GateRun
 
 PROJECT_FILE = ".ccaa.toml"
 #: how far a no_drop figure may fall below the base's (rounding in tools' output)
@@ -41,6 +41,14 @@ def project_gates(repo: str, defaults: dict[str, GateConfig]) -> dict[str, GateC
         except (ValidationError, TypeError) as exc:
             raise GateConfigError(f"{path}: gate {name!r}: {exc}") from None
     return gates
+
+
+def gate_run(name: str, gate: GateConfig, compare_to: str = "") -> GateRun:
+    """What the utility agent's gate executor is asked to run for ``gate``."""
+    return GateRun(name=name, kind=gate.kind, command=gate.command, requires=gate.requires,
+                   pattern=gate.pattern, min=gate.min, max=gate.max, timeout=gate.timeout,
+                   compare_to=compare_to, rounds=gate.rounds,
+                   min_improvement=gate.min_improvement, better=gate.better)
 
 
 @dataclass
@@ -90,6 +98,8 @@ def judge(gate: GateConfig, f: GateFigures) -> Verdict:
     code = f.exit_code
     if f.kind == "test_first":
         return _test_first(f)
+    if f.kind == "improvement":
+        return _improvement(gate, f)
     if f.kind == "exit_code":
         return Verdict(code == 0, f"exit code {code}")
     if f.kind == "new_findings":
@@ -135,3 +145,27 @@ def _test_first(f: GateFigures) -> Verdict:
                               f"(exit {f.base_exit_code}), so they prove nothing")
     return Verdict(True, f"{named}: fail on the base (exit {f.base_exit_code}), pass on the "
                          "branch")
+
+
+#: a gain must be this many times the runs' noise to count
+NOISE_FACTOR = 2.0
+
+
+def _improvement(gate: GateConfig, f: GateFigures) -> Verdict:
+    if f.improvement is None or f.value is None or f.base_value is None:
+        return Verdict(False, f"the benchmark measured nothing (exit code {f.exit_code}, "
+                              f"base {f.base_exit_code})")
+    unit = "s" if not gate.pattern else ""
+    figures = (f"median {f.value:g}{unit} vs {f.base_value:g}{unit} on the base, "
+               f"{f.improvement:+.1%} ({gate.better} is better), noise {f.noise:.1%}, "
+               f"{len(f.samples)} runs each")
+    noise = NOISE_FACTOR * (f.noise or 0.0)
+    if f.improvement < -noise:
+        return Verdict(False, f"regression: {figures}", f.improvement)
+    if f.improvement < gate.min_improvement:
+        return Verdict(False, f"no improvement of {gate.min_improvement:.0%}: {figures}",
+                       f.improvement)
+    if f.improvement <= noise:
+        return Verdict(False, f"the gain is within the noise: {figures}", f.improvement)
+    return Verdict(True, f"faster: {figures}" if gate.better == "lower"
+                   else f"better: {figures}", f.improvement)

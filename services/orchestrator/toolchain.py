@@ -12,6 +12,9 @@ here; the operator's configuration and the repository's ``.ccaa.toml`` override 
 - Rust (Cargo.toml): ``cargo test``, ``cargo clippy``.
 - Make / just: targets named test, lint, bench take precedence (the project's own way).
 
+A benchmark gate compares the branch with the base commit (``improvement``: its wall time,
+or the figure a ``pattern`` set in .ccaa.toml extracts).
+
 A tool that is not installed where the gate runs makes the gate "not available" (see
 ``requires``), never a pass and never a failure of the work."""
 
@@ -66,7 +69,8 @@ def _node(root: Path) -> dict[str, GateConfig]:
     if isinstance(scripts.get("lint"), str):
         gates["lint"] = GateConfig(command="npm run lint --silent", requires=["npm"])
     if isinstance(scripts.get("bench"), str):
-        gates["benchmark"] = GateConfig(command="npm run bench --silent", requires=["npm"])
+        gates["benchmark"] = GateConfig(command="npm run bench --silent", kind="improvement",
+                                        requires=["npm"])
     if (root / "package-lock.json").is_file():
         gates["security"] = GateConfig(command="npm audit --omit=dev --audit-level=high",
                                        requires=["npm"])
@@ -114,7 +118,8 @@ def _by_target(targets: set[str], tool: str, requires: list[str]) -> dict[str, G
     gates = {}
     for gate, target in (("tests", "test"), ("lint", "lint"), ("benchmark", "bench")):
         if target in targets:
-            gates[gate] = GateConfig(command=f"{tool} {target}", requires=requires)
+            gates[gate] = GateConfig(command=f"{tool} {target}", requires=requires,
+                                     kind="improvement" if gate == "benchmark" else "exit_code")
     return gates
 
 

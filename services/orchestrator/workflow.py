@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 from libs import worktree
 from libs.config import GateConfig
 from services.orchestrator import merge, prompts
-from protocols.gate import GateRun
-from services.orchestrator.gates import Verdict, evaluate
+from services.orchestrator.gates import Verdict, evaluate, gate_run
 from services.orchestrator.plan import (
     Plan,
     PlanError,
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 
 FINAL = ("succeeded", "failed", "timed_out", "cancelled")
 #: gate kinds that run on the base commit too
-COMPARING = ("new_findings", "no_drop", "test_first")
+COMPARING = ("new_findings", "no_drop", "test_first", "improvement")
 #: seconds a gate task gets beyond its command's timeout (worktrees, a transfer)
 GATE_SETUP_SECONDS = 120.0
 
@@ -203,10 +202,9 @@ class Workflow(Reviews, Escalation):
         # the comparing kinds also run on the commit the work started from
         compare_to = (self._base_of(parent) if parent else
                       self.store.session(sid)["base_commit"]) if gate.kind in COMPARING else ""
-        run = GateRun(name=name, kind=gate.kind, command=gate.command, requires=gate.requires,
-                      pattern=gate.pattern, min=gate.min, max=gate.max, timeout=gate.timeout,
-                      compare_to=compare_to if compare_to != base else "")
-        timeout = gate.timeout * (2 if run.compare_to else 1) + GATE_SETUP_SECONDS
+        run = gate_run(name, gate, compare_to if compare_to != base else "")
+        runs = 2 * gate.rounds if gate.kind == "improvement" else 2 if run.compare_to else 1
+        timeout = gate.timeout * runs + GATE_SETUP_SECONDS
         return self._task(sid, title=f"gate {name}: {subject}", kind=kind, role="utility",
                           executor="gate", prompt=run.model_dump_json(), base=base,
                           timeout_s=timeout, key=f"{subject}:{name}",

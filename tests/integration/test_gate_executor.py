@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from libs.config import GateConfig
-from protocols.gate import GateFigures, GateRun
+from protocols.gate import GateFigures
 from protocols.task import TaskSpec
 from services.agent.executors.base import RunContext
 from services.agent.executors.gate import GateExecutor
-from services.orchestrator.gates import evaluate
+from services.orchestrator.gates import evaluate, gate_run
 from services.orchestrator.toolchain import resolve
 from tests.integration.test_code_transfer import git
 
@@ -80,9 +80,7 @@ def commit(repo: Path, files: dict[str, str], message: str) -> str:
 def run_gate(repo: Path, tmp_path: Path, gate: GateConfig, name: str, commit_sha: str,
              base: str) -> tuple[GateFigures, object]:
     spec = TaskSpec(task_id=f"gate-{name}", attempt_id="a1", session_id="s1",
-                    prompt=GateRun(name=name, kind=gate.kind, command=gate.command,
-                                   requires=gate.requires, pattern=gate.pattern, min=gate.min,
-                                   max=gate.max, compare_to=base).model_dump_json(),
+                    prompt=gate_run(name, gate, base).model_dump_json(),
                     cwd=str(repo), base_commit=commit_sha, isolate=True, executor="gate")
     ctx = RunContext(spec=spec, agent_id="u1", progress=lambda *a: None)
     executor = GateExecutor(env=dict(os.environ), worktree_root=str(tmp_path / "wt"))
@@ -210,3 +208,34 @@ def test_a_fix_must_come_with_a_test_that_fails_without_it(repo, tmp_path):
     broken = commit(repo, {"mul.py": "def mul(a, b):\n    return a + b\n"}, "undo the fix")
     figures, verdict = run_gate(repo, tmp_path, proof, "test_first", broken, base)
     assert not verdict.passed and "fail on the branch" in verdict.detail
+
+
+BENCH = "import time\n\nDELAY = {delay}\n\n\ndef work():\n    time.sleep(DELAY)\n\n\nwork()\n"
+
+
+def test_an_optimization_must_be_faster_than_the_base_beyond_the_noise(repo, tmp_path):
+    base = commit(repo, {"bench.py": BENCH.format(delay=0.2)}, "a benchmark")
+    bench = GateConfig(command="python bench.py", kind="improvement", rounds=3,
+                       requires=["python"])
+    faster = commit(repo, {"bench.py": BENCH.format(delay=0.1)}, "twice as fast")
+    figures, verdict = run_gate(repo, tmp_path, bench, "benchmark", faster, base)
+    assert verdict.passed, verdict.detail
+    assert len(figures.samples) == len(figures.base_samples) == 3
+    assert figures.improvement > 0.3 and "faster" in verdict.detail
+    assert "median" in verdict.detail and "on the base" in verdict.detail
+
+    slower = commit(repo, {"bench.py": BENCH.format(delay=0.3)}, "an 'optimization'")
+    figures, verdict = run_gate(repo, tmp_path, bench, "benchmark", slower, base)
+    assert not verdict.passed and verdict.detail.startswith("regression"), verdict.detail
+    assert figures.improvement < 0
+
+    same = commit(repo, {"bench.py": BENCH.format(delay=0.2), "notes.txt": "tidy\n"}, "no-op")
+    figures, verdict = run_gate(repo, tmp_path, bench, "benchmark", same, base)
+    assert not verdict.passed, verdict.detail
+
+    # a figure the benchmark prints, higher is better
+    printed = GateConfig(command="python -c 'print(\"ops/s:\", 100)'", kind="improvement",
+                         pattern=r"ops/s: (\d+)", better="higher", rounds=2)
+    figures, verdict = run_gate(repo, tmp_path, printed, "benchmark", same, base)
+    assert figures.samples == [100.0, 100.0] and not verdict.passed
+    assert "no improvement of 5%" in verdict.detail

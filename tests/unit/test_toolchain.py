@@ -107,3 +107,18 @@ def test_the_judge_of_each_kind():
     assert not judge(cov, f).passed  # no figure on the branch
     floor = GateConfig(kind="no_drop", pattern="x", min=75)
     assert not judge(floor, f.model_copy(update={"value": 70.0, "base_value": 60.0})).passed
+
+
+def test_an_improvement_must_clear_the_minimum_and_the_noise():
+    bench = GateConfig(kind="improvement")
+    f = GateFigures(name="benchmark", kind="improvement", command="make bench", exit_code=0,
+                    base_exit_code=0, value=0.8, base_value=1.0, samples=[0.8] * 3,
+                    base_samples=[1.0] * 3)
+    assert judge(bench, f.model_copy(update={"improvement": 0.2, "noise": 0.01})).passed
+    noisy = judge(bench, f.model_copy(update={"improvement": 0.06, "noise": 0.04}))
+    assert not noisy.passed and "within the noise" in noisy.detail
+    small = judge(bench, f.model_copy(update={"improvement": 0.03, "noise": 0.0}))
+    assert not small.passed and "no improvement of 5%" in small.detail
+    worse = judge(bench, f.model_copy(update={"improvement": -0.1, "noise": 0.01}))
+    assert not worse.passed and worse.detail.startswith("regression")
+    assert not judge(bench, GateFigures(name="b", kind="improvement", command="x")).passed

@@ -64,7 +64,7 @@ def test_builtin_templates_cover_every_command_type():
     assert feature.plan is not None and feature.work.review is not None
     assert feature.gates == ["tests", "lint", "coverage", "security"] and feature.merge
     assert templates["ANALYZE_PROJECT"].cache and templates["RUN"].single is not None
-    assert "benchmark" in templates["OPTIMIZE_PERFORMANCE"].gates
+    assert "benchmark" in templates["OPTIMIZE_PERFORMANCE"].final_gates
 
 
 def test_user_templates_override_and_bad_ones_are_clear(tmp_path):

@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import time
 from collections import Counter
@@ -124,6 +125,8 @@ class GateExecutor:
             return self._not_available(ctx, figures, missing)
         if gate.kind == "test_first":
             return await self._test_first(ctx, gate, ws, figures)
+        if gate.kind == "improvement":
+            return await self._improvement(ctx, gate, ws, figures)
         branch = await self._exec(ctx, gate, ws.run_dir, tail=True)
         if branch.code == 127 and NOT_FOUND.search(branch.err):
             return self._not_available(ctx, figures, [branch.err.strip().splitlines()[-1][:200]])
@@ -182,6 +185,44 @@ class GateExecutor:
                      f"the base, {branch.code} on the branch", {"gate": gate.name})
         return ExecutionResult(Outcome.SUCCEEDED if branch.code == 0 else Outcome.FAILED,
                                exit_code=branch.code)
+
+    async def _improvement(self, ctx: RunContext, gate: GateRun, ws: isolation.Workspace,
+                           figures: GateFigures) -> ExecutionResult:
+        """The benchmark on the base and on the branch, ``rounds`` times each, in the order
+        base, branch, branch, base, ... so that a drift of the machine hits both alike."""
+        if not gate.compare_to:
+            return ExecutionResult(Outcome.FAILED, error="improvement needs the base commit")
+        repo = ws.wt.repo if ws.wt is not None else ws.run_dir
+        base_dir = self._base_dir(ws)
+        await asyncio.to_thread(worktree.add_detached, repo, base_dir, gate.compare_to)
+        try:
+            for r in range(gate.rounds):
+                order = (("base", base_dir), ("branch", ws.run_dir))
+                for side, cwd in (order if r % 2 == 0 else order[::-1]):
+                    run = await self._exec(ctx, gate, cwd, tail=side == "branch" and r == 0)
+                    if run.code == 127 and NOT_FOUND.search(run.err):
+                        return self._not_available(
+                            ctx, figures, [run.err.strip().splitlines()[-1][:200]])
+                    if run.code != 0:  # a benchmark that fails measures nothing
+                        figures.exit_code = run.code if side == "branch" else 0
+                        figures.base_exit_code = run.code if side == "base" else 0
+                        figures.output_head = _head(run.text)
+                        return ExecutionResult(Outcome.FAILED, exit_code=run.code,
+                                               error=f"the benchmark failed on the {side}")
+                    value = figure(gate.pattern, run.text) if gate.pattern else run.seconds
+                    if value is None:
+                        figures.output_head = _head(run.text)
+                        return ExecutionResult(Outcome.FAILED, error=f"no figure matched "
+                                               f"{gate.pattern!r} on the {side}")
+                    (figures.samples if side == "branch" else figures.base_samples).append(
+                        round(value, 6))
+                ctx.progress("gate", f"{gate.name}: round {r + 1}/{gate.rounds}",
+                             {"gate": gate.name, "round": r + 1})
+        finally:
+            await asyncio.shield(asyncio.to_thread(worktree.remove_detached, repo, base_dir))
+        figures.exit_code = figures.base_exit_code = 0
+        compare(figures, gate.better)
+        return ExecutionResult(Outcome.SUCCEEDED, exit_code=0)
 
     @staticmethod
     def _not_available(ctx: RunContext, figures: GateFigures,
@@ -246,6 +287,21 @@ class GateExecutor:
             await asyncio.to_thread(_forget, ws.wt.repo, ws.wt.branch)
         except RuntimeError as exc:
             ctx.data["git_error"] = f"removing the gate's worktree: {exc}"
+
+
+def compare(f: GateFigures, better: str) -> None:
+    """Medians, the relative gain of the branch over the base (positive: better), and the
+    noise: the larger side's median absolute deviation, relative to the base's median."""
+    base, branch = statistics.median(f.base_samples), statistics.median(f.samples)
+    f.base_value, f.value = round(base, 6), round(branch, 6)
+    if base == 0:
+        f.improvement, f.noise = 0.0, 0.0
+        return
+    gain = (base - branch) / abs(base)
+    f.improvement = round(gain if better == "lower" else -gain, 4)
+    mad = max(statistics.median(abs(x - m) for x in xs)
+              for xs, m in ((f.base_samples, base), (f.samples, branch)))
+    f.noise = round(mad / abs(base), 4)
 
 
 def changed_tests(cwd: str, base: str, pattern: str) -> list[str]:
