@@ -125,14 +125,15 @@ class GateConfig(_Section):
     ``test_first``: the tests the branch adds or changes fail on the base commit and pass
     on the branch (``{tests}`` in the command: those files). ``improvement``: a benchmark
     on the base and the branch, interleaved, ``rounds`` each; passes on a gain of at least
-    ``min_improvement`` beyond the runs' noise (figure: ``pattern``'s, else wall time). ``auto``
+    ``min_improvement`` beyond the runs' noise (figure: ``pattern``'s, else wall time).
+    ``no_removals``: every output line of the base (e.g. a public API) is still there. ``auto``
     (the default) takes the command the repository's toolchain calls for; an empty
     command means the gate is not configured for this project: it is skipped and
     reported as such."""
 
     command: str = ""
     kind: Literal["exit_code", "threshold", "new_findings", "no_drop", "test_first",
-                  "improvement"] = "exit_code"
+                  "improvement", "no_removals"] = "exit_code"
     pattern: str = ""
     min: float | None = None
     max: float | None = None
@@ -154,7 +155,7 @@ def _default_gates() -> dict[str, GateConfig]:
     """Every gate's command comes from the repository's toolchain unless set here or in
     the repository's .ccaa.toml."""
     gates = {name: GateConfig(command=AUTO)
-             for name in ("tests", "coverage", "lint", "security", "test_first")}
+             for name in ("tests", "coverage", "lint", "security", "test_first", "api")}
     gates["benchmark"] = GateConfig(command=AUTO, kind="improvement")
     return gates
 

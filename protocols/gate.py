@@ -11,7 +11,9 @@ the branch's versions of those files) and pass on the branch (``{tests}`` in the
 is replaced by those files); ``improvement`` runs a benchmark on the base and on the branch,
 interleaved, ``rounds`` times each, and passes only when the branch's median is better by
 ``min_improvement`` and by more than the runs' noise (the figure is ``pattern``'s, or the
-command's wall time; ``better`` says which way is better). A command whose tool is
+command's wall time; ``better`` says which way is better); ``no_removals`` runs on both and
+passes when every line the base's output has is still in the branch's (e.g. a package's
+public API, one name and signature a line: additions are fine). A command whose tool is
 missing (``requires``, or the shell's exit 127) is reported not available: neither a pass
 nor a failure of the work."""
 
@@ -22,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 GateKind = Literal["exit_code", "threshold", "new_findings", "no_drop", "test_first",
-                   "improvement"]
+                   "improvement", "no_removals"]
 #: a test file, by path: tests/ or test/ or __tests__/ directories, test_*.py, *_test.py,
 #: *_test.go, *.test.js/ts, *.spec.js/ts
 TEST_FILE = (r"(^|/)(tests?|__tests__|spec)/|(^|/)test_[^/]*\.py$|_test\.(py|go)$"
@@ -77,5 +79,7 @@ class GateFigures(BaseModel):
     samples: list[float] = []  # improvement: the branch's figures, run by run
     base_samples: list[float] = []
     improvement: float | None = None  # relative, positive = better
+    removed: list[str] = []  # no_removals: lines of the base's output the branch lacks
+    removed_count: int = 0
     noise: float | None = None  # relative spread of the runs (the larger side's)
     base_output_head: str = ""  # test_first: how those tests failed on the base

@@ -100,6 +100,13 @@ def judge(gate: GateConfig, f: GateFigures) -> Verdict:
         return _test_first(f)
     if f.kind == "improvement":
         return _improvement(gate, f)
+    if f.kind == "no_removals":
+        if code != 0 or f.base_exit_code not in (0, None):
+            return Verdict(False, f"exit code {code} (base {f.base_exit_code})")
+        if f.removed_count:
+            return Verdict(False, f"{f.removed_count} item(s) of the base are gone: "
+                                  + "; ".join(f.removed[:5]), float(f.removed_count))
+        return Verdict(True, "nothing the base had is gone", 0.0)
     if f.kind == "exit_code":
         return Verdict(code == 0, f"exit code {code}")
     if f.kind == "new_findings":

@@ -55,7 +55,8 @@ def session_report(store: Store, session_id: str) -> dict[str, Any]:
 
 #: figures of the gate executor a report shows (protocols.gate.GateFigures)
 GATE_FIGURES = ("command", "seconds", "exit_code", "value", "base_value", "base_seconds",
-                "base_exit_code", "findings", "base_findings", "new_count", "missing")
+                "base_exit_code", "findings", "base_findings", "new_count", "missing",
+                "tests", "improvement", "noise", "samples", "base_samples", "removed_count")
 
 
 def gate_entry(t: Any) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def gate_entry(t: Any) -> dict[str, Any]:
     entry.update({k: figures[k] for k in GATE_FIGURES if figures.get(k) not in (None, [], "")})
     if figures.get("new"):
         entry["new"] = figures["new"][:10]
+    if figures.get("removed"):
+        entry["removed"] = figures["removed"][:10]
     if t.state != "succeeded" and figures.get("output_head"):
         entry["output_head"] = "\n".join(figures["output_head"].splitlines()[:10])
     return entry

@@ -5,7 +5,8 @@ here; the operator's configuration and the repository's ``.ccaa.toml`` override 
 - Python (pyproject.toml, setup.py, setup.cfg, requirements*.txt, or Python modules or
   packages at the top): pytest (the whole suite; for a fix, the tests it adds or changes
   on the base and on the branch), coverage via
-  pytest-cov (no drop versus the base commit), ruff and bandit (no new findings).
+  pytest-cov (no drop versus the base commit), ruff and bandit (no new findings), and the
+  packages' public API (names and signatures; nothing of the base's may go).
 - Node (package.json): its ``test``, ``lint`` and ``bench`` scripts; ``npm audit`` with a
   lockfile.
 - Go (go.mod): ``go test ./...``, ``go vet ./...`` (no new findings).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +39,38 @@ class Toolchain:
     gates: dict[str, GateConfig] = field(default_factory=dict)
 
 
+#: prints a Python project's public API, one ``package.name(signature)`` a line: the
+#: packages at the top (or under src/), their ``__all__`` or public names, modules left out
+PY_API = """
+import importlib, inspect, os, sys
+top = "src" if os.path.isdir("src") else "."
+sys.path.insert(0, os.path.abspath(top))
+skip = {"tests", "test", "docs", "examples", "benchmarks"}
+for pkg in sorted(os.listdir(top)):
+    if pkg in skip or not os.path.isfile(os.path.join(top, pkg, "__init__.py")):
+        continue
+    try:
+        mod = importlib.import_module(pkg)
+    except Exception as exc:
+        print(f"{pkg}: cannot be imported: {type(exc).__name__}")
+        continue
+    names = getattr(mod, "__all__", None) or [n for n in dir(mod) if not n.startswith("_")]
+    for name in sorted(set(names)):
+        obj = getattr(mod, name, None)
+        if inspect.ismodule(obj):
+            continue
+        try:
+            sig = str(inspect.signature(obj)) if callable(obj) else ""
+        except (TypeError, ValueError):
+            sig = ""
+        print(f"{pkg}.{name}{sig}")
+"""
+
+
 def _python(root: Path) -> dict[str, GateConfig]:
     return {
+        "api": GateConfig(command=f"python -c {shlex.quote(PY_API)}", kind="no_removals",
+                          requires=["python"]),
         "tests": GateConfig(command="python -m pytest -q -p no:cacheprovider",
                             requires=["python", "python:pytest"]),
         "test_first": GateConfig(command="python -m pytest -q -p no:cacheprovider {tests}",

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 FINAL = ("succeeded", "failed", "timed_out", "cancelled")
 #: gate kinds that run on the base commit too
-COMPARING = ("new_findings", "no_drop", "test_first", "improvement")
+COMPARING = ("new_findings", "no_drop", "test_first", "improvement", "no_removals")
 #: seconds a gate task gets beyond its command's timeout (worktrees, a transfer)
 GATE_SETUP_SECONDS = 120.0
 

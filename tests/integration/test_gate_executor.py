@@ -96,7 +96,7 @@ def run_gate(repo: Path, tmp_path: Path, gate: GateConfig, name: str, commit_sha
 
 def gates_of(repo: Path) -> dict[str, GateConfig]:
     auto = {n: GateConfig(command="auto")
-            for n in ("tests", "coverage", "lint", "security", "test_first")}
+            for n in ("tests", "coverage", "lint", "security", "test_first", "api")}
     return resolve(str(repo), auto)[0]
 
 
@@ -239,3 +239,29 @@ def test_an_optimization_must_be_faster_than_the_base_beyond_the_noise(repo, tmp
     figures, verdict = run_gate(repo, tmp_path, printed, "benchmark", same, base)
     assert figures.samples == [100.0, 100.0] and not verdict.passed
     assert "no improvement of 5%" in verdict.detail
+
+
+def test_a_refactoring_keeps_the_public_api(repo, tmp_path):
+    (repo / "pkg").mkdir()
+    base = commit(repo, {"pkg/__init__.py": "from pkg.core import area, scale\n\n"
+                                            "__all__ = ['area', 'scale']\n",
+                         "pkg/core.py": "def area(w, h):\n    return w * h\n\n\n"
+                                        "def scale(x, k=2):\n    return x * k\n"}, "a package")
+    api = gates_of(repo)["api"]
+    assert api.kind == "no_removals"
+    # moved into another module, one name added: the API is the same and more
+    moved = commit(repo, {"pkg/__init__.py": "from pkg.shapes import area, perimeter, scale\n\n"
+                                             "__all__ = ['area', 'perimeter', 'scale']\n",
+                          "pkg/shapes.py": "def area(w, h):\n    return w * h\n\n\n"
+                                           "def perimeter(w, h):\n    return 2 * (w + h)\n\n\n"
+                                           "def scale(x, k=2):\n    return x * k\n"}, "move")
+    figures, verdict = run_gate(repo, tmp_path, api, "api", moved, base)
+    assert verdict.passed, (verdict.detail, figures.output_head)
+    assert "pkg.area(w, h)" in figures.output_head
+    # a changed signature is a removal of the old one
+    changed = commit(repo, {"pkg/shapes.py": "def area(width, height):\n    return width * height"
+                                             "\n\n\ndef perimeter(w, h):\n    return 2 * (w + h)"
+                                             "\n\n\ndef scale(x, k=2):\n    return x * k\n"},
+                     "rename the parameters")
+    figures, verdict = run_gate(repo, tmp_path, api, "api", changed, base)
+    assert not verdict.passed and figures.removed == ["pkg.area(w, h)"], figures.removed

@@ -133,7 +133,7 @@ class GateExecutor:
         figures.exit_code, figures.seconds = branch.code, round(branch.seconds, 3)
         figures.output_head = _head(branch.text)
         base = None
-        if gate.kind in ("new_findings", "no_drop") and gate.compare_to:
+        if gate.kind in ("new_findings", "no_drop", "no_removals") and gate.compare_to:
             base = await self._on_base(ctx, gate, ws)
             figures.base_exit_code, figures.base_seconds = base.code, round(base.seconds, 3)
         if gate.kind in ("threshold", "no_drop"):
@@ -151,6 +151,10 @@ class GateExecutor:
                 new = mine
             figures.new_count = sum(new.values())
             figures.new = sorted(new.elements())[:MAX_LISTED]
+        if gate.kind == "no_removals" and base is not None:
+            kept = set(branch.out.splitlines())
+            gone = [line for line in base.out.splitlines() if line.strip() and line not in kept]
+            figures.removed_count, figures.removed = len(gone), gone[:MAX_LISTED]
         ctx.progress("gate", f"{gate.name}: exit {branch.code}"
                      + (f", base exit {base.code}" if base else ""), {"gate": gate.name})
         if branch.code == 0:
