@@ -22,6 +22,10 @@ class SingleStage(_Model):
     kind: str = "run"
     isolate: bool = True
     instructions: str = ""
+    #: analyze: the sections the analysis must have, each naming a real file
+    sections: list[str] = []
+    #: analyze: times an incomplete analysis is asked again
+    max_rounds: int = Field(2, ge=0)
 
 
 class PlanStage(_Model):

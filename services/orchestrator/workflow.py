@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from libs import worktree
 from libs.config import GateConfig
-from services.orchestrator import merge, prompts
+from services.orchestrator import completeness, merge, prompts
 from services.orchestrator.gates import Verdict, evaluate, gate_run
 from services.orchestrator.plan import (
     Plan,
@@ -111,15 +111,62 @@ class Workflow(Reviews, Escalation):
 
     def _single_done(self, task: TaskRow) -> None:
         report = self._report(task.session_id)
+        state = "succeeded" if task.state == "succeeded" else "failed"
         if task.kind == "analyze" and task.state == "succeeded":
             report["analysis"] = answer_text(task)
-        state = "succeeded" if task.state == "succeeded" else "failed"
+            verdict = self._analysis_check(task, report["analysis"])
+            if verdict is not None:
+                report["analysis_check"] = verdict.__dict__
+                if not verdict.complete:
+                    if self._ask_again(task, verdict):
+                        return
+                    state = "partial"
         detail = f"{task.kind} {task.state}"
         if task.meta.get("not_run"):
             detail += f": {task.meta['not_run']}"
         if task.state == "succeeded" and commit_of(task):
             detail += f"; branch {(task.result.get('data') or {}).get('branch', '')}"
+        if state == "partial":
+            detail += (f"; the analysis is still incomplete after {task.meta.get('rounds', 0)} "
+                       f"more round(s): {completeness.Check(**report['analysis_check']).feedback()}")
         self.orch.finish_session(task.session_id, state, detail, report)
+
+    def _analysis_check(self, task: TaskRow, text: str) -> completeness.Check | None:
+        """The completeness gate of an analysis (None: its template asks for no sections)."""
+        stage = self.template(task.session_id).single
+        if stage is None or not stage.sections:
+            return None
+        row = self.store.session(task.session_id)
+        commit = row["base_commit"] or "HEAD"
+        try:
+            tree = set(worktree.git(row["repo"], "ls-tree", "-r", "--name-only", commit)
+                       .splitlines())
+        except RuntimeError:
+            tree = set()
+        verdict = completeness.check(text, stage.sections, tree)
+        self.store.record(task.session_id, "analysis_check", task.id,
+                          detail="complete" if verdict.complete else verdict.feedback())
+        return verdict
+
+    def _ask_again(self, task: TaskRow, verdict: completeness.Check) -> bool:
+        """Send an incomplete analysis back to its author with what is missing; False when
+        its rounds are used up."""
+        stage = self.template(task.session_id).single
+        rounds = task.meta.get("rounds", 0) + 1
+        if stage is None or rounds > stage.max_rounds:
+            return False
+        why = verdict.feedback()
+        meta = {**task.meta, "rounds": rounds, "attempt_base": task.attempt,
+                "feedback": task.meta.get("feedback", []) + [why]}
+        if self.config.orchestrator.resume_on_retry:
+            meta["resume_session"] = str((task.result.get("data") or {}).get("session_id") or "")
+        meta.setdefault("first_prompt", task.prompt)
+        prompt = (f"{meta['first_prompt']}\n\nFEEDBACK ON YOUR PREVIOUS ANSWER: the analysis is "
+                  f"incomplete ({why}). Give the whole analysis again with a section for each "
+                  f"of: {', '.join(stage.sections)}; in each, name the files or directories "
+                  "of the repository it is about.")
+        self.orch.reopen(task, f"analysis incomplete: {why}"[:500], prompt=prompt, meta=meta)
+        return True
 
     # -- plan
 

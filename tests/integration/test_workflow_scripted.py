@@ -162,3 +162,33 @@ def test_a_merge_conflict_becomes_a_manager_task_that_resolves_it(procs, bus, tm
         if t.kind == "work":  # both sides are in the result
             assert git(repo, "merge-base", "--is-ancestor", t.result["data"]["commit"],
                        branch) == ""
+
+
+@pytest.mark.timeout(120)
+def test_an_incomplete_analysis_is_asked_again_with_what_is_missing(procs, bus, tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    start_stack(procs, bus)
+
+    async def go():
+        async with BusClient(bus.comm()) as client:
+            accepted = await client.request("commands", CommandSubmit(
+                text="Analyse this repository", repo=str(repo),
+                type=CommandType.ANALYZE_PROJECT))
+            sid = accepted.body.session_id
+
+            async def done():
+                st = await session_state(client, sid)
+                return st if st.session.state.value != "running" else None
+
+            return await wait_for(done, 90, "the analysis", interval=0.1)
+
+    st = asyncio.run(go())
+    assert st.session.state.value == "succeeded", st.session.detail
+    [task] = st.tasks
+    assert task.attempt == 2 and task.meta["rounds"] == 1
+    asked = [h["detail"] for h in st.history if h["detail"].startswith("analysis incomplete")]
+    assert asked == ["analysis incomplete: missing sections: risks"]
+    check = st.session.report["analysis_check"]
+    assert check["complete"] and check["files"]["risks"] == ["README.md"]
+    assert "## Risks" in st.session.report["analysis"]
