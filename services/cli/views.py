@@ -94,6 +94,12 @@ def show(st: CommandStatusReply) -> str:
     if report.get("gates"):
         lines.append("gates")
         lines += [line for g in report["gates"] for line in gate_lines(g)]
+    if report.get("reviews"):
+        lines.append("reviews")
+        for r in report["reviews"]:
+            lines.append(f"  {r.get('key', ''):<28} {r.get('verdict') or r.get('state', ''):<18} "
+                         f"{r.get('reviewer', '')}")
+            lines += [f"      - {reason}"[:200] for reason in r.get("reasons", [])[:10]]
     if report.get("analysis"):
         lines.append("analysis")
         lines += [f"  {line}" for line in str(report["analysis"]).splitlines()]

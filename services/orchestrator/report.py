@@ -38,6 +38,9 @@ def session_report(store: Store, session_id: str) -> dict[str, Any]:
             tokens[k] += v
             agent[k] += v
     gates = [gate_entry(t) for t in tasks if t.kind in ("gate", "final_gate")]
+    reviews = [{"key": t.key, "reviewer": t.agent_id, "role": t.role, "state": t.state,
+                "verdict": t.meta.get("review_verdict", ""), "reasons": t.meta.get("reasons", [])}
+               for t in tasks if t.kind == "review"]
     return {
         "tasks": [{"id": t.id, "key": t.key, "kind": t.kind, "title": t.title, "role": t.role,
                    "state": t.state, "attempts": t.attempt, "agent": t.agent_id,
@@ -46,6 +49,7 @@ def session_report(store: Store, session_id: str) -> dict[str, Any]:
                    "commit": (t.result.get("data") or {}).get("commit", "")}
                   for t in tasks],
         "gates": gates,
+        "reviews": reviews,
         "cost_usd": round(float(row["cost_usd"]) if row else 0.0, 6),
         "tokens": dict(tokens),
         "wall_time_s": round((row["updated_at"] - row["created_at"]) if row else 0.0, 3),

@@ -42,6 +42,9 @@ class Reviews:
             reasons = [str(r) for r in verdict.get("reasons", [])]
         except (ValueError, AttributeError):
             decision, reasons = "", []
+        # the verdict and each of its reasons, kept with the review (report, ccaa show)
+        self.store.update_task(review, meta={**review.meta, "review_verdict": decision
+                                             or "unreadable", "reasons": reasons[:20]})
         if decision == "approve":
             self.store.record(review.session_id, "review_approved", work.id,
                               detail="; ".join(reasons)[:500])

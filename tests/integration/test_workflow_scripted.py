@@ -122,6 +122,10 @@ def test_plan_gates_review_merge(procs, bus, tmp_path):
         "failed", "succeeded"]
     reviews = [t for t in status.tasks if t.kind == "review"]
     assert len(reviews) == 3 and all(r.state.value == "succeeded" for r in reviews)
+    # each verdict is kept with its reasons
+    assert sorted(r["key"] for r in report["reviews"]) == ["a:review", "b:review", "c:review"]
+    assert all(r["verdict"] == "approve" and r["reasons"] == ["looks right"]
+               and r["reviewer"] == "mgr-1" for r in report["reviews"])
     assert report["per_agent"] and report["wall_time_s"] > 0
 
 
