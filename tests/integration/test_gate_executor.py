@@ -265,3 +265,31 @@ def test_a_refactoring_keeps_the_public_api(repo, tmp_path):
                      "rename the parameters")
     figures, verdict = run_gate(repo, tmp_path, api, "api", changed, base)
     assert not verdict.passed and figures.removed == ["pkg.area(w, h)"], figures.removed
+
+
+def test_a_node_repository_gets_its_own_test_script_as_gates(tmp_path):
+    tools_or_skip("node", "npm")
+    path = tmp_path / "web"
+    path.mkdir()
+    git(path.parent, "init", "-q", "-b", "main", str(path))
+    git(path, "config", "user.email", "dev@example.com")
+    git(path, "config", "user.name", "dev")
+    base = commit(path, {
+        "package.json": '{"name": "web", "version": "1.0.0", "scripts": {"test": "node --test"}}',
+        "index.js": "exports.clamp = (x, lo, hi) => Math.max(lo, x);\n",  # the bug: no hi
+        "index.test.js": "const test = require('node:test');\nconst assert = "
+                         "require('node:assert');\nconst { clamp } = require('./index');\n"
+                         "test('low', () => assert.strictEqual(clamp(-1, 0, 9), 0));\n"}, "base")
+    gates = resolve(str(path), {n: GateConfig(command="auto")
+                                for n in ("tests", "test_first", "lint")})[0]
+    assert gates["tests"].command == "npm test --silent" and gates["lint"].command == ""
+    figures, verdict = run_gate(path, tmp_path, gates["tests"], "tests", base, "")
+    assert verdict.passed and figures.exit_code == 0
+    fix = commit(path, {
+        "index.js": "exports.clamp = (x, lo, hi) => Math.min(hi, Math.max(lo, x));\n",
+        "high.test.js": "const test = require('node:test');\nconst assert = "
+                        "require('node:assert');\nconst { clamp } = require('./index');\n"
+                        "test('high', () => assert.strictEqual(clamp(99, 0, 9), 9));\n"}, "fix")
+    figures, verdict = run_gate(path, tmp_path, gates["test_first"], "test_first", fix, base)
+    assert figures.tests == ["high.test.js"]
+    assert verdict.passed and figures.base_exit_code not in (0, None), verdict.detail
