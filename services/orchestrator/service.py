@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.config import SystemConfig
 from libs.events import EventPublisher
-from libs.worktree import head_commit
 from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message, ProtocolError
@@ -30,7 +29,6 @@ from protocols.command import (
     CommandStatusReply,
     CommandType,
     SessionCreate,
-    SessionCreated,
     SessionList,
     SessionListReply,
     SessionState,
@@ -63,12 +61,11 @@ from protocols.task import (
 from protocols.header import HUB
 from services.orchestrator import queries
 from services.orchestrator.audit import AuditLog
-from services.orchestrator.gates import GateConfigError, project_gates
 from services.orchestrator.report import session_report
+from services.orchestrator.intake import Intake
 from services.orchestrator.safeguards import TERMINAL, Safeguards
 from services.orchestrator.store import Store, TaskRow
 from services.orchestrator.templates import Template, load_templates
-from services.orchestrator.toolchain import resolve
 from services.orchestrator.workflow import Workflow
 
 DISTRIBUTOR = "distributor"
@@ -108,7 +105,7 @@ class OrchestratorMetrics:
         self.store_ok.set(1)
 
 
-class Orchestrator(Safeguards):
+class Orchestrator(Safeguards, Intake):
     def __init__(self, config: SystemConfig, store: Store, peer: Peer, events: EventPublisher,
                  registry: CollectorRegistry, log: EventLogger | None = None,
                  clock: Callable[[], float] = time.time,
@@ -140,73 +137,6 @@ class Orchestrator(Safeguards):
         }
 
     # ---- commands ---------------------------------------------------------------------
-
-    async def on_session_create(self, msg: Message) -> SessionCreated:
-        body = msg.body
-        assert isinstance(body, SessionCreate)
-        if self.store.session(body.session_id) is not None:
-            return SessionCreated(session_id=body.session_id)  # a retried request: idempotent
-        cmd = body.command
-        template = self.templates.get(body.type.value)
-        if template is None:
-            raise ProtocolError(ErrorCode.INVALID_REQUEST,
-                                f"no workflow template for {body.type.value}")
-        try:
-            gates, toolchain = resolve(cmd.repo, project_gates(cmd.repo, self.config.gates))
-        except GateConfigError as exc:
-            raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
-        if cmd.gates is not None:
-            unknown = sorted(set(cmd.gates) - set(gates))
-            if unknown:
-                raise ProtocolError(ErrorCode.INVALID_REQUEST,
-                                    f"unknown gates: {', '.join(unknown)}; configured: "
-                                    f"{', '.join(sorted(gates))}")
-            template = template.model_copy(update={
-                "gates": list(cmd.gates),
-                "final_gates": list(cmd.gates) if template.final_gates else []})
-        base = head_commit(cmd.repo) if self.config.orchestrator.isolate_worktrees else ""
-        if template.plan is not None and not base:
-            raise ProtocolError(ErrorCode.INVALID_REQUEST,
-                                f"{body.type.value} needs a git repository with at least one "
-                                f"commit; {cmd.repo} is not one")
-        columns = {"template": template.model_dump(),
-                   "gates": {k: v.model_dump() for k, v in gates.items()},
-                   "budget_usd": cmd.budget_usd or template.budget_usd,
-                   "max_parallel": cmd.max_parallel or template.max_parallel,
-                   "priority": cmd.priority,
-                   "deadline_at": self.clock() + cmd.deadline_s if cmd.deadline_s else None}
-        cached = self._cached_analysis(body, template, base)
-        tasks = [] if cached else self.workflow.first_tasks(body.session_id, template, cmd.text,
-                                                            cmd.role, cmd.repo)
-        for t in tasks:
-            t["priority"] = cmd.priority
-            if cmd.timeout_s:
-                t["timeout_s"] = cmd.timeout_s
-        self.store.create_session(body.session_id, body.type.value, cmd.text, cmd.repo,
-                                  body.classification, cmd.model_dump(mode="json"), tasks,
-                                  base_commit=base, **columns)
-        self.log.info("session.created", session=body.session_id, type=body.type.value,
-                      base=base[:12])
-        self.store.record(body.session_id, "toolchain",
-                          detail=(", ".join(toolchain.names) or "none detected") + "; gates: "
-                          + ", ".join(f"{k} = {v.command}" for k, v in gates.items()
-                                      if v.command)[:400])
-        self.audit.add("submit", body.submitter or msg.header.src, session_id=body.session_id,
-                       detail=f"{body.type.value} in {cmd.repo}: {cmd.text[:200]}")
-        self.events.publish(session_topic("running"),
-                            SessionEvent(session_id=body.session_id, state="running"))
-        if cached is not None:
-            self.finish_session(body.session_id, "succeeded",
-                                f"analysis reused from session {cached['id']} (same commit "
-                                "and request)", json.loads(cached["report"]))
-        self.schedule()
-        return SessionCreated(session_id=body.session_id)
-
-    def _cached_analysis(self, body: SessionCreate, template: Template, base: str) -> Any:
-        if not template.cache or not base:
-            return None
-        return self.store.find_session(type=body.type.value, base_commit=base,
-                                       text=body.command.text, state="succeeded")
 
     async def on_status(self, msg: Message) -> CommandStatusReply:
         body = msg.body
