@@ -35,6 +35,7 @@ GIT_TIMEOUT = 120.0
 #: default seconds the worktree setup command may take
 SETUP_TIMEOUT = 600.0
 
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -67,9 +68,55 @@ def git(path: str | os.PathLike[str], *args: str, check: bool = True,
     return proc.stdout.rstrip("\n")
 
 
+def dot_git(path: str) -> str | None:
+    """The nearest ``.git`` (a directory, or a linked worktree's file) at or above ``path``;
+    None when there is none, so ``path`` is in no work tree; "" when git's environment
+    (``GIT_DIR``) decides, so only git can tell. Spares a git process on the hot path."""
+    if os.environ.get("GIT_DIR"):
+        return ""
+    p = os.path.abspath(path)
+    while True:
+        candidate = os.path.join(p, ".git")
+        if os.path.exists(candidate):
+            return candidate
+        parent = os.path.dirname(p)
+        if parent == p:
+            return None
+        p = parent
+
+
+def _read_head(dot: str) -> str | None:
+    """HEAD's sha read from the files of a plain ``.git`` directory (loose or packed ref);
+    None when that is not enough to tell (a linked worktree, an unborn branch, reftable):
+    ask git then."""
+    if not os.path.isdir(dot):
+        return None
+    try:
+        with open(os.path.join(dot, "HEAD")) as f:
+            head_ref = f.read().strip()
+        if _SHA.fullmatch(head_ref):
+            return head_ref
+        if not head_ref.startswith("ref: "):
+            return None
+        ref = head_ref[5:].strip()
+        loose = os.path.join(dot, ref)
+        if os.path.isfile(loose):
+            with open(loose) as f:
+                sha = f.read().strip()
+            return sha if _SHA.fullmatch(sha) else None
+        with open(os.path.join(dot, "packed-refs")) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref and _SHA.fullmatch(parts[0]):
+                    return parts[0]
+    except OSError:
+        return None
+    return None
+
+
 def is_git_repo(path: str) -> bool:
     """True if ``path`` is inside a git work tree."""
-    if not path or not os.path.isdir(path):
+    if not path or not os.path.isdir(path) or dot_git(path) is None:
         return False
     try:
         return git(path, "rev-parse", "--is-inside-work-tree", check=False) == "true"
@@ -87,7 +134,16 @@ def head(path: str) -> str:
 
 
 def head_commit(path: str) -> str:
-    """Like ``head``, but "" also when ``path`` is no git work tree or git is missing."""
+    """Like ``head``, but "" also when ``path`` is no git work tree or git is missing. Read
+    from the repository's files where they tell (no git process), else from git."""
+    if not path or not os.path.isdir(path):
+        return ""
+    dot = dot_git(path)
+    if dot is None:
+        return ""
+    sha = _read_head(dot) if dot else None
+    if sha is not None:
+        return sha
     try:
         return head(path)
     except RuntimeError:

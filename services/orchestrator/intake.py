@@ -31,9 +31,12 @@ class Intake:
             raise ProtocolError(ErrorCode.INVALID_REQUEST,
                                 f"no workflow template for {body.type.value}")
         try:
-            gates, toolchain = resolve(cmd.repo, project_gates(cmd.repo, self.config.gates))
+            gates = project_gates(cmd.repo, self.config.gates)
         except GateConfigError as exc:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        toolchain = None
+        if template.gates or template.final_gates or cmd.gates:  # RUN, ANALYZE have none
+            gates, toolchain = resolve(cmd.repo, gates)
         if cmd.gates is not None:
             unknown = sorted(set(cmd.gates) - set(gates))
             if unknown:
@@ -66,10 +69,11 @@ class Intake:
                                   base_commit=base, **columns)
         self.log.info("session.created", session=body.session_id, type=body.type.value,
                       base=base[:12])
-        self.store.record(body.session_id, "toolchain",
-                          detail=(", ".join(toolchain.names) or "none detected") + "; gates: "
-                          + ", ".join(f"{k} = {v.command}" for k, v in gates.items()
-                                      if v.command)[:400])
+        if toolchain is not None:
+            self.store.record(body.session_id, "toolchain",
+                              detail=(", ".join(toolchain.names) or "none detected")
+                              + "; gates: " + ", ".join(f"{k} = {v.command}" for k, v in
+                                                        gates.items() if v.command)[:400])
         self.audit.add("submit", body.submitter or msg.header.src, session_id=body.session_id,
                        detail=f"{body.type.value} in {cmd.repo}: {cmd.text[:200]}")
         self.events.publish(session_topic("running"),
