@@ -184,7 +184,7 @@ class Safeguards:
     def check_returned(self, alive: dict[str, PeerInfo]) -> None:
         """Agents back from a partition still running an attempt that was declared lost:
         keep it if its re-run has not started, else stop it (it would run twice)."""
-        for task in self.store.tasks(states=("ready", "queued", "assigned", "running")):
+        for task in self.store.tasks_with_lost_attempts():
             lost = task.meta.get("lost") or {}
             agent = alive.get(lost.get("agent", ""))
             if agent is None or task.id not in agent.running:

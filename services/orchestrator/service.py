@@ -218,8 +218,9 @@ class Orchestrator(Safeguards, Intake):
         skipped: set[str] = set()  # ready tasks that cannot start now (session limits)
         while room > 0:
             # only as many ready tasks as can start are read (plus those skipped so far)
+            # (rows come in order, so room + skipped rows hold room startable ones if any)
             page = [t for t in self.store.tasks(states=("ready",), ready_by=now,
-                                                limit=room + len(skipped) + 16)
+                                                limit=room + len(skipped))
                     if t.id not in skipped]
             if not page:
                 break

@@ -279,6 +279,12 @@ class Store:
             params += [limit, offset]
         return [TaskRow.from_row(r) for r in self.conn.execute(sql, params)]
 
+    def tasks_with_lost_attempts(self) -> list[TaskRow]:
+        """Unfinished tasks that remember a lost attempt whose agent may come back."""
+        return [TaskRow.from_row(r) for r in self.conn.execute(
+            "SELECT * FROM tasks WHERE state IN ('ready','queued','assigned','running')"
+            " AND json_extract(meta, '$.lost.attempt') IS NOT NULL")]
+
     def has_lost_attempts(self) -> bool:
         """Whether an unfinished task remembers a lost attempt whose agent may come back."""
         return self.conn.execute(
