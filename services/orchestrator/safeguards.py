@@ -138,9 +138,9 @@ class Safeguards:
             self.schedule()
 
     def _keep_lost(self, task: TaskRow, attempt_id: str, agent_id: str, why: str) -> bool:
-        """The agent of ``task``'s lost attempt came back with it (still running, or its
-        result): if the re-run has reached no agent yet, keep the lost attempt, withdraw the
-        re-run, and return True (the work runs once)."""
+        """The agent of ``task``'s lost attempt came back with its result: if the re-run has
+        reached no agent yet, keep the lost attempt, withdraw the re-run, and return True
+        (the work runs once)."""
         lost = task.meta.get("lost") or {}
         if lost.get("attempt") != attempt_id or lost.get("agent") != agent_id:
             return False
@@ -182,17 +182,16 @@ class Safeguards:
                                                    "task is the current one"))
 
     def check_returned(self, alive: dict[str, PeerInfo]) -> None:
-        """Agents back from a partition still running an attempt that was declared lost:
-        keep it if its re-run has not started, else stop it (it would run twice)."""
+        """Agents back from a partition still running an attempt that was declared lost,
+        while its re-run runs on another agent: stop it (it would run twice). (Whether to
+        keep it instead is decided by its result, which names its attempt: a heartbeat names
+        only the task, and a restarted agent of the same name may be running the re-run.)"""
         for task in self.store.tasks_with_lost_attempts():
             lost = task.meta.get("lost") or {}
             agent = alive.get(lost.get("agent", ""))
             if agent is None or task.id not in agent.running:
                 continue
-            if task.state in ("ready", "queued"):
-                self._keep_lost(task, lost["attempt"], lost["agent"],
-                                "it still runs the attempt")
-            elif task.agent_id != lost["agent"]:  # the re-run is elsewhere
+            if task.state in ("assigned", "running") and task.agent_id != lost["agent"]:
                 self._stop_withdrawn(task, lost["attempt"], lost["agent"])
                 self.store.update_task(task, meta={k: v for k, v in task.meta.items()
                                                    if k != "lost"})

@@ -64,18 +64,19 @@ def test_a_late_interrupted_result_leaves_the_rerun_alone(tmp_path):
     scenario(tmp_path, go)
 
 
-def test_an_agent_back_with_the_attempt_still_running_keeps_it(tmp_path):
+def test_a_heartbeat_alone_keeps_nothing_the_result_decides(tmp_path):
+    # an agent of the lost one's name that reports the task may be a restarted process
+    # running the re-run: only a result, which names its attempt, can keep the lost one
     async def go(w: World):
         task_id, lost, rerun = await lose(w)
         back(w, "agent-1", task_id)
         await w.orch.reconcile()
         t = w.task(task_id)
-        assert t.state == "running" and t.attempt_id == lost and t.agent_id == "agent-1"
-        assert w.store.attempt(rerun)["state"] == "withdrawn"
+        assert t.state == "queued" and t.attempt_id == rerun
         assert not w.peer.sent_of(TaskCancel)
-        # its result, when it comes, is the task's
         ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-1", attempt_id=lost)
         assert ack.applied is True and w.task(task_id).state == "succeeded"
+        assert w.store.attempt(rerun)["state"] == "withdrawn"
     scenario(tmp_path, go)
 
 
