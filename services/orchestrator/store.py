@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     isolate INTEGER NOT NULL DEFAULT 1, tier INTEGER NOT NULL DEFAULT 0,
     meta TEXT NOT NULL DEFAULT '{}'
 );
+CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions(created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, priority DESC, created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_session ON tasks(session_id);
 CREATE TABLE IF NOT EXISTS attempts (
