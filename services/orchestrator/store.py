@@ -38,7 +38,6 @@ CREATE TABLE IF NOT EXISTS tasks (
     isolate INTEGER NOT NULL DEFAULT 1, tier INTEGER NOT NULL DEFAULT 0,
     meta TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions(created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, priority DESC, created_at);
 CREATE INDEX IF NOT EXISTS tasks_by_session ON tasks(session_id);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -59,6 +58,8 @@ CREATE INDEX IF NOT EXISTS events_by_session ON events(session_id);
 
 #: columns added after a database may already exist: table -> {column: declaration}
 ADDED_COLUMNS = {"sessions": {"deadline_at": "REAL"}}
+#: indexes made after those columns (a database of any earlier version gains them)
+ADDED_INDEXES = ["CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions(created_at)"]
 
 
 JSON_COLUMNS = ("result", "depends_on", "meta")
@@ -136,6 +137,8 @@ class Store:
             for name, decl in columns.items():
                 if name not in have:
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        for index in ADDED_INDEXES:
+            self.conn.execute(index)
         self._identity = self._file_identity()
 
     def _file_identity(self) -> tuple[int, int] | None:

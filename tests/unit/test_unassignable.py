@@ -151,5 +151,9 @@ def test_an_existing_database_gains_the_deadline_column(tmp_path):
     try:
         assert store.session("s0")["deadline_at"] is None
         assert store.overdue_sessions(10**10) == []
+        # and the index session.list reads through
+        assert store.conn.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND "
+                                  "name='sessions_by_created'").fetchone()
+        assert [r["id"] for r in store.sessions(5)] == ["s0"]
     finally:
         store.close()
