@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.task_throughput import ready, start  # noqa: E402
+from benchmarks.task_throughput import ready, start, start_core  # noqa: E402
 from libs.client import BusClient  # noqa: E402
 from libs.config import CommunicationConfig  # noqa: E402
 from libs.events import EventSubscriber  # noqa: E402
@@ -228,21 +228,9 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     bench = None
     try:
-        hub = start(["services.hub", "--hub", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
-                     "--sub", "tcp://127.0.0.1:0", "--metrics-port", "0"], tmp / "hub.log")
-        procs.append(hub)
-        r = ready(hub)
-        common = ["--hub", r["router"], "--pub", r["pub"], "--sub", r["sub"], "--metrics-port",
-                  "0", "--set", f'data_dir="{tmp / "central"}"', "--set",
-                  'agent_hierarchy.worker.executor="command"', "--set",
-                  'agent_hierarchy.worker.command=["bash", "-c", "{prompt}"]',
-                  "--log-level", "warning"]
-        for m in ("services.commands", "services.orchestrator", "services.distributor"):
-            procs.append(start([m, *common], tmp / f"{m}.log"))
-        for proc in procs[1:]:
-            ready(proc)
-        comm = CommunicationConfig(router_endpoint=r["router"], pub_endpoint=r["pub"],
-                                   sub_endpoint=r["sub"], message_timeout=60)
+        common, comm = start_core(tmp, procs, [
+            f'data_dir="{tmp / "central"}"', 'agent_hierarchy.worker.executor="command"',
+            'agent_hierarchy.worker.command=["bash", "-c", "{prompt}"]'])
         bench = Bench(tmp, tmp / "repo", common, comm)
         result = {"repo": repo_info, **asyncio.run(bench.rounds(args.rounds))}
     finally:

@@ -58,6 +58,28 @@ def ready(proc: subprocess.Popen[bytes], timeout: float = 30) -> dict:
     raise SystemExit(f"{proc.args} did not start")
 
 
+def start_core(tmp: Path, procs: list[subprocess.Popen[bytes]], settings: list[str]
+               ) -> tuple[list[str], CommunicationConfig]:
+    """The hub, commands, orchestrator and distributor, each its own process (appended to
+    ``procs`` as they start); returns the flags that attach more processes (``settings``:
+    --set values for all of them) and the bus's address for a client."""
+    hub = start(["services.hub", "--hub", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
+                 "--sub", "tcp://127.0.0.1:0", "--metrics-port", "0"], tmp / "hub.log")
+    procs.append(hub)
+    r = ready(hub)
+    common = ["--hub", r["router"], "--pub", r["pub"], "--sub", r["sub"], "--metrics-port", "0",
+              "--log-level", "warning"]
+    for value in settings:
+        common += ["--set", value]
+    services = [start([m, *common], tmp / f"{m}.log")
+                for m in ("services.commands", "services.orchestrator", "services.distributor")]
+    procs.extend(services)
+    for proc in services:
+        ready(proc)
+    return common, CommunicationConfig(router_endpoint=r["router"], pub_endpoint=r["pub"],
+                                       sub_endpoint=r["sub"], message_timeout=60)
+
+
 async def run(comm: CommunicationConfig, repo: str, tasks: int, concurrency: int) -> dict:
     done: dict[str, float] = {}
     submitted: dict[str, float] = {}
@@ -118,24 +140,15 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ccaa-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        hub = start(["services.hub", "--hub", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0",
-                     "--sub", "tcp://127.0.0.1:0", "--metrics-port", "0"], tmp / "hub.log")
-        procs.append(hub)
-        r = ready(hub)
-        common = ["--hub", r["router"], "--pub", r["pub"], "--sub", r["sub"], "--metrics-port",
-                  "0", "--set", f'data_dir="{tmp}"', "--set",
-                  f"orchestrator.max_parallel_tasks={args.agents * 2}", "--set",
-                  'agent_hierarchy.worker.executor="command"', "--set",
-                  'agent_hierarchy.worker.command=["true"]', "--log-level", "warning"]
-        for m in ("services.commands", "services.orchestrator", "services.distributor"):
-            procs.append(start([m, *common], tmp / f"{m}.log"))
-        for i in range(args.agents):
-            procs.append(start(["services.agent", *common, "--name", f"bench-{i}"],
-                               tmp / f"agent{i}.log"))
-        for proc in procs[1:]:
+        common, comm = start_core(tmp, procs, [
+            f'data_dir="{tmp}"', f"orchestrator.max_parallel_tasks={args.agents * 2}",
+            'agent_hierarchy.worker.executor="command"',
+            'agent_hierarchy.worker.command=["true"]'])
+        agents = [start(["services.agent", *common, "--name", f"bench-{i}"],
+                        tmp / f"agent{i}.log") for i in range(args.agents)]
+        procs.extend(agents)
+        for proc in agents:
             ready(proc)
-        comm = CommunicationConfig(router_endpoint=r["router"], pub_endpoint=r["pub"],
-                                   sub_endpoint=r["sub"], message_timeout=60)
         result = asyncio.run(run(comm, str(tmp), args.tasks, args.concurrency))
         result["executor_alone_tasks_per_s"] = round(asyncio.run(executor_alone(100)), 1)
     finally:

@@ -211,6 +211,12 @@ def remove_detached(repo: str, path: str) -> None:
         git(repo, "worktree", "prune", check=False)
 
 
+def remove_branch(repo: str, branch: str) -> None:
+    """``branch`` leaves ``repo``: the worktrees that have it checked out, then the branch."""
+    remove_worktrees_of(repo, branch)
+    git(repo, "branch", "-D", branch, check=False)
+
+
 @contextmanager
 def locked(repo: str) -> Iterator[None]:
     """Hold the repository's worktree lock: git's ``worktree add`` writes

@@ -143,13 +143,6 @@ class CodeSource:
         return size
 
 
-    @staticmethod
-    def forget(cache: str, branch: str) -> None:
-        """After an attempt: its worktree and branch leave the cache (blocking)."""
-        worktree.remove_worktrees_of(cache, branch)
-        worktree.git(cache, "branch", "-D", branch, check=False)
-
-
 def _prune_have(repo: str, keep: int = HAVE_KEPT) -> None:
     """Only the newest ``keep`` have-refs stay: fetches name at most 100 of them anyway."""
     old = worktree.git(repo, "for-each-ref", "--sort=-committerdate", "--format=%(refname)",

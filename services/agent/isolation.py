@@ -98,7 +98,7 @@ async def finish(ctx: RunContext, ws: Workspace, status: str) -> None:
             try:
                 # a retry makes it again at the same path, so a Claude Code session there
                 # resumes; the branch is the repository host's now (a retry fetches it)
-                await asyncio.to_thread(ctx.code.forget, ws.wt.repo, ws.wt.branch)
+                await asyncio.to_thread(worktree.remove_branch, ws.wt.repo, ws.wt.branch)
             except RuntimeError as exc:
                 ctx.data["git_error"] = f"removing the worktree: {exc}"
         ctx.data["sent_bytes"] = sent

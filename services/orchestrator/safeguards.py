@@ -181,12 +181,12 @@ class Safeguards:
                                             reason="superseded: another attempt of the "
                                                    "task is the current one"))
 
-    def check_returned(self, alive: dict[str, PeerInfo]) -> None:
+    def check_returned(self, alive: dict[str, PeerInfo], tasks: list[TaskRow]) -> None:
         """Agents back from a partition still running an attempt that was declared lost,
         while its re-run runs on another agent: stop it (it would run twice). (Whether to
         keep it instead is decided by its result, which names its attempt: a heartbeat names
         only the task, and a restarted agent of the same name may be running the re-run.)"""
-        for task in self.store.tasks_with_lost_attempts():
+        for task in tasks:  # those that remember a lost attempt
             lost = task.meta.get("lost") or {}
             agent = alive.get(lost.get("agent", ""))
             if agent is None or task.id not in agent.running:

@@ -409,7 +409,8 @@ class Orchestrator(Safeguards, Intake):
                 self.store.update_task(task, enqueued_at=now)
                 self.peer.spawn(self._enqueue(task))
         busy = self.store.tasks(states=("assigned", "running"))
-        if busy or self.store.has_lost_attempts():
+        lost = self.store.tasks_with_lost_attempts()
+        if busy or lost:
             try:
                 reply = await self.peer.request("hub", RegistryList(kind=PeerKind.AGENT))
             except (RequestFailed, RequestTimeout, ConnectionError):
@@ -420,7 +421,7 @@ class Orchestrator(Safeguards, Intake):
                         and (t.agent_id not in alive or self._forgotten(t, alive[t.agent_id]))}
                 if gone:
                     await self.on_agents_lost(gone)
-                self.check_returned(alive)
+                self.check_returned(alive, lost)
         for sid in self.store.overdue_sessions(now):
             self._deadline_passed(sid)
         for task in self.store.tasks(states=("running",)):

@@ -289,12 +289,6 @@ class Store:
             "SELECT * FROM tasks WHERE state IN ('ready','queued','assigned','running')"
             " AND json_extract(meta, '$.lost.attempt') IS NOT NULL")]
 
-    def has_lost_attempts(self) -> bool:
-        """Whether an unfinished task remembers a lost attempt whose agent may come back."""
-        return self.conn.execute(
-            "SELECT 1 FROM tasks WHERE state IN ('ready','queued','assigned','running')"
-            " AND json_extract(meta, '$.lost.attempt') IS NOT NULL LIMIT 1").fetchone() is not None
-
     def count_active(self, session_id: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM tasks WHERE state IN ('queued','assigned','running')"
         if session_id is None:

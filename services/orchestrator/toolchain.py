@@ -187,6 +187,7 @@ def resolve(repo: str, gates: dict[str, GateConfig]) -> tuple[dict[str, GateConf
     command for this repository, so the gate is skipped and reported as such). A setting
     given beside ``auto`` (a timeout, a minimum) is kept."""
     found = detect(repo)
+    plain = GateConfig().model_dump()
     out = {}
     for name, gate in gates.items():
         if gate.command != AUTO:
@@ -196,7 +197,6 @@ def resolve(repo: str, gates: dict[str, GateConfig]) -> tuple[dict[str, GateConf
         if detected is None:
             out[name] = gate.model_copy(update={"command": ""})
             continue
-        plain = GateConfig().model_dump()
         given = {k: v for k, v in gate.model_dump().items()
                  if k != "command" and v != plain[k]}
         out[name] = detected.model_copy(update=given)

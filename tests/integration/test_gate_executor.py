@@ -210,7 +210,8 @@ def test_a_fix_must_come_with_a_test_that_fails_without_it(repo, tmp_path):
     assert not verdict.passed and "fail on the branch" in verdict.detail
 
 
-BENCH = "import time\n\nDELAY = {delay}\n\n\ndef work():\n    time.sleep(DELAY)\n\n\nwork()\n"
+#: the benchmark under test: its work is a sleep of DELAY seconds
+BENCH = "import time\n\nDELAY = {delay}\n\n\ndef work():\n    time.sleep(DELAY)\n\n\nwork()\n"  # wait-ok
 
 
 def test_an_optimization_must_be_faster_than_the_base_beyond_the_noise(repo, tmp_path):

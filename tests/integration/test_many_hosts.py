@@ -20,29 +20,14 @@ import pytest
 from services.cli import sample_repo
 from services.model_server.server import ModelServer
 from tests.integration.test_code_transfer import git
-from tests.integration.test_node import free_ports, share_token, stop_all, tree_of
+from tests.integration.test_node import HUB_HOST, free_ports, share_token, stop_all, tree_of
 from tests.integration.test_stack_e2e import ROOT, ccaa
 
 SCRIPT = Path(__file__).resolve().parents[1] / "model_scripts" / "feature_gate.yaml"
 
-CENTRAL = """
-data_dir = "{data}"
-[communication]
-hub_host = "127.0.0.1"
-hub_port = {hub}
-pub_port = {pub}
-sub_port = {sub}
-heartbeat_interval = 0.5
+CENTRAL = HUB_HOST + """heartbeat_interval = 0.5
 [orchestrator]
 retry_attempts = 1
-[metrics.ports]
-hub = 0
-commands = 0
-orchestrator = 0
-distributor = 0
-controller = 0
-[reporting]
-http_port = 0
 [code_transfer]
 mode = "{mode}"
 chunk_kb = 16  # many chunks even for a small repository

@@ -15,14 +15,10 @@ from tests.conftest import _alive
 from tests.integration.test_code_transfer import git, make_repo
 from tests.integration.test_stack_e2e import ccaa
 
-CENTRAL = """
+#: the hub host's stack on ephemeral ports; ends in [communication], so a test's own
+#: settings follow it (a heartbeat_interval line first)
+HUB_HOST = """
 data_dir = "{data}"
-[communication]
-hub_host = "127.0.0.1"
-hub_port = {hub}
-pub_port = {pub}
-sub_port = {sub}
-heartbeat_interval = 0.3
 [metrics.ports]
 hub = 0
 commands = 0
@@ -31,6 +27,14 @@ distributor = 0
 controller = 0
 [reporting]
 http_port = 0
+[communication]
+hub_host = "127.0.0.1"
+hub_port = {hub}
+pub_port = {pub}
+sub_port = {sub}
+"""
+
+CENTRAL = HUB_HOST + """heartbeat_interval = 0.3
 [code_transfer]
 mode = "always"  # the node takes its code over the bus, as on another host
 [agent_hierarchy.worker]

@@ -70,7 +70,7 @@ class CommandExecutor:
             code = await proc.wait()
         finally:
             if proc.returncode is None:
-                await _stop(proc, ctx.pgid)
+                await stop_process(proc, ctx.pgid)
             else:
                 kill_group(ctx.pgid)  # anything the command left running in its group
         if code == 0:
@@ -78,10 +78,12 @@ class CommandExecutor:
         return ExecutionResult(Outcome.FAILED, exit_code=code, error=f"exit code {code}")
 
 
-async def _stop(proc: asyncio.subprocess.Process, pgid: int | None) -> None:
+async def stop_process(proc: asyncio.subprocess.Process, pgid: int | None,
+                       grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM to the process's group, SIGKILL after ``grace`` seconds."""
     kill_group(pgid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(asyncio.shield(proc.wait()), GRACE_SECONDS)
+        await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
     except (asyncio.TimeoutError, asyncio.CancelledError):
         pass
     kill_group(pgid, signal.SIGKILL)

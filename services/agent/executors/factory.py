@@ -44,17 +44,21 @@ def claude_env(environ: Mapping[str, str] | None = None, config_dir: str = "") -
     return env
 
 
+def _claude_env_of(config: SystemConfig) -> dict[str, str]:
+    return claude_env(config_dir=str(config.data_path() / "claude"))
+
+
 def claude_sessions_dir(config: SystemConfig) -> Path:
     """Where this agent's Claude Code runs keep their sessions."""
     from services.agent.executors.transcripts import config_dir
 
-    return config_dir(claude_env(config_dir=str(config.data_path() / "claude")))
+    return config_dir(_claude_env_of(config))
 
 
 def _claude(config: SystemConfig, role: RoleConfig) -> Executor:
     from services.agent.executors.claude import ClaudeExecutor  # the SDK loads only if used
 
-    return ClaudeExecutor(role, env=claude_env(config_dir=str(config.data_path() / "claude")),
+    return ClaudeExecutor(role, env=_claude_env_of(config),
                           cli_path=role.cli_path or os.environ.get(CLAUDE_PATH_ENV) or None,
                           worktree_root=str(config.data_path() / "worktrees"),
                           worktree_setup=config.orchestrator.worktree_setup)

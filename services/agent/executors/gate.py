@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import time
@@ -26,6 +25,7 @@ from protocols.gate import GateFigures, GateRun
 from protocols.task import Outcome
 from services.agent import isolation
 from services.agent.executors.base import ExecutionResult, RunContext, kill_group
+from services.agent.executors.command import stop_process
 
 #: bytes of each stream kept per run (findings are read from all of it)
 MAX_OUTPUT = 4 * 1024 * 1024
@@ -33,7 +33,6 @@ MAX_OUTPUT = 4 * 1024 * 1024
 HEAD_LINES = 20
 #: new findings listed in the report
 MAX_LISTED = 50
-GRACE_SECONDS = 2.0
 #: what a shell says of a command it cannot find
 NOT_FOUND = re.compile(r"command not found|No such file or directory|not found", re.I)
 
@@ -272,12 +271,8 @@ class GateExecutor:
             out, err, code = "", f"timed out after {gate.timeout:g}s", None
         finally:
             if proc.returncode is None:
-                kill_group(proc.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(asyncio.shield(proc.wait()), GRACE_SECONDS)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
-                    pass
-            kill_group(proc.pid)
+                await stop_process(proc, proc.pid)
+            kill_group(proc.pid)  # whatever it left running in its group
         if tail:
             ctx.stdout.add(out)
             ctx.stderr.add(err)
@@ -288,7 +283,7 @@ class GateExecutor:
         if ws.wt is None:
             return
         try:
-            await asyncio.to_thread(_forget, ws.wt.repo, ws.wt.branch)
+            await asyncio.to_thread(worktree.remove_branch, ws.wt.repo, ws.wt.branch)
         except RuntimeError as exc:
             ctx.data["git_error"] = f"removing the gate's worktree: {exc}"
 
@@ -319,11 +314,6 @@ def changed_tests(cwd: str, base: str, pattern: str) -> list[str]:
 
 def _head(text: str) -> str:
     return "\n".join(text.strip().splitlines()[:HEAD_LINES])[:4000]
-
-
-def _forget(repo: str, branch: str) -> None:
-    worktree.remove_worktrees_of(repo, branch)
-    worktree.git(repo, "branch", "-D", branch, check=False)
 
 
 async def _read(stream: asyncio.StreamReader | None) -> str:
