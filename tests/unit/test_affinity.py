@@ -74,7 +74,7 @@ def test_the_distributor_sends_a_retry_back_and_remembers_caching_hosts():
 
 def test_a_retry_names_the_agent_before_it_and_carries_its_report(tmp_path):
     from protocols.task import Outcome
-    from tests.unit.test_orchestrator import World as Orch, scenario
+    from tests.unit.orchestrator_world import World as Orch, scenario
 
     async def go(w: Orch):
         task_id = await w.create("s1")

@@ -8,7 +8,7 @@ import pytest
 
 from protocols.peer import PeerInfo, PeerKind
 from protocols.task import Outcome, TaskAccepted, TaskCancel, TaskReleased
-from tests.unit.test_orchestrator import World, scenario
+from tests.unit.orchestrator_world import World, scenario
 
 pytestmark = pytest.mark.timeout(30)
 

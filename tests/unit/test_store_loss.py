@@ -11,7 +11,7 @@ import pytest
 from protocols import ErrorCode, ProtocolError
 from protocols.command import CommandSubmit, CommandType, SessionCreate
 from protocols.task import Outcome, TaskResult
-from tests.unit.test_orchestrator import World, scenario
+from tests.unit.orchestrator_world import World, scenario
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,7 +12,7 @@ from protocols.command import CommandSubmit, CommandType, SessionCreate
 from protocols.task import TaskCancel, TaskReleased, TaskWaiting
 from services.orchestrator import queries
 from services.orchestrator.store import SCHEMA, Store
-from tests.unit.test_orchestrator import World, scenario
+from tests.unit.orchestrator_world import World, scenario
 from tests.unit.test_workflow_limits import finish, make_repo, plan_text, queued, start
 
 pytestmark = pytest.mark.timeout(30)

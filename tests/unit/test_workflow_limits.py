@@ -12,7 +12,7 @@ import pytest
 
 from protocols.command import CommandSubmit, CommandType, SessionCreate
 from protocols.task import Outcome
-from tests.unit.test_orchestrator import World, scenario
+from tests.unit.orchestrator_world import World, scenario
 
 pytestmark = pytest.mark.timeout(60)
 
