@@ -9,10 +9,36 @@ from typing import Any
 
 from libs.config import CommunicationConfig
 from libs.log import get_logger
-from libs.peer import Peer, RequestTimeout
-from protocols import Message
+from libs.peer import Peer, RequestFailed, RequestTimeout
+from protocols import MAX_MESSAGE_SIZE, Message
 from protocols.base import Body
+from protocols.command import MAX_BATCH, CommandAccepted, CommandSubmit, CommandSubmitBatch
 from protocols.peer import PeerKind
+
+
+class BatchRefused(Exception):
+    """A later part of a long batch was refused; the parts before it were accepted."""
+
+    def __init__(self, accepted: list[CommandAccepted], error: RequestFailed | RequestTimeout):
+        super().__init__(f"{len(accepted)} command(s) accepted, then: {error}")
+        self.accepted = accepted
+        self.error = error
+
+
+def batches(commands: list[CommandSubmit], limit: int = MAX_BATCH,
+            max_bytes: int = MAX_MESSAGE_SIZE // 2) -> list[list[CommandSubmit]]:
+    """``commands`` in message-sized parts: at most ``limit`` commands and about
+    ``max_bytes`` of text each."""
+    parts: list[list[CommandSubmit]] = [[]]
+    size = 0
+    for cmd in commands:
+        cost = len(cmd.text.encode()) + len(cmd.repo.encode()) + 200
+        if parts[-1] and (len(parts[-1]) >= limit or size + cost > max_bytes):
+            parts.append([])
+            size = 0
+        parts[-1].append(cmd)
+        size += cost
+    return [p for p in parts if p]
 
 
 class BusClient:
@@ -49,6 +75,22 @@ class BusClient:
 
     async def request(self, dst: str, body: Body, timeout: float | None = None) -> Message:
         return await self.peer.request(dst, body, timeout)
+
+    async def submit_many(self, commands: list[CommandSubmit],
+                          timeout: float | None = None) -> list[CommandAccepted]:
+        """Submit ``commands`` as sessions, one ``command.submit_batch`` per part of up to
+        MAX_BATCH (each part is all-or-nothing). Raises BatchRefused, holding what was
+        accepted, if a part after the first is refused; RequestFailed if the first is."""
+        accepted: list[CommandAccepted] = []
+        for part in batches(commands):
+            try:
+                reply = await self.request("commands", CommandSubmitBatch(commands=part), timeout)
+            except (RequestFailed, RequestTimeout) as exc:
+                if not accepted:
+                    raise
+                raise BatchRefused(accepted, exc) from None
+            accepted.extend(reply.body.accepted)  # type: ignore[attr-defined]
+        return accepted
 
     async def close(self) -> None:
         await self.peer.stop("client done")

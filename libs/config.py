@@ -276,11 +276,13 @@ class RoleConfig(_Section):
     count: int = Field(0, ge=0, description="agents of this role the controller starts")
     capacity: int = Field(1, ge=1, description="tasks one agent runs at once")
     capabilities: list[str] = []
-    executor: Literal["command", "claude"] = "command"
+    executor: Literal["command", "claude", "python"] = "command"
     command: list[str] = Field(
         default_factory=lambda: ["bash", "-c", "{prompt}"],
         description="command executor template; {prompt} and {cwd} are substituted",
     )
+    callable: str = Field("", description="python executor: 'package.module:function', "
+                          "called in the agent's process with the task's prompt")
     cli_path: str = Field("", description="claude executor: the CLI to run (default: "
                           "$CCAA_CLAUDE_PATH, then `claude` on PATH, then the SDK's own)")
     model: str = "sonnet"

@@ -55,6 +55,23 @@ class CommandAccepted(Body):
     classification: str = ""
 
 
+#: commands in one ``command.submit_batch`` (a client splits longer lists)
+MAX_BATCH = 1000
+
+
+class CommandSubmitBatch(Body):
+    """Many commands at once: all are accepted, in one transaction, or none is (the error
+    names the first command refused, by its 1-based position)."""
+
+    TYPE = "command.submit_batch"
+    commands: list[CommandSubmit] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class CommandAcceptedBatch(Body):
+    TYPE = "command.accepted_batch"
+    accepted: list[CommandAccepted]  # in the order of the commands
+
+
 class SessionCreate(Body):
     """commands -> orchestrator: persist and start a validated command."""
 
@@ -70,6 +87,18 @@ class SessionCreate(Body):
 class SessionCreated(Body):
     TYPE = "session.created"
     session_id: str
+
+
+class SessionCreateBatch(Body):
+    """commands -> orchestrator: persist and start many sessions in one transaction."""
+
+    TYPE = "session.create_batch"
+    sessions: list[SessionCreate] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class SessionsCreated(Body):
+    TYPE = "session.created_batch"
+    session_ids: list[str]
 
 
 class CommandStatus(Body):

@@ -34,6 +34,7 @@ EPILOG = """Typical use:
   ccaa status                              services and agents with role, state, load
   ccaa submit IMPLEMENT_FEATURE "add a --json flag" --repo . --wait
                                            plan, implement, gate, review, merge; follow it
+  ccaa batch tasks.txt --type RUN --wait   many commands at once, one per line
   ccaa show SESSION                        the task DAG with states, gates and cost
   ccaa node --hub tcp://HOST:5555          this host's agent pools, as a node of that hub
   ccaa agent --hub tcp://HOST:5555         attach one more agent from any host
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "coverage, lint, security, benchmark, or one from .ccaa.toml)")
     p.add_argument("--wait", action="store_true", help="follow the session until it ends")
     p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+
+    from services.cli import batch
+    batch.add_parser(sub, _config_args)
 
     p = sub.add_parser("show", help="a session: its task DAG with states, gates, cost")
     _config_args(p)
@@ -347,6 +351,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from services.cli import batch
+
+    return batch.cmd_batch(args, _load(args))
+
+
 async def _ask(config: SystemConfig, dst: str, body):
     async with BusClient(config.communication) as bus:
         return (await bus.request(dst, body)).body
@@ -454,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("error")
     handlers = {"demo": cmd_demo, "up": cmd_up, "node": cmd_node, "down": cmd_down, "status": cmd_status,
-                "submit": cmd_submit, "show": cmd_show, "sessions": cmd_sessions,
+                "submit": cmd_submit, "batch": cmd_batch, "show": cmd_show, "sessions": cmd_sessions,
                 "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
                 "backup": cmd_backup, "restore": cmd_restore}
     try:

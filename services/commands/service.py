@@ -12,7 +12,9 @@ from libs.config import SystemConfig
 from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message, ProtocolError
-from protocols.command import CommandAccepted, CommandSubmit, SessionCreate
+from protocols.base import Body
+from protocols.command import (CommandAccepted, CommandAcceptedBatch, CommandSubmit,
+                               CommandSubmitBatch, SessionCreate, SessionCreateBatch)
 from services.commands.classify import classify
 
 ORCHESTRATOR = "orchestrator"
@@ -28,7 +30,8 @@ class Commands:
                                 ["type"], registry=registry)
         self.rejected = Counter("ccaa_commands_rejected_total", "commands rejected, by code",
                                 ["code"], registry=registry)
-        self.handlers = {CommandSubmit.TYPE: self.on_submit}
+        self.handlers = {CommandSubmit.TYPE: self.on_submit,
+                         CommandSubmitBatch.TYPE: self.on_submit_batch}
 
     def validate(self, cmd: CommandSubmit) -> None:
         if not os.path.isabs(cmd.repo):
@@ -42,9 +45,7 @@ class Commands:
                                 f"unknown role {cmd.role!r}; known roles: "
                                 f"{', '.join(sorted(self.config.agent_hierarchy))}")
 
-    async def on_submit(self, msg: Message) -> CommandAccepted:
-        cmd = msg.body
-        assert isinstance(cmd, CommandSubmit)
+    def _prepare(self, cmd: CommandSubmit, src: str) -> SessionCreate:
         try:
             self.validate(cmd)
         except ProtocolError as exc:
@@ -54,21 +55,47 @@ class Commands:
             type_, reason = cmd.type, "given by the request"
         else:
             type_, reason = classify(cmd.text)
-        session_id = f"s-{uuid.uuid4().hex[:10]}"
-        create = SessionCreate(session_id=session_id, command=cmd, type=type_,
-                               classification=reason, submitter=msg.header.src)
+        return SessionCreate(session_id=f"s-{uuid.uuid4().hex[:10]}", command=cmd, type=type_,
+                             classification=reason, submitter=src)
+
+    async def _create(self, body: Body, n: int) -> None:
         try:
-            await self.peer.request(ORCHESTRATOR, create)
+            await self.peer.request(ORCHESTRATOR, body)
         except RequestFailed as exc:
-            self.rejected.labels(exc.code).inc()
+            self.rejected.labels(exc.code).inc(n)
             raise ProtocolError(ErrorCode(exc.code) if exc.code in ErrorCode._value2member_map_
                                 else ErrorCode.INTERNAL,
                                 f"orchestrator refused the session: {exc.reason}") from None
         except RequestTimeout:
-            self.rejected.labels(ErrorCode.TIMEOUT.value).inc()
+            self.rejected.labels(ErrorCode.TIMEOUT.value).inc(n)
             raise ProtocolError(ErrorCode.TIMEOUT,
                                 "the orchestrator did not answer; is it running?") from None
-        self.accepted.labels(type_.value).inc()
-        self.log.info("command.accepted", session=session_id, type=type_.value, reason=reason,
-                      src=msg.header.src)
-        return CommandAccepted(session_id=session_id, type=type_, classification=reason)
+
+    def _accepted(self, create: SessionCreate, src: str) -> CommandAccepted:
+        self.accepted.labels(create.type.value).inc()
+        self.log.info("command.accepted", session=create.session_id, type=create.type.value,
+                      reason=create.classification, src=src)
+        return CommandAccepted(session_id=create.session_id, type=create.type,
+                               classification=create.classification)
+
+    async def on_submit(self, msg: Message) -> CommandAccepted:
+        cmd = msg.body
+        assert isinstance(cmd, CommandSubmit)
+        create = self._prepare(cmd, msg.header.src)
+        await self._create(create, 1)
+        return self._accepted(create, msg.header.src)
+
+    async def on_submit_batch(self, msg: Message) -> CommandAcceptedBatch:
+        """All the commands become sessions in one orchestrator transaction, or none does."""
+        batch = msg.body
+        assert isinstance(batch, CommandSubmitBatch)
+        creates = []
+        for i, cmd in enumerate(batch.commands):
+            try:
+                creates.append(self._prepare(cmd, msg.header.src))
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, f"command {i + 1} of {len(batch.commands)}: "
+                                              f"{exc.reason}") from None
+        await self._create(SessionCreateBatch(sessions=creates), len(creates))
+        return CommandAcceptedBatch(accepted=[self._accepted(c, msg.header.src)
+                                              for c in creates])

@@ -9,7 +9,8 @@ from typing import Any
 
 from libs.worktree import head_commit
 from protocols import ErrorCode, Message, ProtocolError
-from protocols.command import SessionCreate, SessionCreated
+from protocols.command import (SessionCreate, SessionCreateBatch, SessionCreated,
+                               SessionsCreated)
 from protocols.events import SessionEvent, session_topic
 from services.orchestrator.gates import GateConfigError, project_gates
 from services.orchestrator.templates import Template
@@ -23,17 +24,50 @@ class Intake:
     async def on_session_create(self, msg: Message) -> SessionCreated:
         body = msg.body
         assert isinstance(body, SessionCreate)
-        if self.store.session(body.session_id) is not None:
-            return SessionCreated(session_id=body.session_id)  # a retried request: idempotent
+        self._admit([body], msg.header.src)
+        return SessionCreated(session_id=body.session_id)
+
+    async def on_session_create_batch(self, msg: Message) -> SessionsCreated:
+        """Many sessions in one transaction: all of them or, if one is refused, none."""
+        body = msg.body
+        assert isinstance(body, SessionCreateBatch)
+        self._admit(body.sessions, msg.header.src)
+        return SessionsCreated(session_ids=[s.session_id for s in body.sessions])
+
+    def _admit(self, bodies: list[SessionCreate], src: str) -> None:
+        made: list[tuple[SessionCreate, Any]] = []
+        repos = _RepoFacts(self.config)
+        with self.store.tx():
+            for i, body in enumerate(bodies):
+                if self.store.session(body.session_id) is not None:
+                    continue  # a retried request: idempotent
+                try:
+                    made.append((body, self._create(body, src, repos)))
+                except ProtocolError as exc:
+                    if len(bodies) == 1:
+                        raise
+                    raise ProtocolError(exc.code, f"command {i + 1} of {len(bodies)}: "
+                                                  f"{exc.reason}") from None
+        for body, cached in made:  # committed: now the world may hear of them
+            self.log.info("session.created", session=body.session_id, type=body.type.value)
+            self.events.publish(session_topic("running"),
+                                SessionEvent(session_id=body.session_id, state="running"))
+            if cached is not None:
+                self.finish_session(body.session_id, "succeeded",
+                                    f"analysis reused from session {cached['id']} (same "
+                                    "commit and request)", json.loads(cached["report"]))
+        if made:
+            self.schedule()
+
+    def _create(self, body: SessionCreate, src: str, repos: "_RepoFacts") -> Any:
+        """Write one session and its first tasks (inside the caller's transaction); returns
+        the earlier analysis it reuses, if any."""
         cmd = body.command
         template = self.templates.get(body.type.value)
         if template is None:
             raise ProtocolError(ErrorCode.INVALID_REQUEST,
                                 f"no workflow template for {body.type.value}")
-        try:
-            gates = project_gates(cmd.repo, self.config.gates)
-        except GateConfigError as exc:
-            raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        gates = repos.gates(cmd.repo)
         toolchain = None
         if template.gates or template.final_gates or cmd.gates:  # RUN, ANALYZE have none
             gates, toolchain = resolve(cmd.repo, gates)
@@ -46,7 +80,7 @@ class Intake:
             template = template.model_copy(update={
                 "gates": list(cmd.gates),
                 "final_gates": list(cmd.gates) if template.final_gates else []})
-        base = head_commit(cmd.repo) if self.config.orchestrator.isolate_worktrees else ""
+        base = repos.head(cmd.repo)
         if template.plan is not None and not base:
             raise ProtocolError(ErrorCode.INVALID_REQUEST,
                                 f"{body.type.value} needs a git repository with at least one "
@@ -67,26 +101,40 @@ class Intake:
         self.store.create_session(body.session_id, body.type.value, cmd.text, cmd.repo,
                                   body.classification, cmd.model_dump(mode="json"), tasks,
                                   base_commit=base, **columns)
-        self.log.info("session.created", session=body.session_id, type=body.type.value,
-                      base=base[:12])
         if toolchain is not None:
             self.store.record(body.session_id, "toolchain",
                               detail=(", ".join(toolchain.names) or "none detected")
                               + "; gates: " + ", ".join(f"{k} = {v.command}" for k, v in
                                                         gates.items() if v.command)[:400])
-        self.audit.add("submit", body.submitter or msg.header.src, session_id=body.session_id,
+        self.audit.add("submit", body.submitter or src, session_id=body.session_id,
                        detail=f"{body.type.value} in {cmd.repo}: {cmd.text[:200]}")
-        self.events.publish(session_topic("running"),
-                            SessionEvent(session_id=body.session_id, state="running"))
-        if cached is not None:
-            self.finish_session(body.session_id, "succeeded",
-                                f"analysis reused from session {cached['id']} (same commit "
-                                "and request)", json.loads(cached["report"]))
-        self.schedule()
-        return SessionCreated(session_id=body.session_id)
+        return cached
 
     def _cached_analysis(self, body: SessionCreate, template: Template, base: str) -> Any:
         if not template.cache or not base:
             return None
         return self.store.find_session(type=body.type.value, base_commit=base,
                                        text=body.command.text, state="succeeded")
+
+
+class _RepoFacts:
+    """What one intake learns of each repository (its gates, its HEAD), learned once."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self._gates: dict[str, dict[str, Any]] = {}
+        self._heads: dict[str, str] = {}
+
+    def gates(self, repo: str) -> dict[str, Any]:
+        if repo not in self._gates:
+            try:
+                self._gates[repo] = project_gates(repo, self.config.gates)
+            except GateConfigError as exc:
+                raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        return dict(self._gates[repo])
+
+    def head(self, repo: str) -> str:
+        if repo not in self._heads:
+            self._heads[repo] = (head_commit(repo) if self.config.orchestrator.isolate_worktrees
+                                 else "")
+        return self._heads[repo]

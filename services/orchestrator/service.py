@@ -29,6 +29,7 @@ from protocols.command import (
     CommandStatusReply,
     CommandType,
     SessionCreate,
+    SessionCreateBatch,
     SessionList,
     SessionListReply,
     SessionState,
@@ -124,6 +125,7 @@ class Orchestrator(Safeguards, Intake):
         guarded = self._guarded
         self.handlers = {
             SessionCreate.TYPE: guarded(self.on_session_create),
+            SessionCreateBatch.TYPE: guarded(self.on_session_create_batch),
             CommandStatus.TYPE: self.on_status,
             CommandCancel.TYPE: guarded(self.on_cancel),
             TaskDispatched.TYPE: guarded(self.on_dispatched),

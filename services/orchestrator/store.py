@@ -140,6 +140,7 @@ class Store:
         for index in ADDED_INDEXES:
             self.conn.execute(index)
         self._identity = self._file_identity()
+        self._tx_depth = 0
 
     def _file_identity(self) -> tuple[int, int] | None:
         if self.path == ":memory:":
@@ -172,13 +173,23 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """A transaction; inside another one, a savepoint of it (undone alone if its block
+        raises; committed only when the outermost transaction commits)."""
+        depth = self._tx_depth
+        begin, commit, rollback = (("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK") if depth == 0 else
+                                   (f"SAVEPOINT tx{depth}", f"RELEASE tx{depth}",
+                                    f"ROLLBACK TO tx{depth}; RELEASE tx{depth}"))
+        self.conn.execute(begin)
+        self._tx_depth = depth + 1
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            for statement in rollback.split("; "):
+                self.conn.execute(statement)
             raise
-        self.conn.execute("COMMIT")
+        finally:
+            self._tx_depth = depth
+        self.conn.execute(commit)
 
     # ---- sessions ---------------------------------------------------------------------
 

@@ -32,13 +32,17 @@ from protocols import repo as r
 from protocols.codec import peek_header
 from protocols.command import (
     CommandAccepted,
+    CommandAcceptedBatch,
     CommandCancel,
     CommandStatus,
     CommandStatusReply,
     CommandSubmit,
+    CommandSubmitBatch,
     CommandType,
     SessionCreate,
+    SessionCreateBatch,
     SessionCreated,
+    SessionsCreated,
     SessionList,
     SessionListReply,
     TaskLogs,
@@ -161,6 +165,12 @@ SAMPLES: dict[str, Body] = {
     "session.create": SessionCreate(session_id="sess-1", command=_submit(),
                                     type=CommandType.FIX_ISSUES, classification="cue words"),
     "session.created": SessionCreated(session_id="sess-1"),
+    "command.submit_batch": CommandSubmitBatch(commands=[_submit(), _submit()]),
+    "command.accepted_batch": CommandAcceptedBatch(accepted=[CommandAccepted(
+        session_id="sess-1", type=CommandType.RUN, classification="given")]),
+    "session.create_batch": SessionCreateBatch(sessions=[SessionCreate(
+        session_id="sess-1", command=_submit(), type=CommandType.RUN)]),
+    "session.created_batch": SessionsCreated(session_ids=["sess-1"]),
     "queue.stats": QueueStats(),
     "task.waiting": TaskWaiting(task_id="task-1", attempt_id="att-1",
                                 reason="no agent with role manager"),

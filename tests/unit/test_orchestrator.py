@@ -11,6 +11,8 @@ from protocols.command import (
     CommandSubmit,
     CommandType,
     SessionCreate,
+    SessionCreateBatch,
+    SessionsCreated,
 )
 from protocols.events import SessionEvent, TaskEvent
 from protocols.task import (
@@ -83,6 +85,53 @@ def test_planned_command_on_a_directory_without_commits_is_an_invalid_request(tm
         assert info.value.code == ErrorCode.INVALID_REQUEST
         assert "git repository" in info.value.reason
         assert w.store.session("s1") is None and w.peer.requests == []
+    scenario(tmp_path, go)
+
+
+def test_a_batch_creates_every_session_in_one_go_and_schedules_them(tmp_path):
+    async def go(w: World):
+        creates = [SessionCreate(session_id=f"b{i}", type=CommandType.RUN, classification="given",
+                                 command=CommandSubmit(text=f"echo {i}", repo=w.repo))
+                   for i in range(5)]
+        reply = await w.orch.on_session_create_batch(w.msg(SessionCreateBatch(
+            sessions=creates), src="commands"))
+        assert reply == SessionsCreated(session_ids=[f"b{i}" for i in range(5)])
+        await w.settle()
+        assert [w.store.session(f"b{i}")["text"] for i in range(5)] == \
+            [f"echo {i}" for i in range(5)]
+        limit = w.orch.config.orchestrator.max_parallel_tasks
+        assert sorted(t.prompt for t in w.peer.enqueued()) == \
+            [f"echo {i}" for i in range(min(5, limit))]
+        running = [b.session_id for _, b in w.events.published
+                   if isinstance(b, SessionEvent) and b.state == "running"]
+        assert running == [f"b{i}" for i in range(5)]
+        # a retried batch is idempotent
+        await w.orch.on_session_create_batch(w.msg(SessionCreateBatch(sessions=creates)))
+        await w.settle()
+        assert w.store.conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 5
+        assert len(w.peer.enqueued()) == min(5, limit)
+    scenario(tmp_path, go)
+
+
+def test_a_batch_with_one_bad_command_creates_nothing(tmp_path):
+    async def go(w: World):
+        good = CommandSubmit(text="echo ok", repo=w.repo)
+        bad = CommandSubmit(text="fix the bug", repo=w.repo)  # FIX_ISSUES needs a git repo
+        creates = [SessionCreate(session_id="g1", command=good, type=CommandType.RUN),
+                   SessionCreate(session_id="g2", command=good, type=CommandType.RUN),
+                   SessionCreate(session_id="x3", command=bad, type=CommandType.FIX_ISSUES)]
+        with pytest.raises(ProtocolError) as info:
+            await w.orch.on_session_create_batch(w.msg(SessionCreateBatch(sessions=creates)))
+        assert info.value.code == ErrorCode.INVALID_REQUEST
+        assert info.value.reason.startswith("command 3 of 3: ")
+        assert "git repository" in info.value.reason
+        await w.settle()
+        for sid in ("g1", "g2", "x3"):
+            assert w.store.session(sid) is None
+        assert w.store.conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 0
+        assert w.store.conn.execute("SELECT COUNT(*) FROM audit WHERE action='submit'"
+                                    ).fetchone()[0] == 0
+        assert w.peer.enqueued() == [] and w.events.published == []
     scenario(tmp_path, go)
 
 

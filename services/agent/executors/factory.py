@@ -26,7 +26,7 @@ from services.agent.executors.environment import task_env
 
 MODEL_BASE_URL_ENV = "CCAA_MODEL_BASE_URL"
 CLAUDE_PATH_ENV = "CCAA_CLAUDE_PATH"
-EXECUTORS = ("command", "claude", "gate")
+EXECUTORS = ("command", "claude", "python", "gate")
 
 
 def claude_env(environ: Mapping[str, str] | None = None, config_dir: str = "") -> dict[str, str]:
@@ -73,6 +73,17 @@ def executor_factory(config: SystemConfig, role_name: str) -> Callable[[TaskSpec
         # load the SDK now: importing it inside a task would stall the agent's loop (and
         # its heartbeats) for a second or more
         import services.agent.executors.claude  # noqa: F401
+    function = None
+    if role.callable or role.executor == "python":
+        from services.agent.executors.python import CallableError, PythonExecutor, resolve
+
+        if not role.callable:
+            raise ConfigError(f"role {role_name!r}: the python executor needs `callable` "
+                              "('package.module:function')")
+        try:
+            function = resolve(role.callable)
+        except CallableError as exc:
+            raise ConfigError(f"role {role_name!r}: {exc}") from None
 
     def make(spec: TaskSpec) -> Executor:
         kind = spec.executor or role.executor
@@ -82,6 +93,10 @@ def executor_factory(config: SystemConfig, role_name: str) -> Callable[[TaskSpec
                                    worktree_setup=config.orchestrator.worktree_setup)
         if kind == "claude":
             return _claude(config, role)
+        if kind == "python":
+            if function is None:
+                raise ValueError(f"role {role_name!r} has no `callable` for the python executor")
+            return PythonExecutor(function)
         if kind == "gate":  # a quality gate (the owner names it per task)
             from services.agent.executors.gate import GateExecutor
 
