@@ -1,15 +1,23 @@
-"""End-to-end task throughput: sessions of one no-op task through the whole real path.
+"""End-to-end task throughput and latency: one-task sessions through the whole real path.
 
-client -> commands -> orchestrator (SQLite) -> distributor -> hub -> agent (runs `true` in
-a process group of its own) -> orchestrator -> session succeeded. Every process is real and
-separate; the agents use the command executor, so the figure includes a fork/exec per task.
+client -> commands -> orchestrator (SQLite) -> distributor -> hub -> agent -> orchestrator
+-> session succeeded. Every service and agent is a separate real process. Workloads, run
+interleaved in rounds (medians reported; these machines are noisy):
 
-Prints tasks/s and the submit -> session-succeeded latency (p50/p99), and, in the same run,
-the cost of the executor alone (the same `true` run by the command executor in-process), so
-the orchestration overhead per task can be read off. For scale: ARCHITECTURE.md lists peer
-systems on this kind of machine at ~200-770 no-op tasks/s.
+- ``noop``: the agent completes the task in its own process (the python executor calling
+  ``builtins:len``): what the orchestration itself costs per task.
+- ``noop_batch``: the same, all submitted in one ``command.submit_batch`` per 1,000.
+- ``fork``: the agent runs ``true`` in a process group of its own (the command executor),
+  so each task includes a fork/exec; compared with ``executor_alone``, the same executor
+  running ``true`` in-process with no bus at all (target: fork >= 90% of it).
+- ``seq``: one task at a time, submit -> session succeeded (p50/p99 ms).
 
-    python benchmarks/task_throughput.py [--tasks 300] [--agents 4] [--concurrency 50]
+    python benchmarks/task_throughput.py [--tasks 1000] [--agents 4] [--rounds 3] [--json]
+
+``--json`` ends with one JSON line holding ``noop_tasks_per_s``, ``noop_batch_tasks_per_s``,
+``fork_tasks_per_s``, ``executor_alone_tasks_per_s``, ``seq_p50_ms`` (and the rest).
+``--sustained N`` instead runs N sessions back to back and compares the throughput of the
+last 1,000 with the first 1,000 (target: within 10%).
 """
 
 from __future__ import annotations
@@ -34,6 +42,13 @@ from libs.client import BusClient  # noqa: E402
 from libs.config import CommunicationConfig  # noqa: E402
 from libs.events import EventSubscriber  # noqa: E402
 from protocols.command import CommandSubmit, CommandType  # noqa: E402
+
+#: the role of each workload's agents and what that role runs
+ROLES = {"noop": "worker", "fork": "utility"}
+ROLE_SETTINGS = ['agent_hierarchy.worker.executor="python"',
+                 'agent_hierarchy.worker.callable="builtins:len"',
+                 'agent_hierarchy.utility.executor="command"',
+                 'agent_hierarchy.utility.command=["true"]']
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -80,39 +95,106 @@ def start_core(tmp: Path, procs: list[subprocess.Popen[bytes]], settings: list[s
                                        sub_endpoint=r["sub"], message_timeout=60)
 
 
-async def run(comm: CommunicationConfig, repo: str, tasks: int, concurrency: int) -> dict:
-    done: dict[str, float] = {}
-    submitted: dict[str, float] = {}
-    finished = asyncio.Event()
+class Sessions:
+    """Submits one-task RUN sessions and learns of their ends from the event stream."""
 
-    def on_event(topic: str, msg) -> None:
+    def __init__(self, comm: CommunicationConfig, repo: str):
+        self.comm = comm
+        self.repo = repo
+        self.ended: dict[str, float] = {}
+        self.failed: list[str] = []
+        self._wanted: set[str] = set()
+        self._all = asyncio.Event()
+
+    def _on_event(self, topic: str, msg) -> None:
         sid = msg.body.session_id
-        if topic == "session.succeeded":
-            done[sid] = time.perf_counter()
-            if len(done) >= tasks:
-                finished.set()
+        self.ended[sid] = time.perf_counter()
+        if topic != "session.succeeded":
+            self.failed.append(sid)
+        if self._wanted and self._wanted.issubset(self.ended):
+            self._all.set()
 
-    sub = EventSubscriber(comm.sub(), ["session.succeeded"], on_event)
-    sub.start()
-    await asyncio.sleep(0.3)  # let the subscription reach the hub before the first event
-    gate = asyncio.Semaphore(concurrency)
-    async with BusClient(comm) as bus:
-        async def one(i: int) -> None:
+    async def __aenter__(self) -> "Sessions":
+        self.sub = EventSubscriber(self.comm.sub(), ["session.succeeded", "session.failed",
+                                                     "session.partial", "session.cancelled"],
+                                   self._on_event)
+        self.sub.start()
+        self.bus = await BusClient(self.comm).__aenter__()
+        await self._warm()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.bus.close()
+        await self.sub.close()
+
+    async def _warm(self) -> None:
+        """One session per role, so the subscription is live and every path is warm."""
+        for role in ROLES.values():
+            await self.wait(await self.submit_each(1, role, 1), 30)
+
+    def command(self, role: str) -> CommandSubmit:
+        return CommandSubmit(text="true", repo=self.repo, type=CommandType.RUN, role=role)
+
+    async def submit_each(self, n: int, role: str, concurrency: int,
+                          started: dict[str, float] | None = None) -> list[str]:
+        gate = asyncio.Semaphore(concurrency)
+        ids: list[str] = []
+
+        async def one() -> None:
             async with gate:
                 t0 = time.perf_counter()
-                reply = await bus.request("commands", CommandSubmit(
-                    text="true", repo=repo, type=CommandType.RUN), timeout=60)
-                submitted[reply.body.session_id] = t0  # type: ignore[attr-defined]
+                reply = await self.bus.request("commands", self.command(role), timeout=120)
+                sid = reply.body.session_id  # type: ignore[attr-defined]
+                ids.append(sid)
+                if started is not None:
+                    started[sid] = t0
+        await asyncio.gather(*(one() for _ in range(n)))
+        return ids
 
-        start_t = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(tasks)))
-        await asyncio.wait_for(finished.wait(), 600)
-        wall = time.perf_counter() - start_t
-    await sub.close()
-    lat = sorted((done[s] - submitted[s]) * 1000 for s in submitted if s in done)
-    return {"tasks": tasks, "wall_s": round(wall, 3), "tasks_per_s": round(tasks / wall, 1),
-            "p50_ms": round(statistics.median(lat), 1),
-            "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 1)}
+    async def wait(self, ids: list[str], timeout: float = 900) -> None:
+        self._wanted = set(ids)
+        self._all.clear()
+        if not self._wanted.issubset(self.ended):
+            await asyncio.wait_for(self._all.wait(), timeout)
+        bad = [s for s in ids if s in self.failed]
+        if bad:
+            raise SystemExit(f"{len(bad)} benchmark session(s) did not succeed, e.g. {bad[0]}")
+
+    async def one_by_one(self, n: int, role: str, concurrency: int) -> dict:
+        started: dict[str, float] = {}
+        t0 = time.perf_counter()
+        ids = await self.submit_each(n, role, concurrency, started)
+        await self.wait(ids)
+        wall = max(self.ended[s] for s in ids) - t0
+        lat = sorted((self.ended[s] - started[s]) * 1000 for s in ids)
+        return {"tasks_per_s": n / wall, "p50_ms": statistics.median(lat),
+                "p99_ms": lat[max(0, int(len(lat) * 0.99) - 1)]}
+
+    async def batch(self, n: int, role: str) -> dict:
+        t0 = time.perf_counter()
+        accepted = await self.bus.submit_many([self.command(role)] * n, timeout=120)
+        ids = [a.session_id for a in accepted]
+        await self.wait(ids)
+        return {"tasks_per_s": n / (max(self.ended[s] for s in ids) - t0)}
+
+    async def sequential(self, n: int, role: str) -> list[float]:
+        lat = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            ids = await self.submit_each(1, role, 1)
+            await self.wait(ids)
+            lat.append((self.ended[ids[0]] - t0) * 1000)
+        return sorted(lat)
+
+    async def sustained(self, n: int, role: str, window: int = 1000,
+                        concurrency: int = 50) -> list[float]:
+        """Tasks/s of each consecutive ``window`` of ``n`` sessions (by end time)."""
+        t0 = time.perf_counter()
+        ids = await self.submit_each(n, role, concurrency)
+        await self.wait(ids, timeout=max(900, n / 20))
+        ends = sorted(self.ended[s] for s in ids)
+        return [window / (ends[k + window - 1] - (ends[k - 1] if k else t0))
+                for k in range(0, len(ends) - window + 1, window)]
 
 
 async def executor_alone(n: int) -> float:
@@ -130,49 +212,130 @@ async def executor_alone(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+class Stack:
+    """The core services and ``agents`` agents of each workload's role, in a temporary
+    data directory; stopped (by process group) on exit."""
+
+    def __init__(self, agents: int, capacity: int = 1):
+        self.agents = agents
+        self.capacity = capacity
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> "Stack":
+        self.tmp = Path(tempfile.mkdtemp(prefix="ccaa-bench-"))
+        try:
+            common, self.comm = start_core(self.tmp, self.procs, [
+                f'data_dir="{self.tmp}"',
+                f"orchestrator.max_parallel_tasks={self.agents * self.capacity * 2}",
+                *ROLE_SETTINGS])
+            agents = [start(["services.agent", *common, "--role", role, "--name",
+                             f"bench-{role}-{i}", "--capacity", str(self.capacity)],
+                            self.tmp / f"{role}{i}.log")
+                      for role in ROLES.values() for i in range(self.agents)]
+            self.procs.extend(agents)
+            for proc in agents:
+                ready(proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop(self.procs)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+async def measure(stack: Stack, args: argparse.Namespace) -> dict:
+    rounds: dict[str, list[dict]] = {"noop": [], "noop_batch": [], "fork": []}
+    async with Sessions(stack.comm, str(stack.tmp)) as s:
+        for r in range(args.rounds):
+            rounds["noop"].append(await s.one_by_one(args.tasks, ROLES["noop"], args.concurrency))
+            rounds["noop_batch"].append(await s.batch(args.tasks, ROLES["noop"]))
+            rounds["fork"].append(await s.one_by_one(args.tasks, ROLES["fork"], args.concurrency))
+            progress(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{k} {v[-1]['tasks_per_s']:.0f}/s" for k, v in rounds.items()))
+        seq = await s.sequential(args.seq, ROLES["noop"])
+    out: dict = {"tasks": args.tasks, "rounds": args.rounds, "agents": args.agents,
+                 "concurrency": args.concurrency}
+    for name, runs in rounds.items():
+        out[f"{name}_tasks_per_s"] = round(statistics.median(r["tasks_per_s"] for r in runs), 1)
+        out[f"{name}_rounds"] = [round(r["tasks_per_s"], 1) for r in runs]
+        if "p50_ms" in runs[0]:
+            out[f"{name}_p50_ms"] = round(statistics.median(r["p50_ms"] for r in runs), 1)
+            out[f"{name}_p99_ms"] = round(statistics.median(r["p99_ms"] for r in runs), 1)
+    out["seq_p50_ms"] = round(statistics.median(seq), 2)
+    out["seq_p99_ms"] = round(seq[max(0, int(len(seq) * 0.99) - 1)], 2)
+    out["executor_alone_tasks_per_s"] = round(await executor_alone(300), 1)
+    out["fork_vs_executor_alone"] = round(out["fork_tasks_per_s"]
+                                          / out["executor_alone_tasks_per_s"], 3)
+    return out
+
+
+def progress(text: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
+def report(out: dict) -> None:
+    ok = "PASS" if out["fork_vs_executor_alone"] >= 0.9 else "MISS"
+    print(f"one-task sessions, {out['agents']} agents per workload, {out['tasks']} tasks per "
+          f"round, {out['rounds']} interleaved rounds (medians)")
+    print(f"  noop, submitted one by one ({out['concurrency']} in flight): "
+          f"{out['noop_tasks_per_s']} tasks/s  (p50 {out['noop_p50_ms']} ms)")
+    print(f"  noop, submitted as a batch:                {out['noop_batch_tasks_per_s']} tasks/s")
+    print(f"  fork (`true` per task), one by one:         {out['fork_tasks_per_s']} tasks/s")
+    print(f"  the command executor alone (no bus):        "
+          f"{out['executor_alone_tasks_per_s']} tasks/s")
+    print(f"  target fork >= 90% of executor alone: {out['fork_vs_executor_alone']:.0%} {ok}")
+    print(f"  sequential submit -> succeeded: p50 {out['seq_p50_ms']} ms, "
+          f"p99 {out['seq_p99_ms']} ms")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", type=int, default=300)
-    p.add_argument("--agents", type=int, default=4)
+    p.add_argument("--tasks", type=int, default=1000, help="tasks per workload per round")
+    p.add_argument("--agents", type=int, default=4, help="agents per workload")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=50, help="submissions in flight")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seq", type=int, default=200, help="sequential tasks for the latency")
+    p.add_argument("--sustained", type=int, metavar="N",
+                   help="run N noop sessions and compare the last 1,000 with the first")
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="ccaa-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        common, comm = start_core(tmp, procs, [
-            f'data_dir="{tmp}"', f"orchestrator.max_parallel_tasks={args.agents * 2}",
-            'agent_hierarchy.worker.executor="command"',
-            'agent_hierarchy.worker.command=["true"]'])
-        agents = [start(["services.agent", *common, "--name", f"bench-{i}"],
-                        tmp / f"agent{i}.log") for i in range(args.agents)]
-        procs.extend(agents)
-        for proc in agents:
-            ready(proc)
-        result = asyncio.run(run(comm, str(tmp), args.tasks, args.concurrency))
-        result["executor_alone_tasks_per_s"] = round(asyncio.run(executor_alone(100)), 1)
-    finally:
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-    if args.json:
-        print(json.dumps(result))
+    with Stack(args.agents) as stack:
+        if args.sustained:
+            windows = asyncio.run(_sustained(stack, args.sustained))
+            out = {"sessions": args.sustained, "window_tasks_per_s": windows,
+                   "last_vs_first": round(windows[-1] / windows[0], 3)}
+        else:
+            out = asyncio.run(measure(stack, args))
+    if args.sustained:
+        ok = "PASS" if out["last_vs_first"] >= 0.9 else "MISS"
+        print(f"{args.sustained} sessions, tasks/s per 1,000: "
+              + " ".join(str(w) for w in out["window_tasks_per_s"]))
+        print(f"  last 1,000 vs first 1,000: {out['last_vs_first']:.0%} (target >= 90%) {ok}")
     else:
-        print(f"end-to-end: {result['tasks']} one-task sessions, {args.agents} agents, "
-              f"{args.concurrency} submissions in flight")
-        print(f"  {result['tasks_per_s']} tasks/s  (wall {result['wall_s']} s)")
-        print(f"  submit -> session succeeded: p50 {result['p50_ms']} ms, "
-              f"p99 {result['p99_ms']} ms")
-        print(f"  the command executor alone (fork/exec of `true`): "
-              f"{result['executor_alone_tasks_per_s']} tasks/s")
+        report(out)
+    if args.json:
+        print(json.dumps(out))
     return 0
+
+
+async def _sustained(stack: Stack, n: int) -> list[float]:
+    async with Sessions(stack.comm, str(stack.tmp)) as s:
+        return [round(w, 1) for w in await s.sustained(n, ROLES["noop"])]
 
 
 if __name__ == "__main__":
