@@ -311,6 +311,11 @@ class Peer:
             if isinstance(msg.body, Error) and msg.body.code == ErrorCode.NOT_REGISTERED:
                 self._reregister = True  # the hub dropped us (it restarted or declared us lost)
                 return
+            if header.type in self._handlers and not isinstance(msg.body, Error):
+                # the answer to a message sent without waiting (e.g. a task.result the
+                # agent resends until acknowledged): its own handler takes it
+                self.spawn(self._dispatch(self._handlers[header.type], msg))
+                return
             if header.type != PeerHeartbeat.TYPE:
                 self.log.debug("reply.stale", type=header.type, corr=header.corr)
             return

@@ -58,11 +58,15 @@ class Agent:
         self.log = log or get_logger(peer.name)
         self.running: dict[str, Running] = {}  # attempt_id -> run
         self.unacked: dict[str, TaskResult] = {}  # attempt_id -> result awaiting ack
+        self.sent_at: dict[str, float] = {}  # attempt_id -> when its result was last sent
         self.owners: dict[str, str] = {}  # attempt_id -> peer that owns the task
         self.stopping = False  # set by stop(), or early by the process's stop signal
         self.finished = Counter("ccaa_agent_attempts_total", "attempts finished, by outcome",
                                 ["outcome"], registry=registry)
         self.busy = Gauge("ccaa_agent_running", "attempts running now", registry=registry)
+        self.waiting_ack = Gauge("ccaa_agent_results_unacked", "results sent and not yet "
+                                 "acknowledged by their owner (resent until they are)",
+                                 registry=registry)
         self.handlers = {
             TaskAssign.TYPE: self.on_assign,
             TaskCancel.TYPE: self.on_cancel,
@@ -130,6 +134,8 @@ class Agent:
         assert isinstance(body, TaskResultAck)
         if self.unacked.pop(body.attempt_id, None) is not None:
             self.owners.pop(body.attempt_id, None)
+            self.sent_at.pop(body.attempt_id, None)
+            self.waiting_ack.set(len(self.unacked))
             self.log.info("result.acked", task=body.task_id, applied=body.applied)
         return None
 
@@ -189,6 +195,7 @@ class Agent:
         )
         self.finished.labels(result.outcome.value).inc()
         self.unacked[spec.attempt_id] = report
+        self.waiting_ack.set(len(self.unacked))
         self.log.info("task.finished", task=spec.task_id, outcome=result.outcome.value,
                       exit_code=result.exit_code, seconds=report.duration_s)
         self._progress(spec, "finished", result.outcome.value, {"exit_code": result.exit_code})
@@ -199,14 +206,19 @@ class Agent:
         try:
             self.peer.send(owner, report)
         except ConnectionError:
-            pass  # resent once connected
+            return  # resent once connected
+        self.sent_at[report.attempt_id] = time.monotonic()
 
     def _owner(self, attempt_id: str) -> str:
         return self.owners.get(attempt_id, "orchestrator")
 
-    def resend_all(self) -> None:
-        for report in list(self.unacked.values()):
-            self._send_result(report)
+    def resend_all(self, older_than: float = 0.0) -> None:
+        """Send again every result not acknowledged (``older_than``: only those last sent
+        at least that many seconds ago)."""
+        cutoff = time.monotonic() - older_than
+        for attempt_id, report in list(self.unacked.items()):
+            if self.sent_at.get(attempt_id, 0.0) <= cutoff:
+                self._send_result(report)
 
     async def resend_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -214,7 +226,7 @@ class Agent:
                 await asyncio.wait_for(stop.wait(), self.resend_interval)
             except asyncio.TimeoutError:
                 if self.peer.registered:
-                    self.resend_all()
+                    self.resend_all(older_than=self.resend_interval)
 
     async def stop(self) -> None:
         """Stop every running attempt; each is reported ``interrupted`` (run again by its
