@@ -216,7 +216,8 @@ class Stack:
     """The core services and ``agents`` agents of each workload's role, in a temporary
     data directory; stopped (by process group) on exit."""
 
-    def __init__(self, agents: int, capacity: int = 1):
+    def __init__(self, agents: int, capacity: int = 1, parallel: int = 0):
+        self.parallel = parallel
         self.agents = agents
         self.capacity = capacity
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -226,7 +227,7 @@ class Stack:
         try:
             common, self.comm = start_core(self.tmp, self.procs, [
                 f'data_dir="{self.tmp}"',
-                f"orchestrator.max_parallel_tasks={self.agents * self.capacity * 2}",
+                f"orchestrator.max_parallel_tasks={self.parallel or self.agents * self.capacity * 2}",
                 *ROLE_SETTINGS])
             agents = [start(["services.agent", *common, "--role", role, "--name",
                              f"bench-{role}-{i}", "--capacity", str(self.capacity)],

@@ -23,6 +23,11 @@ class PeerMetrics:
             "bad input received or error replies received, by code and direction",
             ["code", "direction"], registry=registry,
         )
+        self.withheld = Counter(
+            "ccaa_messages_withheld_total", "messages not sent because the state they report "
+            "could not be made durable (the receiver's retry or timeout takes over)",
+            registry=registry,
+        )
         self.reconnects = Counter(
             "ccaa_hub_reconnects_total", "times this peer reconnected to the hub",
             registry=registry,

@@ -30,6 +30,9 @@ from protocols.codec import peek_header
 from protocols.base import Body
 from protocols.header import HUB
 from protocols.peer import (
+    MAX_BUNDLE,
+    MAX_BUNDLE_BYTES,
+    Bundle,
     Error,
     PeerDisconnect,
     PeerHeartbeat,
@@ -102,6 +105,13 @@ class Peer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pump: Pump | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        #: messages to send at the end of this turn of the loop, by destination (bundled)
+        self._outgoing: dict[str, list[list[bytes]]] = {}
+        self._flush_soon: asyncio.Handle | None = None
+        #: called before anything queued is sent (e.g. the state store's commit: nothing
+        #: may leave before the writes it reports are durable); one that raises drops
+        #: what was queued
+        self.before_flush: list[Callable[[], None]] = []
         self._last_hub = time.monotonic()
         self._stop = asyncio.Event()
         self._registered = asyncio.Event()
@@ -125,7 +135,7 @@ class Peer:
     def send(self, dst: str, body: Body, corr: str = "") -> str:
         """Send a one-way message (or a reply when ``corr`` is set); returns its id."""
         header = make_header(body.TYPE, self.name, dst, corr)
-        self._send_frames(encode(header, body))
+        self._send_frames(encode(header, body), dst)
         self.metrics.sent.labels(body.TYPE).inc()
         return header.id
 
@@ -146,7 +156,7 @@ class Peer:
         self._pending[header.id] = future
         started = time.perf_counter()
         try:
-            self._send_frames(encode(header, body))
+            self._send_frames(encode(header, body), dst)
             self.metrics.sent.labels(body.TYPE).inc()
             reply = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
@@ -230,6 +240,10 @@ class Peer:
         self._last_hub = time.monotonic()
 
     def _disconnect_socket(self) -> None:
+        self._outgoing.clear()
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
         if self._pump is not None:
             self._pump.close()
             self._pump.sock.close(linger=0)
@@ -284,10 +298,55 @@ class Peer:
                 callback()
             return
 
-    def _send_frames(self, frames: list[bytes]) -> None:
+    def _send_frames(self, frames: list[bytes], dst: str) -> None:
         if self._pump is None:
             raise ConnectionError("not connected to the hub")
-        self._pump.send(frames)
+        if dst == HUB:  # the hub handles its own messages one by one
+            self._pump.send(frames)
+            return
+        self._outgoing.setdefault(dst, []).append(frames)
+        if self._flush_soon is None:
+            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush_outgoing)
+
+    def _flush_outgoing(self) -> None:
+        """Hand this turn's messages to the socket: alone, or several for one peer as
+        bus.bundle messages (at most MAX_BUNDLE messages, about MAX_BUNDLE_BYTES each)."""
+        self._flush_soon = None
+        outgoing, self._outgoing = self._outgoing, {}
+        if self._pump is None:
+            return  # disconnected meanwhile: lost like anything unsent on a closed socket
+        for hook in self.before_flush:
+            try:
+                hook()
+            except Exception as exc:
+                dropped = sum(len(m) for m in outgoing.values())
+                self.metrics.withheld.inc(dropped)
+                self.log.error("send.withheld", error=repr(exc), messages=dropped,
+                               why="what they report could not be made durable")
+                return
+        for dst, messages in outgoing.items():
+            if len(messages) == 1:
+                self._pump.send(messages[0])
+                continue
+            part: list[tuple[bytes, bytes]] = []
+            size = 0
+            for frames in messages:
+                cost = len(frames[0]) + len(frames[1])
+                if part and (len(part) >= MAX_BUNDLE or size + cost > MAX_BUNDLE_BYTES):
+                    self._send_bundle(dst, part)
+                    part, size = [], 0
+                part.append((frames[0], frames[1]))
+                size += cost
+            self._send_bundle(dst, part)
+
+    def _send_bundle(self, dst: str, part: list[tuple[bytes, bytes]]) -> None:
+        assert self._pump is not None
+        if len(part) == 1:
+            self._pump.send(list(part[0]))
+            return
+        header = make_header(Bundle.TYPE, self.name, dst)
+        self._pump.send(encode(header, Bundle.model_construct(messages=part)))
+        self.metrics.sent.labels(Bundle.TYPE).inc()
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -301,6 +360,28 @@ class Peer:
         except ProtocolError as exc:
             self._bad_input(frames, exc)
             return
+        if isinstance(msg.body, Bundle):
+            self.metrics.received.labels(Bundle.TYPE).inc()
+            self._unbundle(msg.header.src, msg.body)
+            return
+        self._on_message(msg)
+
+    def _unbundle(self, src: str, bundle: Bundle) -> None:
+        for head, body in bundle.messages:
+            try:
+                msg = decode([head, body])
+            except ProtocolError as exc:
+                self._bad_input([head, body], exc, reply_to=src)
+                continue
+            if msg.header.src != src or msg.header.dst != self.name \
+                    or isinstance(msg.body, Bundle):
+                self.metrics.protocol_errors.labels(ErrorCode.SPOOFED_SOURCE.value, "in").inc()
+                self.log.warning("bundle.refused", src=src, inner_src=safe(msg.header.src),
+                                 dst=safe(msg.header.dst), type=msg.header.type)
+                continue
+            self._on_message(msg)
+
+    def _on_message(self, msg: Message) -> None:
         header = msg.header
         self.metrics.received.labels(header.type).inc()
         if header.corr:
@@ -353,13 +434,15 @@ class Peer:
         if result is not None:
             self.reply(msg, result)
 
-    def _bad_input(self, frames: list[bytes], exc: ProtocolError) -> None:
+    def _bad_input(self, frames: list[bytes], exc: ProtocolError, reply_to: str = "") -> None:
+        """Count and answer an undecodable message (``reply_to``: the verified sender of
+        the bundle it came in, rather than the name its own header claims)."""
         self.metrics.protocol_errors.labels(exc.code.value, "in").inc()
         self.log.warning("bad.input", code=exc.code.value, reason=exc.reason)
         header = peek_header(frames)
         if header is not None and header.type != Error.TYPE:
             body = Error(code=exc.code, reason=exc.reason, details=exc.details)
             try:
-                self.send(header.src, body, corr=header.id)
+                self.send(reply_to or header.src, body, corr=header.id)
             except (ProtocolError, ConnectionError):
                 pass  # nothing more can be told to that sender

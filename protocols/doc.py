@@ -29,6 +29,7 @@ ROUTES: dict[str, str] = {
     "peer.disconnect": "peer -> hub",
     "error": "anyone -> the sender of a bad or failed request (reply)",
     "ack": "distributor -> orchestrator (reply to task.enqueue)",
+    "bus.bundle": "any peer -> any peer: the messages it sends that peer in one turn",
     "registry.list": "any peer -> hub",
     "registry.list_reply": "hub -> peer (reply)",
     "node.config": "controller (ccaa node) -> hub",

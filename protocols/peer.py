@@ -97,6 +97,26 @@ class Ack(Body):
     detail: str = ""
 
 
+#: messages one bus.bundle carries at most, and their encoded bytes at most
+MAX_BUNDLE = 256
+MAX_BUNDLE_BYTES = 1024 * 1024
+
+
+class Bundle(Body):
+    """Several messages from one peer to another, sent (and routed by the hub) as one.
+
+    A peer bundles what it sends to the same peer in one turn of its loop, so a busy
+    peer pays the per-message cost of the bus once per bundle. Each entry is an encoded
+    message (its header frame and body frame); the receiver decodes each and handles it
+    as if it had come alone, refusing any whose ``src`` is not the bundle's ``src`` (the
+    name the hub verified) or whose ``dst`` is not itself.
+    """
+
+    TYPE = "bus.bundle"
+    BINARY = ("messages",)
+    messages: list[tuple[bytes, bytes]] = Field(min_length=1, max_length=MAX_BUNDLE)
+
+
 class PeerInfo(Body):
     """One registry entry as the hub reports it."""
 

@@ -13,6 +13,7 @@ _MODELS: list[type[Body]] = [
     peer.PeerDisconnect,
     peer.Error,
     peer.Ack,
+    peer.Bundle,
     peer.RegistryList,
     peer.RegistryListReply,
     node.NodeConfigGet,

@@ -37,6 +37,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
     async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
         store = Store(db)
+        # one transaction per turn of the loop; nothing is sent before it commits
+        store.group_commit = True
+        ctx.peer.before_flush.append(store.commit)
         orch = Orchestrator(config, store, ctx.peer, ctx.events, ctx.registry, ctx.log)
         for type_, handler in orch.handlers.items():
             ctx.peer.on(type_, handler)

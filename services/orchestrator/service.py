@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.config import SystemConfig
 from libs.events import EventPublisher
+from protocols.base import Body
 from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message, ProtocolError
@@ -114,7 +115,7 @@ class Orchestrator(Safeguards, Intake):
         self.config = config
         self.store = store
         self.peer = peer
-        self.events = events
+        self.events = _AfterCommit(events, store)
         self.log = log or get_logger("orchestrator")
         self.metrics = OrchestratorMetrics(registry)
         self.clock = clock
@@ -340,7 +341,8 @@ class Orchestrator(Safeguards, Intake):
         already = attempt is not None and attempt["state"] in OUTCOMES
         if not already:
             self.store.set_attempt(body.attempt_id, state=body.outcome.value,
-                                   ended_at=self.clock(), result=result, applied=int(current))
+                                   ended_at=self.clock(), result=result, applied=int(current),
+                                   agent_id=body.agent_id)  # known even if nothing else came
             self._account_cost(task, body)
         if not current:
             if not already:
@@ -495,6 +497,17 @@ class Orchestrator(Safeguards, Intake):
         self.peer.send(DISTRIBUTOR, TaskReleased(task_id=task.id, attempt_id=attempt_id,
                                                  agent_id=agent_id))
         return True
+
+
+class _AfterCommit:
+    """An event publisher whose events go out once the state they announce is durable."""
+
+    def __init__(self, events: EventPublisher, store: Store):
+        self.inner = events
+        self.store = store
+
+    def publish(self, topic: str, body: Body) -> None:
+        self.store.after_commit(lambda: self.inner.publish(topic, body))
 
 
 __all__ = ["Orchestrator", "CommandType"]

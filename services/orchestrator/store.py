@@ -1,8 +1,15 @@
 """Durable orchestrator state: sessions, tasks, attempts, and an audit log of every state
-change, in SQLite (WAL). Every mutation is one transaction."""
+change, in SQLite (WAL). Every mutation is one transaction (``Store.tx``).
+
+With group commit on (the service turns it on), the mutations of one turn of the event
+loop share one SQLite transaction, committed at the end of the turn: each ``tx`` block is
+then a savepoint (undone alone if it raises), and whatever must not happen before the
+writes are durable (replies, events) waits for ``commit`` (``after_commit``; the peer
+commits before it sends anything)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -10,7 +17,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from libs.sqlite import connect
 
@@ -141,6 +148,10 @@ class Store:
             self.conn.execute(index)
         self._identity = self._file_identity()
         self._tx_depth = 0
+        self.group_commit = False  # see the module's docstring
+        self._group_open = False
+        self._after_commit: list[Callable[[], None]] = []
+        self.commits = 0  # transactions committed (a figure for the metrics)
 
     def _file_identity(self) -> tuple[int, int] | None:
         if self.path == ":memory:":
@@ -169,27 +180,76 @@ class Store:
         return f"the state database {self.path} {how} while in use{rescue}"
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.commit()
+        finally:
+            self.conn.close()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """A transaction; inside another one, a savepoint of it (undone alone if its block
-        raises; committed only when the outermost transaction commits)."""
+        """A transaction; inside another one (or in a turn's group), a savepoint of it
+        (undone alone if its block raises; committed with the outermost transaction)."""
+        if self._tx_depth == 0 and self.group_commit and not self._group_open:
+            self._open_group()
         depth = self._tx_depth
-        begin, commit, rollback = (("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK") if depth == 0 else
-                                   (f"SAVEPOINT tx{depth}", f"RELEASE tx{depth}",
-                                    f"ROLLBACK TO tx{depth}; RELEASE tx{depth}"))
+        if depth == 0 and not self._group_open:
+            begin, commit, rollback = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
+        else:
+            begin, commit = f"SAVEPOINT tx{depth}", f"RELEASE tx{depth}"
+            rollback = (f"ROLLBACK TO tx{depth}", f"RELEASE tx{depth}")
         self.conn.execute(begin)
         self._tx_depth = depth + 1
         try:
             yield self.conn
         except BaseException:
-            for statement in rollback.split("; "):
+            for statement in rollback:
                 self.conn.execute(statement)
             raise
         finally:
             self._tx_depth = depth
         self.conn.execute(commit)
+        if commit == "COMMIT":
+            self.commits += 1
+
+    def _open_group(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to end the turn: every transaction commits at once
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._group_open = True
+        loop.call_soon(self._commit_turn)
+
+    def _commit_turn(self) -> None:
+        try:
+            self.commit()
+        except sqlite3.Error:
+            pass  # commit() rolled back and dropped what waited; the peer reports it
+
+    def commit(self) -> None:
+        """Commit this turn's writes (if a group is open), then run what waited on them.
+        Raises sqlite3.Error when the commit fails: the turn's writes are rolled back and
+        what waited on them is dropped."""
+        if not self._group_open:
+            return
+        self._group_open = False
+        waiting, self._after_commit = self._after_commit, []
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        for fn in waiting:
+            fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once what was written so far is durable (at once if it is)."""
+        if self._group_open:
+            self._after_commit.append(fn)
+        else:
+            fn()
 
     # ---- sessions ---------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from protocols.command import (
 from protocols.events import PeerEvent, SessionEvent, TaskEvent
 from protocols.peer import (
     Ack,
+    Bundle,
     Error,
     PeerDisconnect,
     PeerHeartbeat,
@@ -126,6 +127,7 @@ SAMPLES: dict[str, Body] = {
     "error": Error(code=ErrorCode.BUSY, reason="at capacity", details={"capacity": 1,
                                                                        "running": ["t"]}),
     "ack": Ack(detail="queued"),
+    "bus.bundle": Bundle(messages=[(b"\x81\xa1v\x01", b"\x80"), (b"h2", b"b2")]),
     "registry.list": RegistryList(kind=PeerKind.SERVICE),
     "registry.list_reply": RegistryListReply(hub_id="hub-abc", hub_pid=7, peers=[
         PeerInfo(name="a1", kind=PeerKind.AGENT, role="worker", capabilities=["x"], capacity=2,

@@ -1,0 +1,158 @@
+"""One transaction per turn of the loop (group commit), nothing sent before it commits,
+and several messages to one peer in one turn travel as one bus.bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from libs.config import CommunicationConfig
+from libs.peer import Peer
+from protocols import decode
+from protocols.codec import encode, make_header
+from protocols.peer import Ack, Bundle, PeerKind
+from services.orchestrator.store import Store
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FakePump:
+    def __init__(self, on_send=None):
+        self.sent: list[list[bytes]] = []
+        self.on_send = on_send
+
+    def send(self, frames: list[bytes]) -> None:
+        if self.on_send:
+            self.on_send(frames)
+        self.sent.append(frames)
+
+
+def grouped_store(tmp_path) -> Store:
+    store = Store(str(tmp_path / "state.db"))
+    store.group_commit = True
+    return store
+
+
+def outside(tmp_path) -> sqlite3.Connection:
+    """Another connection: sees only what is committed."""
+    return sqlite3.connect(str(tmp_path / "state.db"))
+
+
+def sessions_seen(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+
+
+def test_the_writes_of_one_turn_commit_together(tmp_path):
+    store = grouped_store(tmp_path)
+    other = outside(tmp_path)
+
+    async def go():
+        before = store.commits
+        for i in range(3):
+            store.create_session(f"s{i}", "RUN", "t", "/r", "", {}, [])
+        assert store.conn.in_transaction and sessions_seen(other) == 0
+        await asyncio.sleep(0)  # wait-ok: the end of this turn commits
+        assert not store.conn.in_transaction
+        assert sessions_seen(other) == 3 and store.commits == before + 1
+
+    asyncio.run(go())
+
+
+def test_a_failing_block_is_undone_alone(tmp_path):
+    store = grouped_store(tmp_path)
+
+    async def go():
+        store.create_session("kept", "RUN", "t", "/r", "", {}, [])
+        with pytest.raises(RuntimeError):
+            with store.tx():
+                store.create_session("undone", "RUN", "t", "/r", "", {}, [])
+                raise RuntimeError("half done")
+        store.create_session("after", "RUN", "t", "/r", "", {}, [])
+        await asyncio.sleep(0)  # wait-ok: the end of this turn commits
+
+    asyncio.run(go())
+    ids = {r[0] for r in outside(tmp_path).execute("SELECT id FROM sessions")}
+    assert ids == {"kept", "after"}
+
+
+def test_after_commit_waits_for_the_commit_and_runs_at_once_without_a_group(tmp_path):
+    store = grouped_store(tmp_path)
+    other = outside(tmp_path)
+    seen: list[int] = []
+
+    async def go():
+        store.create_session("s1", "RUN", "t", "/r", "", {}, [])
+        store.after_commit(lambda: seen.append(sessions_seen(other)))
+        assert seen == []
+        await asyncio.sleep(0)  # wait-ok: the end of this turn commits
+        assert seen == [1]
+        store.after_commit(lambda: seen.append(-1))  # nothing open: at once
+        assert seen == [1, -1]
+
+    asyncio.run(go())
+
+
+def test_without_a_loop_every_transaction_commits_at_once(tmp_path):
+    store = grouped_store(tmp_path)
+    store.create_session("s1", "RUN", "t", "/r", "", {}, [])
+    assert not store.conn.in_transaction and sessions_seen(outside(tmp_path)) == 1
+
+
+def make_peer(name: str) -> Peer:
+    return Peer(name=name, kind=PeerKind.SERVICE, comm=CommunicationConfig(),
+                registry=CollectorRegistry())
+
+
+def test_nothing_leaves_before_the_writes_it_reports_are_committed(tmp_path):
+    store = grouped_store(tmp_path)
+    other = outside(tmp_path)
+    committed_when_sent: list[int] = []
+
+    async def go():
+        peer = make_peer("orchestrator")
+        peer._pump = FakePump(lambda frames: committed_when_sent.append(sessions_seen(other)))
+        peer.before_flush.append(store.commit)
+        peer.send("agent-1", Ack(detail="first, before any write"))
+        store.create_session("s1", "RUN", "t", "/r", "", {}, [])
+        peer.send("agent-1", Ack(detail="after the write"))
+        await asyncio.sleep(0)  # wait-ok: the end of this turn sends
+        await asyncio.sleep(0)  # wait-ok: and commits
+
+    asyncio.run(go())
+    assert committed_when_sent == [1]  # one bundle, sent after the commit
+
+
+def test_messages_to_one_peer_in_one_turn_go_as_one_bundle_and_arrive_each():
+    received: list[str] = []
+
+    async def go():
+        sender, receiver = make_peer("orchestrator"), make_peer("agent-1")
+        sender._pump = FakePump()
+        receiver._pump = FakePump()
+
+        async def handler(msg):
+            received.append(msg.body.detail)
+        receiver.on(Ack.TYPE, handler)
+        for i in range(3):
+            sender.send("agent-1", Ack(detail=f"m{i}"))
+        sender.send("agent-2", Ack(detail="alone"))
+        await asyncio.sleep(0)  # wait-ok: the end of this turn sends
+        bundles = [decode(f) for f in sender._pump.sent]
+        assert [m.header.type for m in bundles] == ["bus.bundle", "ack"]
+        assert bundles[0].header.dst == "agent-1" and len(bundles[0].body.messages) == 3
+        receiver._on_frames(sender._pump.sent[0])
+        # a bundle may not carry another sender's message
+        forged = encode(make_header(Ack.TYPE, "distributor", "agent-1"), Ack(detail="forged"))
+        bad = encode(make_header(Bundle.TYPE, "orchestrator", "agent-1"),
+                     Bundle(messages=[(forged[0], forged[1])]))
+        receiver._on_frames(bad)
+        await asyncio.sleep(0)  # wait-ok: the handlers run
+        await asyncio.gather(*list(receiver._tasks))
+        errors = receiver.metrics.protocol_errors.labels("spoofed_source", "in")._value.get()
+        assert errors == 1
+
+    asyncio.run(go())
+    assert received == ["m0", "m1", "m2"]
