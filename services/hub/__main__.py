@@ -38,6 +38,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     router.setsockopt(zmq.SNDHWM, 100_000)
     router.setsockopt(zmq.RCVHWM, 100_000)
+    # thousands of agents may connect at once; with ZeroMQ's default of 100 pending
+    # connections the kernel drops their SYNs and TCP retries them seconds later
+    router.setsockopt(zmq.BACKLOG, 4096)
     auth = None
     secure = None
     loop = asyncio.get_running_loop()

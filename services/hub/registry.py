@@ -48,6 +48,7 @@ class PeerTable:
     def __init__(self) -> None:
         self.by_name: dict[str, PeerEntry] = {}
         self.by_identity: dict[bytes, PeerEntry] = {}
+        self._counts: dict[PeerKind, int] = dict.fromkeys(PeerKind, 0)  # kept, not counted
 
     def register(self, identity: bytes, info: PeerRegister, now: float,
                  key: str = "") -> tuple[PeerEntry, PeerEntry | None]:
@@ -71,13 +72,19 @@ class PeerTable:
         if keep is not None:
             entry.reclaim = keep.reclaim
         self.by_name[info.name] = entry
+        old_entry = self.by_identity.get(identity)
+        if old_entry is not None:
+            self._counts[old_entry.kind] -= 1
         self.by_identity[identity] = entry
+        self._counts[entry.kind] += 1
         return entry, replaced
 
     def remove(self, identity: bytes) -> PeerEntry | None:
         entry = self.by_identity.pop(identity, None)
-        if entry is not None and self.by_name.get(entry.name) is entry:
-            del self.by_name[entry.name]
+        if entry is not None:
+            self._counts[entry.kind] -= 1
+            if self.by_name.get(entry.name) is entry:
+                del self.by_name[entry.name]
         return entry
 
     def heartbeat(self, entry: PeerEntry, hb: PeerHeartbeat, now: float) -> bool:
@@ -93,4 +100,4 @@ class PeerTable:
         return [e for e in self.by_identity.values() if now - e.last_seen > budget]
 
     def count(self, kind: PeerKind) -> int:
-        return sum(1 for e in self.by_identity.values() if e.kind == kind)
+        return self._counts[kind]
