@@ -9,6 +9,8 @@ task taken back and queued again.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -62,6 +64,11 @@ class Distributor:
         self.log = log or get_logger("distributor")
         self.clock = clock
         self.queue: dict[str, Queued] = {}  # attempt_id -> queued entry
+        #: each role's queue in dispatch order (stale items, no longer in ``queue``, are
+        #: skipped when they come up)
+        self._order: dict[str, list[tuple[float, int, Queued]]] = {}
+        self._seq = itertools.count()
+        self._dispatch_soon: asyncio.Handle | None = None
         self.agents: dict[str, AgentSlot] = {}
         self.assigned_at: dict[str, float] = {}  # attempt_id -> when assigned
         self.attempt_task: dict[str, str] = {}  # attempt_id -> task_id, while assigned
@@ -113,8 +120,8 @@ class Distributor:
             return Ack(detail="already queued")
         if self._holder(spec.attempt_id) is not None:
             return Ack(detail="already queued")
-        self.queue[spec.attempt_id] = Queued(spec, self.clock())
-        self.dispatch()
+        self._put(Queued(spec, self.clock()))
+        self.dispatch_soon()
         return Ack(detail="queued")
 
     async def on_released(self, msg: Message) -> None:
@@ -136,7 +143,7 @@ class Distributor:
             name = body.agent_id or (agent.name if agent else "")
             if name:
                 self._record(name).add(body.outcome, body.duration_s or held_for)
-        self.dispatch()
+        self.dispatch_soon()
         return None
 
     async def on_stats(self, msg: Message) -> QueueStatsReply:
@@ -249,33 +256,79 @@ class Distributor:
 
     # ---- dispatch ---------------------------------------------------------------------
 
+    def _put(self, entry: Queued) -> None:
+        self.queue[entry.spec.attempt_id] = entry
+        order = self._order.setdefault(entry.spec.role, [])
+        # score(now) = priority + (now - since) / AGING_SECONDS ranks entries the same at
+        # any ``now``: the order is fixed when an entry is queued
+        heapq.heappush(order, (entry.since / AGING_SECONDS - entry.spec.priority,
+                               next(self._seq), entry))
+        if len(order) > 2 * len(self.queue) + 64:  # drop the stale items
+            order[:] = [item for item in order
+                        if self.queue.get(item[2].spec.attempt_id) is item[2]]
+            heapq.heapify(order)
+
+    def dispatch_soon(self) -> None:
+        """Dispatch once this turn of the loop is over (many enqueues and releases arrive
+        together: one pass serves them all)."""
+        if self._dispatch_soon is None:
+            self._dispatch_soon = asyncio.get_running_loop().call_soon(self._dispatch_now)
+
+    def _dispatch_now(self) -> None:
+        self._dispatch_soon = None
+        self.dispatch()
+
     def dispatch(self) -> None:
         """Assign as many queued tasks as free agents allow, best score first."""
         now = self.clock()
         strategy = self.config.distribution.strategy
-        for entry in sorted(self.queue.values(), key=lambda q: -q.score(now)):
-            spec = entry.spec
-            repo = self._repo_key(spec)
-            agent, match = pick(strategy, spec, list(self.agents.values()), self._turn, now,
-                                self.hosts.get(spec.prefer_agent, ""),
-                                frozenset(self.warm.get(repo, ())) if repo else frozenset())
-            if agent is None:
-                continue
-            self.affinity.labels(match).inc()
-            if repo:
-                self.warm.setdefault(repo, set()).add(agent.host)
-                self.warm.move_to_end(repo)
-                while len(self.warm) > WARM_REPOS:
-                    self.warm.popitem(last=False)
-            self._turn += 1
-            del self.queue[entry.spec.attempt_id]
-            agent.inflight.add(entry.spec.attempt_id)
-            self.assigned_at[entry.spec.attempt_id] = now
-            self.attempt_task[entry.spec.attempt_id] = entry.spec.task_id
-            self.assigned.labels(strategy).inc()
-            self.peer.spawn(self._assign(agent.name, entry))
+        # each role's free slots among agents that may take work now: a role without any
+        # is not looked at (its queue may hold thousands of tasks)
+        slots: dict[str, int] = {}
+        for a in self.agents.values():
+            if a.free and a.cooldown_until <= now:
+                slots[a.role] = slots.get(a.role, 0) + a.capacity - a.load
+        for role, free in slots.items():
+            order = self._order.get(role)
+            passed: list[tuple[float, int, Queued]] = []  # no agent for them now
+            while free > 0 and order:
+                item = heapq.heappop(order)
+                entry = item[2]
+                spec = entry.spec
+                if self.queue.get(spec.attempt_id) is not entry:
+                    continue  # released or assigned since it was queued
+                if self._assign_one(entry, strategy, now):
+                    free -= 1
+                else:
+                    passed.append(item)
+            for item in passed:
+                heapq.heappush(order, item)  # type: ignore[arg-type]
         self.queue_depth.set(len(self.queue))
         self._check_waiting()
+
+    def _assign_one(self, entry: Queued, strategy: str, now: float) -> bool:
+        """Give ``entry`` to the best free agent, if one may take it."""
+        spec = entry.spec
+        repo = self._repo_key(spec)
+        agent, match = pick(strategy, spec, list(self.agents.values()), self._turn, now,
+                            self.hosts.get(spec.prefer_agent, ""),
+                            frozenset(self.warm.get(repo, ())) if repo else frozenset())
+        if agent is None:
+            return False
+        self.affinity.labels(match).inc()
+        if repo:
+            self.warm.setdefault(repo, set()).add(agent.host)
+            self.warm.move_to_end(repo)
+            while len(self.warm) > WARM_REPOS:
+                self.warm.popitem(last=False)
+        self._turn += 1
+        del self.queue[spec.attempt_id]
+        agent.inflight.add(spec.attempt_id)
+        self.assigned_at[spec.attempt_id] = now
+        self.attempt_task[spec.attempt_id] = spec.task_id
+        self.assigned.labels(strategy).inc()
+        self.peer.spawn(self._assign(agent.name, entry))
+        return True
 
     @staticmethod
     def _repo_key(spec: TaskSpec) -> str:
@@ -336,16 +389,16 @@ class Distributor:
             agent.cooldown_until = self.clock() + pause
             self.assigned_at.pop(spec.attempt_id, None)
             self.attempt_task.pop(spec.attempt_id, None)
-            self.queue[spec.attempt_id] = entry
+            self._put(entry)
             self.queue_depth.set(len(self.queue))
-            self.dispatch()  # another agent may take it now
+            self.dispatch_soon()  # another agent may take it now
             self.peer.spawn(self._dispatch_after(pause))
             return
         self.log.info("assigned", agent=agent_name, task=spec.task_id, attempt=spec.attempt_id)
         self.peer.send(spec.owner, TaskDispatched(task_id=spec.task_id,
                                                   attempt_id=spec.attempt_id,
                                                   agent_id=agent_name))
-        self.dispatch()
+        self.dispatch_soon()
 
     async def _dispatch_after(self, delay: float) -> None:
         await asyncio.sleep(delay + 0.01)

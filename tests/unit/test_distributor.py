@@ -182,8 +182,14 @@ class FakePeer:
         def pending():
             return [t for t in self.tasks if not t.done()
                     and t.get_coro().__name__ != "_dispatch_after"]
-        while pending():
-            await asyncio.gather(*pending())
+        quiet = 0
+        while quiet < 2:  # dispatches run at the end of a turn: two quiet turns in a row
+            await asyncio.sleep(0)  # wait-ok: one turn of the loop
+            if pending():
+                quiet = 0
+                await asyncio.gather(*pending())
+            else:
+                quiet += 1
 
     def dispatched(self) -> list[tuple[str, str]]:
         return [(b.attempt_id, b.agent_id) for d, b in self.sent if isinstance(b, TaskDispatched)]
@@ -571,6 +577,7 @@ def test_an_assignment_that_times_out_after_its_release_is_not_queued_again():
         w.peer.silent.add("agent-1")
         w.peer.gate = asyncio.Event()
         await w.d.on_enqueue(w.msg(TaskEnqueue(task=spec("a1"))))
+        await asyncio.sleep(0)  # wait-ok: the dispatch at the end of this turn
         assert w.d.agents["agent-1"].inflight == {"a1"}
         await w.d.on_released(w.msg(TaskReleased(task_id="t-a1", attempt_id="a1",
                                                  agent_id="agent-1")))
