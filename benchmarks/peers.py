@@ -297,6 +297,8 @@ def main() -> int:
     p.add_argument("--tasks", type=int, default=1000, help="tasks per workload per round")
     p.add_argument("--agents", type=int, default=4, help="worker processes of every system")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--noop-capacity", type=int, default=4,
+                   help="ccaa: tasks one no-op agent runs at once (like Celery's prefetch)")
     p.add_argument("--concurrency", type=int, default=50,
                    help="ccaa: one-by-one submissions in flight")
     p.add_argument("--seq", type=int, default=200, help="sequential tasks for the latency")
@@ -312,7 +314,7 @@ def main() -> int:
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     peers: list[Peer] = []
     try:
-        with Stack(args.agents) as stack:
+        with Stack(args.agents, args.noop_capacity) as stack:
             for name in names:
                 progress(f"starting {name}")
                 peers.append(pool.submit(make_peer, name, tmp, args.agents).result())

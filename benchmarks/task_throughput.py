@@ -214,25 +214,26 @@ async def executor_alone(n: int) -> float:
 
 class Stack:
     """The core services and ``agents`` agents of each workload's role, in a temporary
-    data directory; stopped (by process group) on exit."""
+    data directory; stopped (by process group) on exit. ``noop_capacity``: tasks one
+    no-op agent runs at once (in-process work, like a Celery worker's prefetch); the fork
+    agents run one task at a time each (one process per task, like a prefork worker)."""
 
-    def __init__(self, agents: int, capacity: int = 1, parallel: int = 0):
-        self.parallel = parallel
+    def __init__(self, agents: int, noop_capacity: int = 4, parallel: int = 0):
         self.agents = agents
-        self.capacity = capacity
+        self.capacity = {ROLES["noop"]: noop_capacity, ROLES["fork"]: 1}
+        self.parallel = parallel or agents * sum(self.capacity.values()) * 2
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> "Stack":
         self.tmp = Path(tempfile.mkdtemp(prefix="ccaa-bench-"))
         try:
             common, self.comm = start_core(self.tmp, self.procs, [
-                f'data_dir="{self.tmp}"',
-                f"orchestrator.max_parallel_tasks={self.parallel or self.agents * self.capacity * 2}",
+                f'data_dir="{self.tmp}"', f"orchestrator.max_parallel_tasks={self.parallel}",
                 *ROLE_SETTINGS])
             agents = [start(["services.agent", *common, "--role", role, "--name",
-                             f"bench-{role}-{i}", "--capacity", str(self.capacity)],
+                             f"bench-{role}-{i}", "--capacity", str(capacity)],
                             self.tmp / f"{role}{i}.log")
-                      for role in ROLES.values() for i in range(self.agents)]
+                      for role, capacity in self.capacity.items() for i in range(self.agents)]
             self.procs.extend(agents)
             for proc in agents:
                 ready(proc)
@@ -270,7 +271,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict:
                 f"{k} {v[-1]['tasks_per_s']:.0f}/s" for k, v in rounds.items()))
         seq = await s.sequential(args.seq, ROLES["noop"])
     out: dict = {"tasks": args.tasks, "rounds": args.rounds, "agents": args.agents,
-                 "concurrency": args.concurrency}
+                 "noop_capacity": args.noop_capacity, "concurrency": args.concurrency}
     for name, runs in rounds.items():
         out[f"{name}_tasks_per_s"] = round(statistics.median(r["tasks_per_s"] for r in runs), 1)
         out[f"{name}_rounds"] = [round(r["tasks_per_s"], 1) for r in runs]
@@ -291,8 +292,9 @@ def progress(text: str) -> None:
 
 def report(out: dict) -> None:
     ok = "PASS" if out["fork_vs_executor_alone"] >= 0.9 else "MISS"
-    print(f"one-task sessions, {out['agents']} agents per workload, {out['tasks']} tasks per "
-          f"round, {out['rounds']} interleaved rounds (medians)")
+    print(f"one-task sessions, {out['agents']} agents per workload (no-op agents run "
+          f"{out['noop_capacity']} at once), {out['tasks']} tasks per round, {out['rounds']} "
+          "interleaved rounds (medians)")
     print(f"  noop, submitted one by one ({out['concurrency']} in flight): "
           f"{out['noop_tasks_per_s']} tasks/s  (p50 {out['noop_p50_ms']} ms)")
     print(f"  noop, submitted as a batch:                {out['noop_batch_tasks_per_s']} tasks/s")
@@ -308,6 +310,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=1000, help="tasks per workload per round")
     p.add_argument("--agents", type=int, default=4, help="agents per workload")
+    p.add_argument("--noop-capacity", type=int, default=4,
+                   help="tasks one no-op agent runs at once (default 4, like a Celery "
+                        "worker's prefetch; fork agents run one each)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=50, help="submissions in flight")
     p.add_argument("--seq", type=int, default=200, help="sequential tasks for the latency")
@@ -315,7 +320,7 @@ def main() -> int:
                    help="run N noop sessions and compare the last 1,000 with the first")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args()
-    with Stack(args.agents) as stack:
+    with Stack(args.agents, args.noop_capacity) as stack:
         if args.sustained:
             windows = asyncio.run(_sustained(stack, args.sustained))
             out = {"sessions": args.sustained, "window_tasks_per_s": windows,

@@ -70,7 +70,7 @@ ROUTES: dict[str, str] = {
     "task.result": "agent -> owner, resent until acknowledged",
     "task.result_ack": "owner -> agent (reply)",
     "task.cancel": "owner -> agent",
-    "task.released": "orchestrator -> distributor",
+    "task.released": "orchestrator -> distributor; agent -> distributor (its slot is free)",
     "task.waiting": "distributor -> task owner: no agent could take it (or one can again)",
     "agent.stats": "distributor -> orchestrator (at start: the agents' attempt record)",
     "agent.stats_reply": "orchestrator -> distributor (reply)",

@@ -137,7 +137,11 @@ class TaskCancel(Body):
 class TaskReleased(Body):
     """The attempt no longer holds an agent slot (result applied, cancelled, agent lost).
     ``outcome`` and ``duration_s`` come from the agent's result when there was one: the
-    distributor's performance record."""
+    distributor's performance record.
+
+    The agent itself sends one too, the moment the attempt ends, to the distributor that
+    assigned it: its slot is free at once, not only once the owner has applied the
+    result (the owner's release still follows and feeds the record)."""
 
     TYPE = "task.released"
     task_id: str

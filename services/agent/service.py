@@ -23,6 +23,7 @@ from protocols.task import (
     TaskAssign,
     TaskCancel,
     TaskProgress,
+    TaskReleased,
     TaskResult,
     TaskResultAck,
     TaskSpec,
@@ -42,6 +43,7 @@ class Running:
     task: "asyncio.Task[None]"
     started: float
     cancel_reason: str = ""
+    assigner: str = ""  # the distributor that assigned it: told at once when it ends
 
 
 class Agent:
@@ -111,7 +113,8 @@ class Agent:
                          code=self.code, ask=self.peer.request)
         task = asyncio.ensure_future(self._run(executor, ctx))
         self.owners[spec.attempt_id] = spec.owner
-        self.running[spec.attempt_id] = Running(spec, ctx, task, time.monotonic())
+        self.running[spec.attempt_id] = Running(spec, ctx, task, time.monotonic(),
+                                                assigner=msg.header.src)
         self.busy.set(len(self.running))
         self.log.info("task.started", task=spec.task_id, attempt=spec.attempt_id,
                       executor=executor.name)
@@ -185,8 +188,10 @@ class Agent:
             # task's fault, so the owner runs it again
             result = ExecutionResult(Outcome.INTERRUPTED, exit_code=result.exit_code,
                                      error=f"agent stopping ({result.error or 'killed'})")
-        self.running.pop(spec.attempt_id, None)
+        run = self.running.pop(spec.attempt_id, None)
         self.busy.set(len(self.running))
+        if run is not None and run.assigner and run.assigner != spec.owner:
+            self._free_slot(run, result.outcome.value)
         report = TaskResult(
             session_id=spec.session_id, task_id=spec.task_id, attempt_id=spec.attempt_id,
             agent_id=self.name, outcome=result.outcome, exit_code=result.exit_code,
@@ -200,6 +205,16 @@ class Agent:
                       exit_code=result.exit_code, seconds=report.duration_s)
         self._progress(spec, "finished", result.outcome.value, {"exit_code": result.exit_code})
         self._send_result(report)
+
+    def _free_slot(self, run: Running, outcome: str) -> None:
+        """Tell the distributor this agent's slot is free now, not once the owner has
+        applied the result (the owner's own release follows)."""
+        try:
+            self.peer.send(run.assigner, TaskReleased(
+                task_id=run.spec.task_id, attempt_id=run.spec.attempt_id, agent_id=self.name,
+                outcome=outcome, duration_s=round(time.monotonic() - run.started, 3)))
+        except ConnectionError:
+            pass  # the owner's release frees it
 
     def _send_result(self, report: TaskResult) -> None:
         owner = self._owner(report.attempt_id)

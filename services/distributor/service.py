@@ -128,6 +128,9 @@ class Distributor:
         body = msg.body
         assert isinstance(body, TaskReleased)
         now = self.clock()
+        if msg.header.src == body.agent_id:  # the agent: its attempt ended, the slot is free
+            self._freed_by_agent(body, now)
+            return None
         self.queue.pop(body.attempt_id, None)
         self.attempt_task.pop(body.attempt_id, None)
         self.released_recently[body.task_id] = now
@@ -145,6 +148,19 @@ class Distributor:
                 self._record(name).add(body.outcome, body.duration_s or held_for)
         self.dispatch_soon()
         return None
+
+    def _freed_by_agent(self, body: TaskReleased, now: float) -> None:
+        """An agent's own word that an attempt it holds here has ended: its slot takes
+        the next task now; the owner's release that follows keeps the record (an agent
+        cannot free a slot that is not its own)."""
+        agent = self.agents.get(body.agent_id)
+        if agent is None or body.attempt_id not in agent.inflight:
+            return
+        agent.inflight.discard(body.attempt_id)
+        agent.completed += 1
+        agent.busy_seconds += now - self.assigned_at.pop(body.attempt_id, now)
+        self.released_recently[body.task_id] = now
+        self.dispatch_soon()
 
     async def on_stats(self, msg: Message) -> QueueStatsReply:
         queued: dict[str, int] = {}

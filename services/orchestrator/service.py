@@ -216,15 +216,18 @@ class Orchestrator(Safeguards, Intake):
         if self.store_problem:
             return
         now = self.clock()
-        room = self.config.orchestrator.max_parallel_tasks - self.store.count_active()
+        active = self.store.count_active()
+        room = self.config.orchestrator.max_parallel_tasks - active
         sessions: dict[str, Any] = {}
         skipped: set[str] = set()  # ready tasks that cannot start now (session limits)
-        while room > 0:
+        more = True
+        while room > 0 and more:
             # only as many ready tasks as can start are read (plus those skipped so far)
             # (rows come in order, so room + skipped rows hold room startable ones if any)
-            page = [t for t in self.store.tasks(states=("ready",), ready_by=now,
-                                                limit=room + len(skipped))
-                    if t.id not in skipped]
+            limit = room + len(skipped)
+            rows = self.store.tasks(states=("ready",), ready_by=now, limit=limit)
+            more = len(rows) == limit  # fewer: these are all the ready tasks there are
+            page = [t for t in rows if t.id not in skipped]
             if not page:
                 break
             for task in page:
@@ -236,6 +239,7 @@ class Orchestrator(Safeguards, Intake):
                         and row["state"] == "running":
                     self._budget_exhausted(row)  # cancels the session's waiting tasks
                     sessions.pop(task.session_id)
+                    more = True
                     break  # read the ready tasks again
                 if row["state"] != "running" or (
                         row["max_parallel"]
@@ -246,8 +250,9 @@ class Orchestrator(Safeguards, Intake):
                 self.move(task, "queued", f"attempt {task.attempt}", attempt=task.attempt,
                           attempt_id=attempt_id, agent_id="", enqueued_at=now)
                 room -= 1
+                active += 1
                 self.peer.spawn(self._enqueue(task))
-        self.metrics.active.set(self.store.count_active())
+        self.metrics.active.set(active)
 
     def _budget_exhausted(self, row: Any) -> None:
         sid = row["id"]

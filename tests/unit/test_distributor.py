@@ -366,6 +366,36 @@ def test_a_stale_heartbeat_listing_a_just_released_task_does_not_block_the_agent
     run(go)
 
 
+def test_an_agent_frees_its_own_slot_at_once_and_the_owner_keeps_the_record():
+    async def go(w: World):
+        w.d.agent_up("agent-1", "worker", [], 1)
+        w.d.agent_up("agent-2", "worker", [], 1)
+        await w.enqueue(spec("a1"))
+        await w.enqueue(spec("a2"))
+        await w.enqueue(spec("a3"))
+        holder = next(n for n, a in w.d.agents.items() if "a1" in a.inflight)
+        other = "agent-2" if holder == "agent-1" else "agent-1"
+
+        def from_agent(src: str, attempt: str) -> Message:
+            body = TaskReleased(task_id=f"t-{attempt}", attempt_id=attempt, agent_id=src,
+                                outcome="succeeded", duration_s=0.5)
+            return Message(make_header(body.TYPE, src, "distributor"), body)
+
+        # another agent cannot free a slot that is not its own
+        await w.d.on_released(from_agent(other, "a1"))
+        await w.peer.settle()
+        assert "a1" in w.d.agents[holder].inflight and "a3" in w.d.queue
+        # the holder's word frees it: a3 goes to it before the owner has said anything
+        await w.d.on_released(from_agent(holder, "a1"))
+        await w.peer.settle()
+        assert w.d.agents[holder].inflight == {"a3"} and w.d.queue == {}
+        assert w.d.records[holder].attempts == 0  # the record waits for the owner
+        await w.release("a1", holder, outcome="succeeded", duration=0.5)
+        assert w.d.agents[holder].inflight == {"a3"}  # the owner's release frees nothing more
+        assert w.d.records[holder].attempts == 1 and w.d.agents[holder].completed == 1
+    run(go)
+
+
 def test_release_of_a_still_queued_attempt_drops_it():
     async def go(w: World):
         await w.enqueue(spec("a1"))  # no agents
