@@ -104,15 +104,23 @@ class Sessions:
         self.ended: dict[str, float] = {}
         self.failed: list[str] = []
         self._wanted: set[str] = set()
+        self._missing = 0  # of the sessions waited for, those not ended yet
         self._all = asyncio.Event()
+        self._on_end = None  # called with each ended session's id (sustained load)
 
     def _on_event(self, topic: str, msg) -> None:
         sid = msg.body.session_id
+        if sid in self.ended:
+            return
         self.ended[sid] = time.perf_counter()
         if topic != "session.succeeded":
             self.failed.append(sid)
-        if self._wanted and self._wanted.issubset(self.ended):
-            self._all.set()
+        if self._on_end is not None:
+            self._on_end(sid)
+        if sid in self._wanted:
+            self._missing -= 1
+            if self._missing == 0:
+                self._all.set()
 
     async def __aenter__(self) -> "Sessions":
         self.sub = EventSubscriber(self.comm.sub(), ["session.succeeded", "session.failed",
@@ -153,10 +161,12 @@ class Sessions:
 
     async def wait(self, ids: list[str], timeout: float = 900) -> None:
         self._wanted = set(ids)
+        self._missing = len(self._wanted - self.ended.keys())
         self._all.clear()
-        if not self._wanted.issubset(self.ended):
+        if self._missing:
             await asyncio.wait_for(self._all.wait(), timeout)
-        bad = [s for s in ids if s in self.failed]
+        failed = set(self.failed)
+        bad = [s for s in ids if s in failed]
         if bad:
             raise SystemExit(f"{len(bad)} benchmark session(s) did not succeed, e.g. {bad[0]}")
 
@@ -187,11 +197,23 @@ class Sessions:
         return sorted(lat)
 
     async def sustained(self, n: int, role: str, window: int = 1000,
-                        concurrency: int = 50) -> list[float]:
-        """Tasks/s of each consecutive ``window`` of ``n`` sessions (by end time)."""
+                        open_sessions: int = 200) -> list[float]:
+        """Tasks/s of each consecutive ``window`` of ``n`` sessions (by end time), with
+        ``open_sessions`` kept running: a new one is submitted as each one ends, so every
+        window sees the same load."""
+        ended: asyncio.Queue[str] = asyncio.Queue()
+        self._on_end = ended.put_nowait
         t0 = time.perf_counter()
-        ids = await self.submit_each(n, role, concurrency)
+        ids = await self.submit_each(min(n, open_sessions), role, 50)
+        while len(ids) < n:
+            await ended.get()
+            k = 1
+            while not ended.empty():
+                ended.get_nowait()
+                k += 1
+            ids += await self.submit_each(min(k, n - len(ids)), role, 50)
         await self.wait(ids, timeout=max(900, n / 20))
+        self._on_end = None
         ends = sorted(self.ended[s] for s in ids)
         return [window / (ends[k + window - 1] - (ends[k - 1] if k else t0))
                 for k in range(0, len(ends) - window + 1, window)]
