@@ -433,3 +433,14 @@ class Store:
             " detail) VALUES (?,?,?,?,?,?,?,?)",
             (time.time(), session_id, task_id, attempt_id, kind, from_state, to_state, detail),
         )
+
+
+class AfterCommit:
+    """An event publisher whose events go out once the state they announce is durable."""
+
+    def __init__(self, events: Any, store: "Store"):
+        self.inner = events
+        self.store = store
+
+    def publish(self, topic: str, body: Any) -> None:
+        self.store.after_commit(lambda: self.inner.publish(topic, body))
