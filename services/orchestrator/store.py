@@ -151,6 +151,7 @@ class Store:
         self.group_commit = False  # see the module's docstring
         self._group_open = False
         self._after_commit: list[Callable[[], None]] = []
+        self._commit_failed: sqlite3.Error | None = None
         self.commits = 0  # transactions committed (a figure for the metrics)
 
     def _file_identity(self) -> tuple[int, int] | None:
@@ -223,13 +224,19 @@ class Store:
     def _commit_turn(self) -> None:
         try:
             self.commit()
-        except sqlite3.Error:
-            pass  # commit() rolled back and dropped what waited; the peer reports it
+        except sqlite3.Error as exc:
+            # rolled back; the next commit() (the peer's, before it sends what this turn
+            # queued) raises it, so nothing reporting the lost writes goes out
+            self._commit_failed = exc
 
     def commit(self) -> None:
         """Commit this turn's writes (if a group is open), then run what waited on them.
-        Raises sqlite3.Error when the commit fails: the turn's writes are rolled back and
-        what waited on them is dropped."""
+        Raises sqlite3.Error when the commit fails (or failed at the end of the turn
+        since the last call): the turn's writes are rolled back and what waited on them
+        is dropped."""
+        failed, self._commit_failed = self._commit_failed, None
+        if failed is not None:
+            raise failed
         if not self._group_open:
             return
         self._group_open = False

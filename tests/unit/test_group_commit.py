@@ -125,6 +125,34 @@ def test_nothing_leaves_before_the_writes_it_reports_are_committed(tmp_path):
     assert committed_when_sent == [1]  # one bundle, sent after the commit
 
 
+def test_a_failed_commit_withholds_what_reported_the_lost_writes(tmp_path):
+    store = grouped_store(tmp_path)
+    published: list[str] = []
+
+    async def go():
+        peer = make_peer("orchestrator")
+        peer._pump = FakePump()
+        peer.before_flush.append(store.commit)
+        store.create_session("s1", "RUN", "t", "/r", "", {}, [])
+        store.after_commit(lambda: published.append("event"))
+        # the commit at the end of this turn fails (here: a constraint checked at commit)
+        store.conn.execute("PRAGMA defer_foreign_keys=ON")  # checked at COMMIT
+        store.add_tasks("nowhere", [{"id": "t1", "session_id": "nowhere", "title": "",
+                                     "prompt": "", "role": "worker", "cwd": "",
+                                     "timeout_s": 1.0}])
+        store._commit_turn()  # what the loop would run first
+        peer.send("agent-1", Ack(detail="reports the lost write"))
+        await asyncio.sleep(0)  # wait-ok: the end of this turn sends
+        assert peer._pump.sent == [] and published == []
+        assert peer.metrics.withheld._value.get() == 1
+        peer.send("agent-1", Ack(detail="a later turn"))  # the failure is reported once
+        await asyncio.sleep(0)  # wait-ok: the end of this turn sends
+        assert len(peer._pump.sent) == 1
+
+    asyncio.run(go())
+    assert sessions_seen(outside(tmp_path)) == 0
+
+
 def test_messages_to_one_peer_in_one_turn_go_as_one_bundle_and_arrive_each():
     received: list[str] = []
 
