@@ -133,7 +133,7 @@ def test_a_task_branch_comes_back_only_whole_and_only_as_its_own(tmp_path, repo)
     # a damaged bundle is refused and nothing lands
     bad = push()
     ask(srv.on_push_chunk, RepoPushChunk(transfer_id=bad.transfer_id, offset=0,
-                                         data=data[:-1] + b"\0"))
+                                         data=data[:-1] + bytes([data[-1] ^ 0xFF])))
     with pytest.raises(ProtocolError, match="damaged"):
         ask(srv.on_push_done, RepoPushDone(transfer_id=bad.transfer_id))
     # a short one too
