@@ -113,7 +113,7 @@ class TaskRow:
     ready_at: float
     enqueued_at: float
     started_at: float
-    result: dict[str, Any]
+    result_json: str  # the last result as stored; ``result`` decodes it when first read
     created_at: float
     updated_at: float
     kind: str = "run"
@@ -125,11 +125,25 @@ class TaskRow:
     isolate: int = 1
     tier: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    _result: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The last attempt's result (it can hold tens of KB of output and most reads of
+        a task never look at it: decoded on first use)."""
+        if self._result is None:
+            self._result = json.loads(self.result_json)
+        return self._result
+
+    @result.setter
+    def result(self, value: dict[str, Any]) -> None:
+        self._result = value
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "TaskRow":
         data = dict(row)
-        for key in JSON_COLUMNS:
+        data["result_json"] = data.pop("result")
+        for key in ("depends_on", "meta"):
             data[key] = json.loads(data[key])
         return cls(**data)
 
