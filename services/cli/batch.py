@@ -24,6 +24,7 @@ from libs.client import BatchRefused, BusClient
 from libs.config import ConfigError, SystemConfig
 from libs.events import EventSubscriber
 from libs.peer import RequestFailed, RequestTimeout
+from services.cli import interrupt
 from protocols import Message
 from protocols.command import (CommandStatus, CommandSubmit, CommandType,
                                TERMINAL_SESSION_STATES)
@@ -185,6 +186,8 @@ def cmd_batch(args: argparse.Namespace, config: SystemConfig) -> int:
                     if args.json:
                         print(json.dumps({"sessions": ids}))
                     return 0
+                interrupt.going_on(f"the {len(ids)} session(s) go on: see them with `ccaa "
+                                   "sessions`, stop one with `ccaa cancel SESSION`")
                 waiter.expect(ids)
                 done = await waiter.wait(bus, args.wait_timeout)
         finally:

@@ -17,6 +17,7 @@ from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
 from libs.log import setup_logging
 from libs.peer import RegistrationRefused, RequestFailed, RequestTimeout
 from libs.sqlite import DatabaseError
+from services.cli import interrupt
 from services.cli.state import since as state_since
 from protocols.command import (
     CommandCancel,
@@ -342,7 +343,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   f"({acc.classification})")  # type: ignore[attr-defined]
             if sub is None:
                 return 0
-            follower.session_id = acc.session_id  # type: ignore[attr-defined]
+            sid = follower.session_id = acc.session_id  # type: ignore[attr-defined]
+            interrupt.going_on(f"session {sid} goes on: see it with `ccaa show {sid}`, "
+                               f"stop it with `ccaa cancel {sid}`")
             final = await follower.follow(bus, sub, args.wait_timeout)
             print()
             print(views.show(final))
@@ -395,36 +398,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    config = load_config(args.config, overrides=flag_overrides(args.set))
-    keys_dir = config.communication.keys_dir
-    if args.action == "list":
-        ring = security.Keyring.load(keys_dir)
-        for name in sorted(ring.grants):
-            print(f"{name:<20} {ring.grant(name).describe()}")
-        return 0
-    if args.action == "init":
-        made = security.init(keys_dir, args.name)
-    else:
-        if args.service and args.role:
-            raise security.KeyError_("a key is for a service or for agents, not both")
-        if args.host and not args.role:
-            raise security.KeyError_("--host applies to agent keys: give --role too")
-        if args.service:
-            grant = security.Grant(kind="service", names=[args.service])
-        elif args.role:
-            roles = [] if "any" in args.role else args.role
-            grant = security.Grant(kind="agent", roles=roles, hosts=args.host)
-        else:
-            grant = security.Grant(kind="client")
-        made = security.add(keys_dir, args.name, grant)
-        print(f"{args.name}: may register as {grant.describe()}")
-    for path in made:
-        print(f"wrote {path}")
-    print(f"keys in {security.keys_path(keys_dir)}; set communication.curve = true on every "
-          "host and give each host hub.key plus its keypairs (services use their own, "
-          "agents communication.agent_key, the CLI communication.client_key); send the hub "
-          "SIGHUP to pick up added keys")
-    return 0
+    from services.cli.keys import keys
+
+    return keys(args, load_config(args.config, overrides=flag_overrides(args.set)))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -468,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
                 "backup": cmd_backup, "restore": cmd_restore}
     try:
-        return handlers[args.cmd](args)
+        return interrupt.run(handlers[args.cmd], args)
     except ConfigError as exc:
         print(f"ccaa: {exc}", file=sys.stderr)
         return 2

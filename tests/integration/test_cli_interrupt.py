@@ -1,0 +1,95 @@
+"""Ctrl-C in `ccaa submit --wait` says the session goes on and how to see or stop it (no
+traceback, exit 130, the session still running); a closed output pipe ends a command
+quietly (exit 141, nothing on stderr)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from libs.client import BusClient
+from protocols.command import CommandCancel, CommandSubmit, CommandType
+from tests.conftest import ROOT
+from tests.integration.test_bus_flow import session_state, start_agent, start_services
+
+
+def cli_flags(bus) -> list[str]:
+    return ["--set", f'communication.router_endpoint="{bus.router}"',
+            "--set", f'communication.pub_endpoint="{bus.pub}"',
+            "--set", f'communication.sub_endpoint="{bus.sub}"',
+            "--set", f'data_dir="{bus.data_dir}"']
+
+
+def ccaa(bus, *args: str, **popen) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "services.cli.main", *args, *cli_flags(bus)],
+                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
+                            start_new_session=True, **popen)
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_while_waiting_leaves_the_session_running_and_says_so(procs, bus, tmp_path):
+    start_services(procs, bus)
+    start_agent(procs, bus, "agent-a")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    proc = ccaa(bus, "submit", "RUN", "sleep 30", "--repo", str(repo), "--wait",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.extra_pids.add(proc.pid)
+    try:
+        deadline = time.monotonic() + 30
+        line = ""
+        while "accepted" not in line:
+            assert time.monotonic() < deadline, "no acceptance line"
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if ready:
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read()
+        sid = re.search(r"session (s-\w+)", line).group(1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"session {sid} goes on" in err and f"ccaa cancel {sid}" in err
+
+    async def still_running_then_cancel():
+        async with BusClient(bus.comm()) as client:
+            st = await session_state(client, sid)
+            assert st.session.state.value == "running"
+            await client.request("orchestrator", CommandCancel(session_id=sid))
+    asyncio.run(still_running_then_cancel())
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_output_pipe_ends_a_command_quietly(procs, bus, tmp_path):
+    start_services(procs, bus)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    async def some_sessions():
+        async with BusClient(bus.comm()) as client:
+            await client.submit_many([CommandSubmit(text=f"echo {i}", repo=str(repo),
+                                                    type=CommandType.RUN) for i in range(30)])
+    asyncio.run(some_sessions())
+    proc = ccaa(bus, "sessions", "--limit", "30", stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE)
+    procs.extra_pids.add(proc.pid)
+    proc.stdout.close()  # the reader is gone before anything is written
+    try:
+        err = proc.stderr.read()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 141, err
+    assert err == ""
