@@ -60,8 +60,8 @@ def _task_line(t: TaskInfo, by_id: dict[str, TaskInfo], indent: str = "  ") -> s
     if t.meta.get("gave_up"):
         extras.append(f"gave up: {t.meta['gave_up']}")
     label = t.key or t.title
-    return (f"{indent}{t.kind:<10} {label:<24} {t.state.value:<10} {t.role:<9}"
-            f"{dep_text}  {' · '.join(extras)}")
+    return (f"{indent}{t.kind:<10} {label:<24} {t.state.value:<10} {t.role:<9} "
+            f"{t.task_id}{dep_text}  {' · '.join(extras)}")
 
 
 def show(st: CommandStatusReply) -> str:
@@ -80,7 +80,7 @@ def show(st: CommandStatusReply) -> str:
                      + ", ".join(f"{k.replace('_tokens', '')} {v}" for k, v in
                                  (report.get("tokens") or {}).items() if v))
     by_id = {t.task_id: t for t in st.tasks}
-    lines.append(f"tasks ({state_counts(st.tasks)})")
+    lines.append(f"tasks ({state_counts(st.tasks)}; `ccaa logs TASK` shows a task's attempts)")
     children: dict[str, list[TaskInfo]] = {}
     for t in st.tasks:
         if t.parent:
