@@ -386,11 +386,13 @@ class Peer:
         self.metrics.received.labels(header.type).inc()
         if header.corr:
             future = self._pending.get(header.corr)
+            dropped = isinstance(msg.body, Error) and msg.body.code == ErrorCode.NOT_REGISTERED
+            if dropped:
+                self._reregister = True  # the hub dropped us (it restarted or declared us lost)
             if future is not None and not future.done():
                 future.set_result(msg)
                 return
-            if isinstance(msg.body, Error) and msg.body.code == ErrorCode.NOT_REGISTERED:
-                self._reregister = True  # the hub dropped us (it restarted or declared us lost)
+            if dropped:
                 return
             if header.type in self._handlers and not isinstance(msg.body, Error):
                 # the answer to a message sent without waiting (e.g. a task.result the

@@ -36,6 +36,7 @@ EPILOG = """Typical use:
   ccaa submit IMPLEMENT_FEATURE "add a --json flag" --repo . --wait
                                            plan, implement, gate, review, merge; follow it
   ccaa batch tasks.txt --type RUN --wait   many commands at once, one per line
+  ccaa watch SESSION                       follow a running session (again) to its end
   ccaa show SESSION                        the task DAG with states, gates and cost
   ccaa node --hub tcp://HOST:5555          this host's agent pools, as a node of that hub
   ccaa agent --hub tcp://HOST:5555         attach one more agent from any host
@@ -123,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from services.cli import batch
     batch.add_parser(sub, _config_args)
+
+    p = sub.add_parser("watch", help="follow a session to its end (re-attach after Ctrl-C, "
+                       "or one submitted elsewhere); exit 0 if it succeeded")
+    _config_args(p)
+    p.add_argument("session_id")
+    p.add_argument("--timeout", type=float, help="give up after this many seconds")
 
     p = sub.add_parser("show", help="a session: its task DAG with states, gates, cost")
     _config_args(p)
@@ -344,8 +351,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if sub is None:
                 return 0
             sid = follower.session_id = acc.session_id  # type: ignore[attr-defined]
-            interrupt.going_on(f"session {sid} goes on: see it with `ccaa show {sid}`, "
-                               f"stop it with `ccaa cancel {sid}`")
+            interrupt.going_on(f"session {sid} goes on: follow it again with `ccaa watch "
+                               f"{sid}`, stop it with `ccaa cancel {sid}`")
             final = await follower.follow(bus, sub, args.wait_timeout)
             print()
             print(views.show(final))
@@ -358,6 +365,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from services.cli import batch
 
     return batch.cmd_batch(args, _load(args))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from services.cli.session_view import cmd_watch as watch
+
+    return watch(args, _load(args))
 
 
 async def _ask(config: SystemConfig, dst: str, body):
@@ -440,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("error")
     handlers = {"demo": cmd_demo, "up": cmd_up, "node": cmd_node, "down": cmd_down, "status": cmd_status,
-                "submit": cmd_submit, "batch": cmd_batch, "show": cmd_show, "sessions": cmd_sessions,
+                "submit": cmd_submit, "batch": cmd_batch, "watch": cmd_watch, "show": cmd_show, "sessions": cmd_sessions,
                 "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
                 "backup": cmd_backup, "restore": cmd_restore}
     try:

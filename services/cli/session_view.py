@@ -100,3 +100,27 @@ class SessionFollower:
                     pass
         finally:
             await sub.close()
+
+
+def cmd_watch(args, config: SystemConfig) -> int:
+    """`ccaa watch SESSION`: follow a session submitted earlier (from anywhere) to its end,
+    from the start of its history; exit 0 if it succeeded."""
+    from services.cli import interrupt, views
+
+    async def go() -> int:
+        follower = SessionFollower(args.session_id)
+        sub = follower.subscribe(config)
+        try:
+            async with BusClient(config.communication) as bus:
+                # an unknown session is refused here (not_found), not polled for ever
+                await bus.request("orchestrator", CommandStatus(session_id=args.session_id))
+                interrupt.going_on(f"session {args.session_id} goes on: stop it with "
+                                   f"`ccaa cancel {args.session_id}`")
+                final = await follower.follow(bus, sub, args.timeout)
+        finally:
+            await sub.close()
+        print()
+        print(views.show(final))
+        return 0 if final.session.state.value == "succeeded" else 1
+
+    return asyncio.run(go())

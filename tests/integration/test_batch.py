@@ -21,7 +21,9 @@ def ccaa(bus, *args: str, stdin: str = "", timeout: float = 60) -> subprocess.Co
     flags = ["--set", f'communication.router_endpoint="{bus.router}"',
              "--set", f'communication.pub_endpoint="{bus.pub}"',
              "--set", f'communication.sub_endpoint="{bus.sub}"',
-             "--set", f'data_dir="{bus.data_dir}"']
+             "--set", f'data_dir="{bus.data_dir}"',
+             "--set", f"communication.heartbeat_interval={bus.heartbeat}",
+             "--set", f"communication.liveness={bus.liveness}"]
     return subprocess.run([sys.executable, "-m", "services.cli.main", "batch", *args, *flags],
                           input=stdin, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=ROOT)

@@ -25,7 +25,9 @@ def cli_flags(bus) -> list[str]:
     return ["--set", f'communication.router_endpoint="{bus.router}"',
             "--set", f'communication.pub_endpoint="{bus.pub}"',
             "--set", f'communication.sub_endpoint="{bus.sub}"',
-            "--set", f'data_dir="{bus.data_dir}"']
+            "--set", f'data_dir="{bus.data_dir}"',
+            "--set", f"communication.heartbeat_interval={bus.heartbeat}",
+            "--set", f"communication.liveness={bus.liveness}"]
 
 
 def ccaa(bus, *args: str, **popen) -> subprocess.Popen[str]:
@@ -93,3 +95,32 @@ def test_a_closed_output_pipe_ends_a_command_quietly(procs, bus, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 141, err
     assert err == ""
+
+
+@pytest.mark.timeout(90)
+def test_watch_follows_an_earlier_session_to_its_end(procs, bus, tmp_path):
+    start_services(procs, bus)
+    start_agent(procs, bus, "agent-a")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    async def submit() -> str:
+        async with BusClient(bus.comm()) as client:
+            reply = await client.request("commands", CommandSubmit(
+                text="sleep 1; echo watched > out.txt", repo=str(repo), type=CommandType.RUN))
+            return reply.body.session_id
+    sid = asyncio.run(submit())
+    proc = ccaa(bus, "watch", sid, "--timeout", "60", stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE)
+    procs.extra_pids.add(proc.pid)
+    out, err = proc.communicate(timeout=80)
+    assert proc.returncode == 0, out + err
+    assert f"session {sid}  RUN  succeeded" in out
+    assert "task " in out and "succeeded" in out  # the history, then the final view
+    assert (repo / "out.txt").read_text() == "watched\n"
+
+    unknown = ccaa(bus, "watch", "s-nosuchthing", stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE)
+    procs.extra_pids.add(unknown.pid)
+    out, err = unknown.communicate(timeout=30)
+    assert unknown.returncode == 1 and "not_found" in err, err
