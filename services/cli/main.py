@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from libs.log import setup_logging
 from libs.peer import RegistrationRefused, RequestFailed, RequestTimeout
 from libs.sqlite import DatabaseError
 from services.cli import interrupt
+from services.cli.args import config_args, duration, json_out
 from services.cli.state import since as state_since
 from protocols.command import (
     CommandCancel,
@@ -46,25 +46,6 @@ EPILOG = """Typical use:
 """
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML config file (default: $CCAA_CONFIG)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting (repeatable)")
-
-
-def duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``2h`` -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    value, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
-    try:
-        seconds = float(value) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90, 30m, 2h)") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text!r}")
-    return seconds
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ccaa", description="Claude Code Auto Action: many Claude Code agents as one team.",
@@ -72,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="start the six services under supervisord and wait for them")
-    _config_args(p)
+    config_args(p)
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for readiness")
 
     p = sub.add_parser(
@@ -85,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "The bus token is DATA_DIR/bus.token or communication.token; under CurveZMQ the "
         "keys directory holds hub.key, the controller's and the agents' keypairs. "
         "`ccaa down` with the same config stops just this node.")
-    _config_args(p)
+    config_args(p)
     p.add_argument("--hub", required=True, metavar="tcp://HOST:PORT",
                    help="the hub's ROUTER endpoint (its event ports come from the hub)")
     p.add_argument("--host-name", help="the name this host registers under (default: "
@@ -94,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for the controller and its agents (default 120)")
 
     p = sub.add_parser("down", help="stop supervisord, the services and every agent")
-    _config_args(p)
+    config_args(p)
 
     p = sub.add_parser("status", help="services and agents registered with the hub")
-    _config_args(p)
+    config_args(p)
     p.add_argument("--json", action="store_true", help="print the registry as JSON")
 
     p = sub.add_parser("submit", help="submit a command on a repository")
-    _config_args(p)
+    config_args(p)
     p.add_argument("words", nargs="+", metavar="[TYPE] TEXT",
                    help=f"optional command type ({', '.join(t.value for t in CommandType)}) "
                         "then the command text")
@@ -123,31 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
 
     from services.cli import batch
-    batch.add_parser(sub, _config_args)
+    batch.add_parser(sub, config_args)
 
     p = sub.add_parser("watch", help="follow a session to its end (re-attach after Ctrl-C, "
                        "or one submitted elsewhere); exit 0 if it succeeded")
-    _config_args(p)
+    config_args(p)
     p.add_argument("session_id")
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
 
     p = sub.add_parser("show", help="a session: its task DAG with states, gates, cost")
-    _config_args(p)
+    config_args(p)
     p.add_argument("session_id")
     p.add_argument("--history", action="store_true", help="also print every state change")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sessions", help="recent sessions")
-    _config_args(p)
+    config_args(p)
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("logs", help="a task's attempts: agent, outcome, output, figures")
-    _config_args(p)
+    config_args(p)
     p.add_argument("task_id")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("audit", help="who did what: submits, cancels, registrations, refusals, "
                        "key changes, prunes, backups")
-    _config_args(p)
+    config_args(p)
     p.add_argument("--since", type=state_since, help="from this long ago (30m, 2h, 7d) or this "
                    "time (2026-11-25T10:00)")
     p.add_argument("--session", help="only records of this session")
@@ -157,19 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backup", help="copy the state database while it runs (SQLite online "
                        "backup), checked after copying")
-    _config_args(p)
+    config_args(p)
     p.add_argument("file", help="the copy to write (a directory: a dated file in it)")
 
     p = sub.add_parser("restore", help="replace the state database with a backup (the stack "
                        "must be down; the replaced database is kept beside it)")
-    _config_args(p)
+    config_args(p)
     p.add_argument("file", help="a backup made by `ccaa backup` or an automatic one "
                    "(DATA_DIR/backups)")
 
     p = sub.add_parser("cancel", help="cancel a session (running tasks are stopped)")
-    _config_args(p)
+    config_args(p)
     p.add_argument("session_id")
     p.add_argument("--reason", default="cancelled by user")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("demo", help="run the whole system on a sample repository (offline by "
                        "default, with a scripted model server and real Claude Code processes)")
@@ -187,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "agents of those roles (on --host only, if given); with --service, for that service; "
         "otherwise a client key. The hub lets each key register only as what it was made "
         "for; send the hub SIGHUP after adding keys.")
-    _config_args(p)
+    config_args(p)
     p.add_argument("action", choices=["init", "add", "list"])
     p.add_argument("name", nargs="?", default="client", help="key name")
     p.add_argument("--role", action="append", default=[],
@@ -309,8 +293,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = _load(args)
     reply = asyncio.run(stack.registry(config))
-    if args.json:
-        print(json.dumps(reply.model_dump(mode="json"), indent=2))
+    if json_out(args, reply):
         return 0
     from services.cli import views
 
@@ -382,8 +365,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from services.cli import views
 
     st = asyncio.run(_ask(_load(args), "orchestrator", CommandStatus(session_id=args.session_id)))
-    if args.json:
-        print(json.dumps(st.model_dump(mode="json"), indent=2))
+    if json_out(args, st):
         return 0
     print(views.show(st))
     if args.history:
@@ -399,14 +381,17 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from services.cli import views
 
     reply = asyncio.run(_ask(_load(args), "orchestrator", SessionList(limit=args.limit)))
-    print(views.sessions_table(reply.sessions))
+    if not json_out(args, reply):
+        print(views.sessions_table(reply.sessions))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from services.cli import views
 
-    print(views.logs(asyncio.run(_ask(_load(args), "orchestrator", TaskLogs(task_id=args.task_id)))))
+    reply = asyncio.run(_ask(_load(args), "orchestrator", TaskLogs(task_id=args.task_id)))
+    if not json_out(args, reply):
+        print(views.logs(reply))
     return 0
 
 
@@ -438,7 +423,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     st = asyncio.run(_ask(_load(args), "orchestrator",
                           CommandCancel(session_id=args.session_id, reason=args.reason)))
-    print(f"session {st.session.session_id} {st.session.state.value}: {st.session.detail}")
+    if not json_out(args, st):
+        print(f"session {st.session.session_id} {st.session.state.value}: {st.session.detail}")
     return 0 if st.session.state.value == "cancelled" else 1
 
 

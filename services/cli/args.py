@@ -1,0 +1,33 @@
+"""Argument helpers shared by the CLI's commands: the config flags, durations, --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (default: $CCAA_CONFIG)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting (repeatable)")
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90, 30m, 2h)") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text!r}")
+    return seconds
+
+
+def json_out(args: argparse.Namespace, body) -> bool:
+    """With --json: print the reply as JSON (and say so); the caller prints nothing else."""
+    if getattr(args, "json", False):
+        print(json.dumps(body.model_dump(mode="json"), indent=2))
+        return True
+    return False

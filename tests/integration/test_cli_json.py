@@ -1,0 +1,58 @@
+"""`--json` on sessions, logs and cancel: one JSON document on stdout, the reply's own
+fields, so scripts need not parse the tables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+
+from libs.client import BusClient
+from protocols.command import CommandSubmit, CommandType
+from tests.integration.test_bus_flow import session_state, start_agent, start_services, wait_for
+from tests.integration.test_cli_interrupt import ccaa
+
+
+def run_json(procs, bus, *args: str) -> tuple[int, dict]:
+    proc = ccaa(bus, *args, "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.extra_pids.add(proc.pid)
+    out, err = proc.communicate(timeout=30)
+    assert not err, err
+    return proc.returncode, json.loads(out)
+
+
+@pytest.mark.timeout(90)
+def test_sessions_logs_and_cancel_speak_json(procs, bus, tmp_path):
+    start_services(procs, bus)
+    start_agent(procs, bus, "agent-a")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    async def submit():
+        async with BusClient(bus.comm()) as client:
+            done = (await client.request("commands", CommandSubmit(
+                text="echo from-json", repo=str(repo), type=CommandType.RUN))).body.session_id
+
+            async def ended():
+                st = await session_state(client, done)
+                return st.session.state.value != "running" and st
+            st = await wait_for(ended, 30, "the first session")
+            slow = (await client.request("commands", CommandSubmit(
+                text="sleep 30", repo=str(repo), type=CommandType.RUN))).body.session_id
+            return done, st.tasks[0].task_id, slow
+    done, task_id, slow = asyncio.run(submit())
+
+    code, listed = run_json(procs, bus, "sessions", "--limit", "10")
+    assert code == 0
+    states = {s["session_id"]: s["state"] for s in listed["sessions"]}
+    assert states[done] == "succeeded" and slow in states
+
+    code, logs = run_json(procs, bus, "logs", task_id)
+    assert code == 0 and logs["task"]["task_id"] == task_id
+    assert [a["result"]["exit_code"] for a in logs["attempts"]] == [0]
+    assert "from-json" in logs["attempts"][0]["result"]["stdout"]
+
+    code, cancelled = run_json(procs, bus, "cancel", slow)
+    assert code == 0 and cancelled["session"]["state"] == "cancelled"
