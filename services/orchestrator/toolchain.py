@@ -26,6 +26,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from libs.config import AUTO, GateConfig
 
@@ -128,22 +129,21 @@ def _targets(text: str, pattern: str) -> set[str]:
     return {m.group(1) for m in re.finditer(pattern, text, re.MULTILINE)}
 
 
-def _make(root: Path) -> dict[str, GateConfig]:
-    for name in ("GNUmakefile", "makefile", "Makefile"):
-        path = root / name
-        if path.is_file():
-            targets = _targets(path.read_text(errors="replace"), r"^([A-Za-z][\w-]*)\s*:(?!=)")
-            return _by_target(targets, "make", ["make"])
-    return {}
+def _task_runner(tool: str, files: tuple[str, ...], pattern: str
+                 ) -> tuple[Callable[[Path], bool], Callable[[Path], dict[str, GateConfig]]]:
+    """A detector for a task runner whose file lists targets (make, just): whether the
+    repository has the file, and the gates its targets give."""
+    def present(root: Path) -> bool:
+        return any((root / f).is_file() for f in files)
 
-
-def _just(root: Path) -> dict[str, GateConfig]:
-    for name in ("justfile", "Justfile", ".justfile"):
-        path = root / name
-        if path.is_file():
-            targets = _targets(path.read_text(errors="replace"), r"^@?([A-Za-z][\w-]*)[^:\n]*:")
-            return _by_target(targets, "just", ["just"])
-    return {}
+    def gates_of(root: Path) -> dict[str, GateConfig]:
+        for name in files:
+            path = root / name
+            if path.is_file():
+                return _by_target(_targets(path.read_text(errors="replace"), pattern), tool,
+                                  [tool])
+        return {}
+    return present, gates_of
 
 
 def _by_target(targets: set[str], tool: str, requires: list[str]) -> dict[str, GateConfig]:
@@ -164,10 +164,10 @@ DETECTORS = (
     ("go", lambda r: (r / "go.mod").is_file(), _go),
     ("rust", lambda r: (r / "Cargo.toml").is_file(), _rust),
     # the project's own targets last: they win over the language's defaults
-    ("make", lambda r: any((r / f).is_file() for f in ("GNUmakefile", "makefile", "Makefile")),
-     _make),
-    ("just", lambda r: any((r / f).is_file() for f in ("justfile", "Justfile", ".justfile")),
-     _just),
+    ("make", *_task_runner("make", ("GNUmakefile", "makefile", "Makefile"),
+                           r"^([A-Za-z][\w-]*)\s*:(?!=)")),
+    ("just", *_task_runner("just", ("justfile", "Justfile", ".justfile"),
+                           r"^@?([A-Za-z][\w-]*)[^:\n]*:")),
 )
 
 
