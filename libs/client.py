@@ -9,6 +9,7 @@ from typing import Any
 
 from libs.config import CommunicationConfig
 from libs.log import get_logger
+from libs.parts import parts
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import MAX_MESSAGE_SIZE, Message
 from protocols.base import Body
@@ -29,16 +30,8 @@ def batches(commands: list[CommandSubmit], limit: int = MAX_BATCH,
             max_bytes: int = MAX_MESSAGE_SIZE // 2) -> list[list[CommandSubmit]]:
     """``commands`` in message-sized parts: at most ``limit`` commands and about
     ``max_bytes`` of text each."""
-    parts: list[list[CommandSubmit]] = [[]]
-    size = 0
-    for cmd in commands:
-        cost = len(cmd.text.encode()) + len(cmd.repo.encode()) + 200
-        if parts[-1] and (len(parts[-1]) >= limit or size + cost > max_bytes):
-            parts.append([])
-            size = 0
-        parts[-1].append(cmd)
-        size += cost
-    return [p for p in parts if p]
+    return parts(commands, lambda c: len(c.text.encode()) + len(c.repo.encode()) + 200,
+                 limit, max_bytes)
 
 
 class BusClient:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.config import CommunicationConfig
 from libs.log import EventLogger, get_logger
+from libs.parts import parts
 from libs.metrics import PeerMetrics
 from libs.zmqio import Pump, context, socket
 from protocols import ErrorCode, Message, ProtocolError, decode, encode, make_header
@@ -325,27 +326,19 @@ class Peer:
                                why="what they report could not be made durable")
                 return
         for dst, messages in outgoing.items():
-            if len(messages) == 1:
-                self._pump.send(messages[0])
-                continue
-            part: list[tuple[bytes, bytes]] = []
-            size = 0
-            for frames in messages:
-                cost = len(frames[0]) + len(frames[1])
-                if part and (len(part) >= MAX_BUNDLE or size + cost > MAX_BUNDLE_BYTES):
-                    self._send_bundle(dst, part)
-                    part, size = [], 0
-                part.append((frames[0], frames[1]))
-                size += cost
-            self._send_bundle(dst, part)
+            for part in parts(messages, lambda f: len(f[0]) + len(f[1]), MAX_BUNDLE,
+                              MAX_BUNDLE_BYTES):
+                self._send_bundle(dst, part)
 
-    def _send_bundle(self, dst: str, part: list[tuple[bytes, bytes]]) -> None:
+    def _send_bundle(self, dst: str, part: list[list[bytes]]) -> None:
+        """One message as itself; several as one bus.bundle."""
         assert self._pump is not None
         if len(part) == 1:
-            self._pump.send(list(part[0]))
+            self._pump.send(part[0])
             return
         header = make_header(Bundle.TYPE, self.name, dst)
-        self._pump.send(encode(header, Bundle.model_construct(messages=part)))
+        self._pump.send(encode(header, Bundle.model_construct(
+            messages=[(frames[0], frames[1]) for frames in part])))
         self.metrics.sent.labels(Bundle.TYPE).inc()
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:

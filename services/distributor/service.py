@@ -137,11 +137,7 @@ class Distributor:
         # whichever agent holds it: a task withdrawn while queued on the owner's side may
         # already be assigned here, and its release names no agent
         agent = self._holder(body.attempt_id)
-        held_for = now - self.assigned_at.pop(body.attempt_id, now)
-        if agent is not None:
-            agent.inflight.discard(body.attempt_id)
-            agent.completed += 1
-            agent.busy_seconds += held_for
+        held_for = self._free(agent, body.attempt_id, now)
         if body.outcome in VERDICTS:  # not the agent's doing: lost, interrupted, withdrawn
             name = body.agent_id or (agent.name if agent else "")
             if name:
@@ -156,11 +152,19 @@ class Distributor:
         agent = self.agents.get(body.agent_id)
         if agent is None or body.attempt_id not in agent.inflight:
             return
-        agent.inflight.discard(body.attempt_id)
-        agent.completed += 1
-        agent.busy_seconds += now - self.assigned_at.pop(body.attempt_id, now)
+        self._free(agent, body.attempt_id, now)
         self.released_recently[body.task_id] = now
         self.dispatch_soon()
+
+    def _free(self, agent: AgentSlot | None, attempt_id: str, now: float) -> float:
+        """Take the attempt out of its agent's slots (if one holds it); returns how long
+        it was held."""
+        held_for = now - self.assigned_at.pop(attempt_id, now)
+        if agent is not None:
+            agent.inflight.discard(attempt_id)
+            agent.completed += 1
+            agent.busy_seconds += held_for
+        return held_for
 
     async def on_stats(self, msg: Message) -> QueueStatsReply:
         queued: dict[str, int] = {}

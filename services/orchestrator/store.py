@@ -166,7 +166,7 @@ class Store:
         self._group_open = False
         self._after_commit: list[Callable[[], None]] = []
         self._commit_failed: sqlite3.Error | None = None
-        self.commits = 0  # transactions committed (a figure for the metrics)
+        self.commits = 0  # transactions committed (how the tests see the grouping)
 
     def _file_identity(self) -> tuple[int, int] | None:
         if self.path == ":memory:":
