@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from libs.client import BusClient, batches
 from protocols.command import MAX_BATCH, CommandSubmit, CommandType, SessionList
-from tests.conftest import ROOT
+from tests.integration.cli import run_cli
 from tests.integration.test_bus_flow import start_agent, start_services
-
-
-def ccaa(bus, *args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    flags = ["--set", f'communication.router_endpoint="{bus.router}"',
-             "--set", f'communication.pub_endpoint="{bus.pub}"',
-             "--set", f'communication.sub_endpoint="{bus.sub}"',
-             "--set", f'data_dir="{bus.data_dir}"',
-             "--set", f"communication.heartbeat_interval={bus.heartbeat}",
-             "--set", f"communication.liveness={bus.liveness}"]
-    return subprocess.run([sys.executable, "-m", "services.cli.main", "batch", *args, *flags],
-                          input=stdin, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=ROOT)
 
 
 async def session_count(bus) -> int:
@@ -49,7 +33,8 @@ def test_batch_runs_every_command_and_refuses_a_bad_batch_whole(procs, bus, tmp_
     lines.append(json.dumps({"text": "echo there > there.txt", "repo": str(other)}))
     (tmp_path / "tasks.txt").write_text("\n".join(lines) + "\n\n")
 
-    done = ccaa(bus, str(tmp_path / "tasks.txt"), "--type", "RUN", "--repo", str(repo),
+    done = run_cli(procs, bus, "batch", str(tmp_path / "tasks.txt"), "--type", "RUN",
+                   "--repo", str(repo),
                 "--wait", "--wait-timeout", "60", "--json")
     assert done.returncode == 0, done.stdout + done.stderr + procs.logs()
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -63,14 +48,14 @@ def test_batch_runs_every_command_and_refuses_a_bad_batch_whole(procs, bus, tmp_
     # one command the commands service refuses: none of the batch becomes a session
     before = asyncio.run(session_count(bus))
     bad = "echo a\n" + json.dumps({"text": "echo b", "repo": str(tmp_path / "missing")}) + "\n"
-    refused = ccaa(bus, "-", "--type", "RUN", "--repo", str(repo), stdin=bad)
+    refused = run_cli(procs, bus, "batch", "-", "--type", "RUN", "--repo", str(repo), stdin=bad)
     assert refused.returncode == 1
     assert "command 2 of 2" in refused.stderr and "not a directory" in refused.stderr
     assert refused.stdout == ""
     assert asyncio.run(session_count(bus)) == before
 
     # a line that is no command at all is named before anything is sent
-    wrong = ccaa(bus, "-", stdin='echo fine\n{"text": "x", "priority": 500}\n')
+    wrong = run_cli(procs, bus, "batch", "-", stdin='echo fine\n{"text": "x", "priority": 500}\n')
     assert wrong.returncode == 2 and "line 2: priority" in wrong.stderr, wrong.stderr
     assert asyncio.run(session_count(bus)) == before
 

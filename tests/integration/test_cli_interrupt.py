@@ -10,30 +10,14 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from libs.client import BusClient
 from protocols.command import CommandCancel, CommandSubmit, CommandType
-from tests.conftest import ROOT
+from tests.integration.cli import run_cli, start_cli
 from tests.integration.test_bus_flow import session_state, start_agent, start_services
-
-
-def cli_flags(bus) -> list[str]:
-    return ["--set", f'communication.router_endpoint="{bus.router}"',
-            "--set", f'communication.pub_endpoint="{bus.pub}"',
-            "--set", f'communication.sub_endpoint="{bus.sub}"',
-            "--set", f'data_dir="{bus.data_dir}"',
-            "--set", f"communication.heartbeat_interval={bus.heartbeat}",
-            "--set", f"communication.liveness={bus.liveness}"]
-
-
-def ccaa(bus, *args: str, **popen) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "services.cli.main", *args, *cli_flags(bus)],
-                            text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
-                            start_new_session=True, **popen)
 
 
 @pytest.mark.timeout(90)
@@ -42,9 +26,8 @@ def test_ctrl_c_while_waiting_leaves_the_session_running_and_says_so(procs, bus,
     start_agent(procs, bus, "agent-a")
     repo = tmp_path / "repo"
     repo.mkdir()
-    proc = ccaa(bus, "submit", "RUN", "sleep 30", "--repo", str(repo), "--wait",
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    procs.extra_pids.add(proc.pid)
+    proc = start_cli(procs, bus, "submit", "RUN", "sleep 30", "--repo", str(repo), "--wait",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         line = ""
@@ -83,9 +66,8 @@ def test_a_closed_output_pipe_ends_a_command_quietly(procs, bus, tmp_path):
             await client.submit_many([CommandSubmit(text=f"echo {i}", repo=str(repo),
                                                     type=CommandType.RUN) for i in range(30)])
     asyncio.run(some_sessions())
-    proc = ccaa(bus, "sessions", "--limit", "30", stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE)
-    procs.extra_pids.add(proc.pid)
+    proc = start_cli(procs, bus, "sessions", "--limit", "30", stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader is gone before anything is written
     try:
         err = proc.stderr.read()
@@ -110,17 +92,12 @@ def test_watch_follows_an_earlier_session_to_its_end(procs, bus, tmp_path):
                 text="sleep 1; echo watched > out.txt", repo=str(repo), type=CommandType.RUN))
             return reply.body.session_id
     sid = asyncio.run(submit())
-    proc = ccaa(bus, "watch", sid, "--timeout", "60", stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE)
-    procs.extra_pids.add(proc.pid)
-    out, err = proc.communicate(timeout=80)
-    assert proc.returncode == 0, out + err
+    done = run_cli(procs, bus, "watch", sid, "--timeout", "60", timeout=80)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
     assert f"session {sid}  RUN  succeeded" in out
     assert "task " in out and "succeeded" in out  # the history, then the final view
     assert (repo / "out.txt").read_text() == "watched\n"
 
-    unknown = ccaa(bus, "watch", "s-nosuchthing", stdout=subprocess.PIPE,
-                   stderr=subprocess.PIPE)
-    procs.extra_pids.add(unknown.pid)
-    out, err = unknown.communicate(timeout=30)
-    assert unknown.returncode == 1 and "not_found" in err, err
+    unknown = run_cli(procs, bus, "watch", "s-nosuchthing", timeout=30)
+    assert unknown.returncode == 1 and "not_found" in unknown.stderr, unknown.stderr

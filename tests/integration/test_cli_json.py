@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 
 import pytest
 
 from libs.client import BusClient
 from protocols.command import CommandSubmit, CommandType
+from tests.integration.cli import run_cli
 from tests.integration.test_bus_flow import session_state, start_agent, start_services, wait_for
-from tests.integration.test_cli_interrupt import ccaa
 
 
 def run_json(procs, bus, *args: str) -> tuple[int, dict]:
-    proc = ccaa(bus, *args, "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    procs.extra_pids.add(proc.pid)
-    out, err = proc.communicate(timeout=30)
-    assert not err, err
-    return proc.returncode, json.loads(out)
+    done = run_cli(procs, bus, *args, "--json", timeout=30)
+    assert not done.stderr, done.stderr
+    return done.returncode, json.loads(done.stdout)
 
 
 @pytest.mark.timeout(90)
