@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -130,7 +131,6 @@ def main() -> int:
     results = []
     try:
         common, comm = start_core(tmp, procs, settings)
-        import os
         os.environ["SCRIPTED_WORK_DELAY"] = str(args.step)
         roles = ["architect", "manager", *["worker"] * args.workers, "utility"]
         for i, role in enumerate(roles):

@@ -7,7 +7,7 @@ import pytest
 
 from protocols.task import TaskSpec
 from services.distributor.choice import affinity, pick
-from tests.unit.test_distributor import World, run, slot
+from tests.unit.distributor_world import World, run, slot
 
 pytestmark = pytest.mark.timeout(30)
 

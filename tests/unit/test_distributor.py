@@ -1,246 +1,29 @@
-"""The distributor: strategies (pure), eligibility, capacity, queue, refusals, aging."""
+"""The distributor service with a fake peer: capacity, queue, releases, refusals, aging,
+records, and telling owners about work no agent can take."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from libs.config import SystemConfig
-from libs.peer import RequestFailed, RequestTimeout
 from protocols import Message, make_header
-from protocols.base import Body
-from protocols.peer import Ack, PeerInfo, PeerKind, RegistryList, RegistryListReply
+from protocols.peer import Ack, PeerInfo, PeerKind
 from protocols.task import (
     AgentRecord,
-    AgentStats,
     AgentStatsReply,
     QueueStats,
-    TaskAccepted,
-    TaskAssign,
     TaskDispatched,
     TaskEnqueue,
     TaskReleased,
-    TaskSpec,
     TaskWaiting,
 )
-from services.distributor.choice import (
-    AgentSlot,
-    Record,
-    choose,
-    eligible,
-    expected_seconds_per_success,
-)
-from services.distributor.service import COOLDOWN_SECONDS, AGING_SECONDS, Distributor
+from services.distributor.service import COOLDOWN_SECONDS, AGING_SECONDS
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def spec(attempt: str = "a1", role: str = "worker", caps: list[str] | None = None,
-         priority: int = 0, owner: str = "orchestrator") -> TaskSpec:
-    return TaskSpec(task_id=f"t-{attempt}", attempt_id=attempt, session_id="s1", owner=owner,
-                    role=role, capabilities=caps or [], priority=priority, prompt="do it")
-
-
-def slot(name: str, role: str = "worker", caps: tuple[str, ...] = (), capacity: int = 1,
-         load: int = 0, completed: int = 0, busy: float = 0.0) -> AgentSlot:
-    s = AgentSlot(name, role, set(caps), capacity)
-    s.inflight = {f"{name}-x{i}" for i in range(load)}
-    s.completed, s.busy_seconds = completed, busy
-    return s
-
-
-# ---- choice: pure strategies ------------------------------------------------------------
-
-
-def test_load_balanced_picks_the_least_loaded_by_ratio():
-    agents = [slot("a", capacity=2, load=1), slot("b", capacity=4, load=1),
-              slot("c", capacity=1, load=0)]
-    assert choose("load_balanced", spec(), agents, 0).name == "c"
-    agents[2].inflight.add("x")  # c is full now
-    assert choose("load_balanced", spec(), agents, 0).name == "b"  # 1/4 < 1/2
-
-
-def test_load_balanced_ties_break_by_name():
-    agents = [slot("zed", capacity=2), slot("amy", capacity=2)]
-    assert choose("load_balanced", spec(), agents, 5).name == "amy"
-
-
-def test_round_robin_rotates_with_the_turn():
-    agents = [slot("c", capacity=9), slot("a", capacity=9), slot("b", capacity=9)]
-    picks = [choose("round_robin", spec(), agents, turn).name for turn in range(6)]
-    assert picks == ["a", "b", "c", "a", "b", "c"]
-
-
-def test_capability_based_picks_the_most_specific_agent():
-    agents = [slot("generalist", caps=("python", "rust", "go", "docs")),
-              slot("pythonista", caps=("python", "docs")),
-              slot("exact", caps=("python",)),
-              slot("wrong", caps=("rust",))]
-    assert choose("capability_based", spec(caps=["python"]), agents, 0).name == "exact"
-    # exact is busy: the next most specific
-    agents[2].inflight.add("x")
-    assert choose("capability_based", spec(caps=["python"]), agents, 0).name == "pythonista"
-
-
-def rec(agent: AgentSlot, attempts: int, succeeded: int, busy: float) -> AgentSlot:
-    agent.record = Record(attempts, succeeded, busy)
-    return agent
-
-
-def test_performance_based_ranks_by_expected_time_per_success():
-    agents = [rec(slot("slow"), 10, 10, 100.0), rec(slot("fast"), 10, 10, 30.0),
-              rec(slot("flaky"), 10, 5, 30.0)]
-    assert choose("performance_based", spec(), agents, 0).name == "fast"
-    agents[1].inflight.add("x")  # fast is busy: slow but sure beats fast but flaky
-    assert choose("performance_based", spec(), agents, 0).name == "slow"
-
-
-def test_an_agent_that_fails_fast_ranks_last_and_a_new_one_gets_tried():
-    good = rec(slot("good"), 20, 19, 60.0)
-    ok = rec(slot("ok"), 20, 16, 80.0)
-    failer = rec(slot("failer"), 4, 0, 0.4)  # four failures, 0.1 s each
-    new = slot("new")
-    pool = [good, ok, failer, new]
-    scores = {a.name: expected_seconds_per_success(a, pool) for a in pool}
-    # a new agent scores like the pool's average: behind the good, ahead of the others
-    assert scores["good"] < scores["new"] < scores["ok"] < scores["failer"]
-    ok.inflight.add("x")
-    assert choose("performance_based", spec(), pool, 0).name == "good"
-    good.inflight.add("x")
-    assert choose("performance_based", spec(), pool, 0).name == "new"
-    # every further failure makes it worse, however fast
-    before = scores["failer"]
-    failer.record.add("failed", 0.1)
-    assert expected_seconds_per_success(failer, pool) > before
-
-
-def test_role_and_capability_filtering_and_capacity():
-    agents = [slot("arch", role="architect", caps=("python",)),
-              slot("w-nocap", caps=("go",)),
-              slot("w-full", caps=("python", "git"), capacity=1, load=1),
-              slot("w-ok", caps=("python", "git", "docs"), capacity=2, load=1)]
-    need = spec(caps=["python", "git"])
-    assert [a.name for a in eligible(need, agents)] == ["w-ok"]
-    for strategy in ("load_balanced", "round_robin", "capability_based", "performance_based"):
-        assert choose(strategy, need, agents, 3).name == "w-ok"
-    assert choose("load_balanced", spec(role="manager"), agents, 0) is None
-    assert choose("load_balanced", spec(caps=["cobol"]), agents, 0) is None
-    assert choose("round_robin", spec(), [], 0) is None
-
-
-def test_zero_capacity_agent_is_never_chosen():
-    assert choose("load_balanced", spec(), [slot("z", capacity=0)], 0) is None
-
-
-# ---- the service with a fake peer -------------------------------------------------------
-
-
-class FakePeer:
-    name = "distributor"
-
-    def __init__(self):
-        self.sent: list[tuple[str, Body]] = []
-        self.assigns: list[tuple[str, TaskSpec]] = []
-        self.refuse: set[str] = set()  # agents that answer busy
-        self.silent: set[str] = set()  # agents that never answer
-        self.tasks: list[asyncio.Task] = []
-        self.agents: list[PeerInfo] = []
-        self.gate: asyncio.Event | None = None
-        self.stats = AgentStatsReply()
-
-    def send(self, dst: str, body: Body, corr: str = "") -> str:
-        self.sent.append((dst, body))
-        return "id"
-
-    async def request(self, dst: str, body: Body, timeout: float | None = None) -> Message:
-        if self.gate is not None:
-            await self.gate.wait()  # lets a test act while the request is in flight
-        if isinstance(body, RegistryList):
-            reply: Body = RegistryListReply(hub_id="h", peers=self.agents)
-            return Message(make_header(reply.TYPE, "hub", self.name), reply)
-        if isinstance(body, AgentStats):
-            return Message(make_header(self.stats.TYPE, dst, self.name), self.stats)
-        assert isinstance(body, TaskAssign)
-        self.assigns.append((dst, body.task))
-        if dst in self.refuse:
-            raise RequestFailed("busy", f"{dst} is at capacity")
-        if dst in self.silent:
-            raise RequestTimeout(f"no reply from {dst}")
-        reply = TaskAccepted(task_id=body.task.task_id, attempt_id=body.task.attempt_id,
-                             agent_id=dst)
-        return Message(make_header(reply.TYPE, dst, self.name), reply)
-
-    def spawn(self, coro) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        self.tasks.append(task)
-        return task
-
-    async def settle(self) -> None:
-        """Let every spawned assignment finish; delayed re-dispatches are left sleeping."""
-        def pending():
-            return [t for t in self.tasks if not t.done()
-                    and t.get_coro().__name__ != "_dispatch_after"]
-        quiet = 0
-        while quiet < 2:  # dispatches run at the end of a turn: two quiet turns in a row
-            await asyncio.sleep(0)  # wait-ok: one turn of the loop
-            if pending():
-                quiet = 0
-                await asyncio.gather(*pending())
-            else:
-                quiet += 1
-
-    def dispatched(self) -> list[tuple[str, str]]:
-        return [(b.attempt_id, b.agent_id) for d, b in self.sent if isinstance(b, TaskDispatched)]
-
-
-class Clock:
-    def __init__(self, now: float = 500.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class World:
-    def __init__(self, strategy: str = "load_balanced"):
-        self.config = SystemConfig()
-        self.config.distribution.strategy = strategy
-        self.peer = FakePeer()
-        self.registry = CollectorRegistry()
-        self.clock = Clock()
-        self.d = Distributor(self.config, self.peer, self.registry, clock=self.clock)
-
-    def msg(self, body: Body) -> Message:
-        return Message(make_header(body.TYPE, "orchestrator", "distributor"), body)
-
-    async def enqueue(self, s: TaskSpec) -> Ack:
-        ack = await self.d.on_enqueue(self.msg(TaskEnqueue(task=s)))
-        await self.peer.settle()
-        return ack
-
-    async def release(self, attempt: str, agent: str, outcome: str = "",
-                      duration: float = 0.0) -> None:
-        await self.d.on_released(self.msg(TaskReleased(
-            task_id=f"t-{attempt}", attempt_id=attempt, agent_id=agent, outcome=outcome,
-            duration_s=duration)))
-        await self.peer.settle()
-
-    def metric(self, name: str, **labels) -> float:
-        value = self.registry.get_sample_value(name, labels or None)
-        return 0.0 if value is None else value
-
-
-def run(coro_fn, strategy: str = "load_balanced") -> None:
-    async def main():
-        w = World(strategy)
-        try:
-            await coro_fn(w)
-        finally:
-            for t in w.peer.tasks:
-                t.cancel()
-    asyncio.run(main())
+from tests.unit.distributor_world import World, run, spec
 
 
 def test_enqueue_assigns_and_tells_the_owner():

@@ -1,0 +1,147 @@
+"""A world for the distributor's unit tests: the real Distributor with a fake peer (it
+records assignments and can refuse or stay silent), a manual clock, and helpers to make
+task specs and agent slots."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry
+
+from libs.config import SystemConfig
+from libs.peer import RequestFailed, RequestTimeout
+from protocols import Message, make_header
+from protocols.base import Body
+from protocols.peer import Ack, PeerInfo, RegistryList, RegistryListReply
+from protocols.task import (
+    AgentStats,
+    AgentStatsReply,
+    TaskAccepted,
+    TaskAssign,
+    TaskDispatched,
+    TaskEnqueue,
+    TaskReleased,
+    TaskSpec,
+)
+from services.distributor.choice import AgentSlot
+from services.distributor.service import Distributor
+
+
+def spec(attempt: str = "a1", role: str = "worker", caps: list[str] | None = None,
+         priority: int = 0, owner: str = "orchestrator") -> TaskSpec:
+    return TaskSpec(task_id=f"t-{attempt}", attempt_id=attempt, session_id="s1", owner=owner,
+                    role=role, capabilities=caps or [], priority=priority, prompt="do it")
+
+
+def slot(name: str, role: str = "worker", caps: tuple[str, ...] = (), capacity: int = 1,
+         load: int = 0, completed: int = 0, busy: float = 0.0) -> AgentSlot:
+    s = AgentSlot(name, role, set(caps), capacity)
+    s.inflight = {f"{name}-x{i}" for i in range(load)}
+    s.completed, s.busy_seconds = completed, busy
+    return s
+
+
+class FakePeer:
+    name = "distributor"
+
+    def __init__(self):
+        self.sent: list[tuple[str, Body]] = []
+        self.assigns: list[tuple[str, TaskSpec]] = []
+        self.refuse: set[str] = set()  # agents that answer busy
+        self.silent: set[str] = set()  # agents that never answer
+        self.tasks: list[asyncio.Task] = []
+        self.agents: list[PeerInfo] = []
+        self.gate: asyncio.Event | None = None
+        self.stats = AgentStatsReply()
+
+    def send(self, dst: str, body: Body, corr: str = "") -> str:
+        self.sent.append((dst, body))
+        return "id"
+
+    async def request(self, dst: str, body: Body, timeout: float | None = None) -> Message:
+        if self.gate is not None:
+            await self.gate.wait()  # lets a test act while the request is in flight
+        if isinstance(body, RegistryList):
+            reply: Body = RegistryListReply(hub_id="h", peers=self.agents)
+            return Message(make_header(reply.TYPE, "hub", self.name), reply)
+        if isinstance(body, AgentStats):
+            return Message(make_header(self.stats.TYPE, dst, self.name), self.stats)
+        assert isinstance(body, TaskAssign)
+        self.assigns.append((dst, body.task))
+        if dst in self.refuse:
+            raise RequestFailed("busy", f"{dst} is at capacity")
+        if dst in self.silent:
+            raise RequestTimeout(f"no reply from {dst}")
+        reply = TaskAccepted(task_id=body.task.task_id, attempt_id=body.task.attempt_id,
+                             agent_id=dst)
+        return Message(make_header(reply.TYPE, dst, self.name), reply)
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self.tasks.append(task)
+        return task
+
+    async def settle(self) -> None:
+        """Let every spawned assignment finish; delayed re-dispatches are left sleeping."""
+        def pending():
+            return [t for t in self.tasks if not t.done()
+                    and t.get_coro().__name__ != "_dispatch_after"]
+        quiet = 0
+        while quiet < 2:  # dispatches run at the end of a turn: two quiet turns in a row
+            await asyncio.sleep(0)  # wait-ok: one turn of the loop
+            if pending():
+                quiet = 0
+                await asyncio.gather(*pending())
+            else:
+                quiet += 1
+
+    def dispatched(self) -> list[tuple[str, str]]:
+        return [(b.attempt_id, b.agent_id) for d, b in self.sent if isinstance(b, TaskDispatched)]
+
+
+class Clock:
+    def __init__(self, now: float = 500.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    def __init__(self, strategy: str = "load_balanced"):
+        self.config = SystemConfig()
+        self.config.distribution.strategy = strategy
+        self.peer = FakePeer()
+        self.registry = CollectorRegistry()
+        self.clock = Clock()
+        self.d = Distributor(self.config, self.peer, self.registry, clock=self.clock)
+
+    def msg(self, body: Body) -> Message:
+        return Message(make_header(body.TYPE, "orchestrator", "distributor"), body)
+
+    async def enqueue(self, s: TaskSpec) -> Ack:
+        ack = await self.d.on_enqueue(self.msg(TaskEnqueue(task=s)))
+        await self.peer.settle()
+        return ack
+
+    async def release(self, attempt: str, agent: str, outcome: str = "",
+                      duration: float = 0.0) -> None:
+        await self.d.on_released(self.msg(TaskReleased(
+            task_id=f"t-{attempt}", attempt_id=attempt, agent_id=agent, outcome=outcome,
+            duration_s=duration)))
+        await self.peer.settle()
+
+    def metric(self, name: str, **labels) -> float:
+        value = self.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else value
+
+
+def run(coro_fn, strategy: str = "load_balanced") -> None:
+    async def main():
+        w = World(strategy)
+        try:
+            await coro_fn(w)
+        finally:
+            for t in w.peer.tasks:
+                t.cancel()
+    asyncio.run(main())
