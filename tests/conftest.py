@@ -18,6 +18,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def tools_or_skip(*names: str) -> None:
+    """A system tool a test needs: CI installs it (.ci/run), so there its absence fails the
+    test; elsewhere the test is skipped, saying what is missing."""
+    import shutil
+
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI installs {', '.join(missing)} (.ci/run)")
+        pytest.skip(f"not installed here: {', '.join(missing)}")
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from libs import security
+from libs.config import SystemConfig, flag_overrides, load_config
+
 
 def config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (default: $CCAA_CONFIG)")
@@ -31,3 +34,11 @@ def json_out(args: argparse.Namespace, body) -> bool:
         print(json.dumps(body.model_dump(mode="json"), indent=2))
         return True
     return False
+
+
+def load(args: argparse.Namespace) -> SystemConfig:
+    """The config file and --set overrides a command was given; CurveZMQ set up from it."""
+    config = load_config(args.config, overrides=flag_overrides(args.set))
+    comm = config.communication
+    security.configure(comm.curve, comm.keys_dir, comm.client_key)
+    return config

@@ -17,7 +17,8 @@ from libs.log import setup_logging
 from libs.peer import RegistrationRefused, RequestFailed, RequestTimeout
 from libs.sqlite import DatabaseError
 from services.cli import interrupt
-from services.cli.args import config_args, duration, json_out
+from services.cli import stack_cmds
+from services.cli.args import config_args, duration, json_out, load
 from services.cli.state import since as state_since
 from protocols.command import (
     CommandCancel,
@@ -27,7 +28,6 @@ from protocols.command import (
     SessionList,
     TaskLogs,
 )
-from protocols.peer import PeerKind
 
 EPILOG = """Typical use:
   ccaa demo                                the whole system, offline, on a sample repository
@@ -52,34 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("up", help="start the six services under supervisord and wait for them")
-    config_args(p)
-    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for readiness")
-
-    p = sub.add_parser(
-        "node", help="start this host's agent pools as a node of a hub on another host",
-        description="Start this host's controller under supervisord, connected to the hub "
-        "at --hub, and wait until it and its agents registered. Role definitions, gates, "
-        "templates and timing come from the hub's configuration; this host's config file "
-        "(--config) may set only its agent counts (agent_hierarchy.ROLE.count, cli_path), "
-        "resources, auto_scaling, metrics, data_dir and how it connects (keys, token). "
-        "The bus token is DATA_DIR/bus.token or communication.token; under CurveZMQ the "
-        "keys directory holds hub.key, the controller's and the agents' keypairs. "
-        "`ccaa down` with the same config stops just this node.")
-    config_args(p)
-    p.add_argument("--hub", required=True, metavar="tcp://HOST:PORT",
-                   help="the hub's ROUTER endpoint (its event ports come from the hub)")
-    p.add_argument("--host-name", help="the name this host registers under (default: "
-                   "its hostname); agents are named agent-ROLE-NAME-N")
-    p.add_argument("--timeout", type=float, default=120,
-                   help="seconds to wait for the controller and its agents (default 120)")
-
-    p = sub.add_parser("down", help="stop supervisord, the services and every agent")
-    config_args(p)
-
-    p = sub.add_parser("status", help="services and agents registered with the hub")
-    config_args(p)
-    p.add_argument("--json", action="store_true", help="print the registry as JSON")
+    stack_cmds.add_parsers(sub)
 
     p = sub.add_parser("submit", help="submit a command on a repository")
     config_args(p)
@@ -190,83 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace) -> SystemConfig:
-    config = load_config(args.config, overrides=flag_overrides(args.set))
-    comm = config.communication
-    security.configure(comm.curve, comm.keys_dir, comm.client_key)
-    return config
-
-
-def _env_overrides(assignments: list[str]) -> dict[str, str]:
-    """--set a.b=c -> CCAA_A__B=c, so every service under supervisord sees it."""
-    env = {}
-    for item in assignments:
-        key, _, value = item.partition("=")
-        env["CCAA_" + "__".join(p.strip().upper() for p in key.split("."))] = value.strip()
-    return env
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from services.cli import stack
-
-    config = _load(args)
-    reply = stack.up(config, args.config, _env_overrides(args.set), args.timeout,
-                     progress=lambda line: print(f"  ... {line}", file=sys.stderr, flush=True))
-    comm = config.communication
-    print(f"ccaa is up (hub {reply.hub_id})")
-    print(f"  bus (ROUTER)     {comm.router()}")
-    print(f"  events (XSUB)    {comm.pub()}")
-    print(f"  events (XPUB)    {comm.sub()}")
-    for p in reply.peers:
-        if p.kind == PeerKind.SERVICE:
-            print(f"  {p.name:<16} pid {p.pid:<7} {p.metrics_url}")
-    agents = [p for p in reply.peers if p.kind == PeerKind.AGENT]
-    print(f"  agents           {len(agents)} registered")
-    reporter = next((p for p in reply.peers if p.name == "reporter"), None)
-    if reporter is not None and reporter.metrics_url:
-        print(f"  dashboard        {reporter.metrics_url.removesuffix('metrics')}")
-    hub_port = config.metrics.ports.get("hub", 0)
-    if hub_port:
-        print(f"  hub metrics      http://{config.metrics.host}:{hub_port}/metrics")
-    print(f"  logs             {stack.run_dir(config) / 'logs'}")
-    return 0
-
-
-def cmd_node(args: argparse.Namespace) -> int:
-    import socket
-
-    from libs import nodeconfig
-    from libs.config import build_config, load_tree
-    from services.cli import stack
-
-    host = args.host_name or socket.gethostname()
-    overrides = flag_overrides(args.set)
-    overrides.setdefault("communication", {})["router_endpoint"] = args.hub
-    local_tree = load_tree(args.config, overrides=overrides)
-    comm = build_config(local_tree).communication
-    security.configure(comm.curve, comm.keys_dir, comm.client_key)
-    node = asyncio.run(nodeconfig.setup(comm, local_tree, host=host))
-    for setting in node.ignored:
-        print(f"ccaa node: {setting} in this host's config is not used: the hub's "
-              "configuration decides it", file=sys.stderr)
-    if node.problems:
-        print("ccaa node: this host cannot run what it is asked to:", file=sys.stderr)
-        for problem in node.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    config = node.config
-    found = stack.node(config, args.config, _env_overrides(args.set), host, args.timeout,
-                       progress=lambda line: print(f"  ... {line}", file=sys.stderr, flush=True))
-    agents = [p for p in found.peers if p.kind == PeerKind.AGENT and p.host == host]
-    print(f"node {host} is up, attached to hub {found.hub_id} at {args.hub}")
-    for role, rc in config.agent_hierarchy.items():
-        mine = sum(1 for a in agents if a.role == role)
-        if rc.count or mine:
-            print(f"  {role:<12} {mine} agent(s)")
-    print(f"  config           {config.data_path() / nodeconfig.EFFECTIVE_FILE}")
-    print(f"  logs             {stack.run_dir(config) / 'logs'}")
-    print("  stop it with     ccaa down" + (f" --config {args.config}" if args.config else ""))
-    return 0
+_load = load
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -275,30 +172,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from services.cli.demo import demo
 
     return demo(Path(args.dir), args.live, args.workers, args.keep, args.task_timeout)
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    from services.cli import stack
-
-    config = _load(args)
-    done = stack.down(config)
-    if done.startswith("supervisord was not running"):
-        print(done)
-    print("ccaa is down" if done else "ccaa was not running")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from services.cli import stack
-
-    config = _load(args)
-    reply = asyncio.run(stack.registry(config))
-    if json_out(args, reply):
-        return 0
-    from services.cli import views
-
-    print(views.status_table(reply, config.communication.router()))
-    return 0
 
 
 def _split_type(words: list[str]) -> tuple[CommandType | None, str]:
@@ -438,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return model_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging("error")
-    handlers = {"demo": cmd_demo, "up": cmd_up, "node": cmd_node, "down": cmd_down, "status": cmd_status,
+    handlers = {"demo": cmd_demo, **stack_cmds.HANDLERS,
                 "submit": cmd_submit, "batch": cmd_batch, "watch": cmd_watch, "show": cmd_show, "sessions": cmd_sessions,
                 "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
                 "backup": cmd_backup, "restore": cmd_restore}

@@ -14,26 +14,29 @@ from pathlib import Path
 from typing import Callable
 
 from libs.client import BusClient
-from services.cli import orphans
+from services.cli import orphans, supervisor_conf
 from libs.config import CONFIG_ENV, SystemConfig, ensure_bus_token
 from libs.peer import RequestFailed, RequestTimeout
 from protocols.peer import CONTROLLER, controller_name
 from protocols.peer import PeerKind, RegistryList, RegistryListReply
+
+#: supervisor from ccaa's own interpreter: a venv need not be on PATH
+SUPERVISORD = (sys.executable, "-m", "supervisor.supervisord")
+SUPERVISORCTL = (sys.executable, "-m", "supervisor.supervisorctl")
 
 SERVICES = ("hub", "commands", "orchestrator", "distributor", "reporter", "controller")
 BUS_SERVICES = SERVICES[1:]  # the hub is the bus itself
 
 
 def project_root() -> Path:
+    """Where the services' packages are: a source checkout, or site-packages for a wheel."""
     return Path(__file__).resolve().parents[2]
 
 
-def supervisord_conf(node: bool = False) -> Path:
-    """The stack's supervisord.conf, or a node's (deploy/node.supervisord.conf)."""
-    conf = project_root() / ("deploy/node.supervisord.conf" if node else "supervisord.conf")
-    if not conf.is_file():
-        raise SystemExit(f"ccaa: {conf} is missing; run ccaa from its source checkout")
-    return conf
+def supervisord_conf(config: SystemConfig, node: bool = False) -> Path:
+    """The stack's supervisord configuration (or a node's), written into the run directory
+    from the installed code: no source checkout is needed."""
+    return supervisor_conf.write(run_dir(config), node=node)
 
 
 def run_dir(config: SystemConfig) -> Path:
@@ -100,7 +103,7 @@ def stop_orphans(config: SystemConfig) -> list[str]:
 
 def _supervisorctl(config: SystemConfig, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, CCAA_RUN_DIR=str(run_dir(config)))
-    return subprocess.run(["supervisorctl", "-c", str(supervisord_conf()), *args],
+    return subprocess.run([*SUPERVISORCTL, "-c", str(supervisord_conf(config)), *args],
                           env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -231,7 +234,7 @@ def up(config: SystemConfig, config_file: str | None, env_overrides: dict[str, s
         if not config.communication.token:  # other local users cannot join the bus
             config.communication.token = ensure_bus_token(config)
         pid = start_supervisord(config, stack_env(config, config_file, env_overrides),
-                                supervisord_conf(), "ccaa up")
+                                supervisord_conf(config), "ccaa up")
     return asyncio.run(wait_ready(config, timeout, pid, progress))
 
 
@@ -247,7 +250,7 @@ def start_supervisord(config: SystemConfig, env: dict[str, str], conf: Path, wha
     """Start supervisord on ``conf``; its pid once it runs."""
     rdir = run_dir(config)
     (rdir / "logs").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["supervisord", "-c", str(conf)], env=env, capture_output=True,
+    proc = subprocess.run([*SUPERVISORD, "-c", str(conf)], env=env, capture_output=True,
                           text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{what}: supervisord failed: {proc.stderr.strip() or proc.stdout}")
@@ -259,10 +262,34 @@ def start_supervisord(config: SystemConfig, env: dict[str, str], conf: Path, wha
     return pid
 
 
+def foreground(config: SystemConfig, config_file: str | None, env_overrides: dict[str, str],
+               node_host: str | None = None) -> int:
+    """Become supervisord, in the foreground, running the stack (or this host's node): for a
+    container's entry point or a systemd unit. Returns only if supervisord cannot run."""
+    what = "ccaa node" if node_host else "ccaa up"
+    pid = supervisord_pid(config)
+    if pid is not None:
+        raise SystemExit(f"{what}: supervisord (pid {pid}) already runs from "
+                         f"{run_dir(config)}; stop it first (ccaa down)")
+    _clean_up_after_a_dead_supervisord(config, lambda line: print(line, file=sys.stderr))
+    env = stack_env(config, config_file, env_overrides)
+    if node_host:
+        env["CCAA_NODE_HOST"] = node_host
+        env["CCAA_COMMUNICATION__ROUTER_ENDPOINT"] = config.communication.router()
+    elif not config.communication.token:
+        ensure_bus_token(config)
+    conf = supervisord_conf(config, node=node_host is not None)
+    (run_dir(config) / "logs").mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [*SUPERVISORD, "-n", "-c", str(conf)], env)
+    return 1  # not reached: execve returns only by raising
+
+
 def node(config: SystemConfig, config_file: str | None, env_overrides: dict[str, str],
          host: str, timeout: float,
          progress: Callable[[str], None] | None = None) -> RegistryListReply:
-    """Start this host's node (its controller under supervisord, deploy/node.supervisord.conf)
+    """Start this host's node (its controller under supervisord, supervisor_conf.node_conf)
     and wait until the controller and its agents registered with the hub."""
     pid = supervisord_pid(config)
     if pid is None:
@@ -270,7 +297,7 @@ def node(config: SystemConfig, config_file: str | None, env_overrides: dict[str,
         env = stack_env(config, config_file, env_overrides)
         env["CCAA_NODE_HOST"] = host
         env["CCAA_COMMUNICATION__ROUTER_ENDPOINT"] = config.communication.router()
-        pid = start_supervisord(config, env, supervisord_conf(node=True), "ccaa node")
+        pid = start_supervisord(config, env, supervisord_conf(config, node=True), "ccaa node")
     return asyncio.run(wait_ready(config, timeout, pid, progress,
                                   services=[controller_name(host)], host=host,
                                   what="ccaa node", exited_is_final=True))

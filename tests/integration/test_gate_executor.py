@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from services.agent.executors.base import RunContext
 from services.agent.executors.gate import GateExecutor
 from services.orchestrator.gates import evaluate, gate_run
 from services.orchestrator.toolchain import resolve
+from tests.conftest import tools_or_skip
 from tests.integration.test_code_transfer import git
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,14 +44,6 @@ def test_add():
 def test_check():
     assert check(1) == 1
 '''
-
-
-def tools_or_skip(*names: str) -> None:
-    missing = [n for n in names if shutil.which(n) is None]
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI installs {', '.join(missing)} (the test extra)")
-        pytest.skip(f"not installed here: {', '.join(missing)}")
 
 
 @pytest.fixture
