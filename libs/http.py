@@ -19,13 +19,32 @@ Response = tuple[int, str, bytes]
 Handler = Callable[[dict[str, str]], Response | Awaitable[Response]]
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            500: "Internal Server Error"}
+            500: "Internal Server Error", 503: "Service Unavailable"}
+#: paths served without the token: they say only whether the process is well
+OPEN_PATHS = ("/healthz", "/ready")
 _MAX_REQUEST_LINE = 8192
 _MAX_HEADERS = 100
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
     return status, "application/json", json.dumps(obj, default=str).encode()
+
+
+def health_routes(not_ready: Callable[[], str]) -> dict[str, Handler]:
+    """``/healthz``: 200 while the process serves HTTP at all (its loop turns).
+    ``/ready``: 200 when it can do its work, else 503 with the reason ``not_ready()``
+    gives (e.g. not registered with the hub, the state database gone)."""
+
+    def healthz(_query: dict[str, str]) -> Response:
+        return json_response({"status": "ok", "pid": os.getpid()})
+
+    def ready(_query: dict[str, str]) -> Response:
+        reason = not_ready()
+        if reason:
+            return json_response({"ready": False, "reason": reason}, status=503)
+        return json_response({"ready": True})
+
+    return {"/healthz": healthz, "/ready": ready}
 
 
 def metrics_route(registry: CollectorRegistry) -> Handler:
@@ -114,7 +133,7 @@ class HttpServer:
             return 405, "text/plain", b"only GET is served\n"
         path, _, query = target.partition("?")
         params = dict(p.partition("=")[::2] for p in query.split("&") if p)
-        if self.token and not any(hmac.compare_digest(given.encode(), self.token.encode())
+        if self.token and path not in OPEN_PATHS and not any(hmac.compare_digest(given.encode(), self.token.encode())
                                   for given in (bearer, params.get("token", ""))):
             return 401, "text/plain", (b"a token is required: send 'Authorization: Bearer "
                                        b"TOKEN' or add ?token=TOKEN\n")

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 
 
 class PeerMetrics:
@@ -23,6 +31,11 @@ class PeerMetrics:
             "bad input received or error replies received, by code and direction",
             ["code", "direction"], registry=registry,
         )
+        from protocols import ErrorCode
+
+        for code in ErrorCode:  # every series exists from the start (increase() sees the first)
+            for direction in ("in", "received"):
+                self.protocol_errors.labels(code.value, direction)
         self.withheld = Counter(
             "ccaa_messages_withheld_total", "messages not sent because the state they report "
             "could not be made durable (the receiver's retry or timeout takes over)",
@@ -40,5 +53,13 @@ class PeerMetrics:
         self.up.labels(**labels).set(1)
 
 
-def new_registry() -> CollectorRegistry:
-    return CollectorRegistry()
+def new_registry(process: bool = True) -> CollectorRegistry:
+    """A process's own registry; with ``process``, the standard process collectors too:
+    ``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
+    ``process_open_fds``, ``process_start_time_seconds``, Python's GC and version."""
+    registry = CollectorRegistry()
+    if process:
+        ProcessCollector(registry=registry)
+        registry.register(PLATFORM_COLLECTOR)
+        registry.register(GC_COLLECTOR)
+    return registry

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.config import SystemConfig
 from libs.events import EventPublisher
-from libs.http import Handler, HttpServer, metrics_route
+from libs.http import Handler, HttpServer, health_routes, metrics_route
 from libs.log import EventLogger, get_logger
 from libs.metrics import new_registry
 from libs.peer import HubUnreachable, Peer, RegistrationRefused
@@ -48,9 +48,12 @@ async def run_service(
     on_unreachable: Callable[[float], None] | None = None,
     http_token: str = "",
     metrics_name: str = "",
+    not_ready: Callable[[], str] | None = None,
 ) -> int:
-    """Wire a service: metrics HTTP, peer, publisher; call ``build`` (which registers
-    handlers and may return an async ``shutdown``); run until SIGTERM/SIGINT."""
+    """Wire a service: metrics HTTP (with /healthz and /ready), peer, publisher; call
+    ``build`` (which registers handlers and may return an async ``shutdown``); run until
+    SIGTERM/SIGINT. Ready means registered with the hub and, if given, ``not_ready()``
+    returning "" (a service's own reason, e.g. its database is gone)."""
     log = get_logger(name)
     registry = new_registry()
     key = metrics_name or name  # its entry in metrics.ports
@@ -61,7 +64,15 @@ async def run_service(
     ports = config.metrics.port_range() if kind == PeerKind.AGENT else None
     if ports is not None and args.metrics_port is None:
         setting = "metrics.agent_ports"
-    http = HttpServer({"/metrics": metrics_route(registry), **(routes or {})},
+    peer: Peer | None = None  # made below, once the metrics URL is known
+
+    def readiness() -> str:
+        if peer is None or not peer.registered:
+            return "not registered with the hub"
+        return not_ready() if not_ready is not None else ""
+
+    http = HttpServer({"/metrics": metrics_route(registry), **health_routes(readiness),
+                       **(routes or {})},
                       config.metrics.host, port, setting=setting, token=http_token)
     await http.start(ports if args.metrics_port is None else None)
     comm = config.communication

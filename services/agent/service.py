@@ -65,6 +65,8 @@ class Agent:
         self.stopping = False  # set by stop(), or early by the process's stop signal
         self.finished = Counter("ccaa_agent_attempts_total", "attempts finished, by outcome",
                                 ["outcome"], registry=registry)
+        for outcome in Outcome:  # every series exists from the start
+            self.finished.labels(outcome.value)
         self.busy = Gauge("ccaa_agent_running", "attempts running now", registry=registry)
         self.waiting_ack = Gauge("ccaa_agent_results_unacked", "results sent and not yet "
                                  "acknowledged by their owner (resent until they are)",

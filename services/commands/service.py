@@ -13,7 +13,7 @@ from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message, ProtocolError
 from protocols.base import Body
-from protocols.command import (CommandAccepted, CommandAcceptedBatch, CommandSubmit,
+from protocols.command import (CommandAccepted, CommandAcceptedBatch, CommandSubmit, CommandType,
                                CommandSubmitBatch, SessionCreate, SessionCreateBatch)
 from services.commands.classify import classify
 
@@ -30,6 +30,10 @@ class Commands:
                                 ["type"], registry=registry)
         self.rejected = Counter("ccaa_commands_rejected_total", "commands rejected, by code",
                                 ["code"], registry=registry)
+        for type_ in CommandType:  # every series exists from the start
+            self.accepted.labels(type_.value)
+        for code in ErrorCode:
+            self.rejected.labels(code.value)
         self.handlers = {CommandSubmit.TYPE: self.on_submit,
                          CommandSubmitBatch.TYPE: self.on_submit_batch}
 

@@ -75,6 +75,7 @@ class Distributor:
         self._turn = 0
         self.assigned = Counter("ccaa_tasks_assigned_total", "assignments, by strategy",
                                 ["strategy"], registry=registry)
+        self.assigned.labels(config.distribution.strategy)
         self.refused = Counter("ccaa_assign_refused_total",
                                "assignments an agent refused or did not answer", registry=registry)
         self.queue_depth = Gauge("ccaa_queue_depth", "tasks waiting for an agent",

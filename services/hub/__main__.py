@@ -13,7 +13,7 @@ import zmq
 from libs import security
 from libs.config import SystemConfig
 from libs.nodeconfig import shared_config
-from libs.http import HttpServer, metrics_route
+from libs.http import HttpServer, health_routes, metrics_route
 from libs.log import get_logger
 from libs.metrics import new_registry
 from libs.runner import BindError, announce, common_parser, install_stop_signals, run_main
@@ -83,7 +83,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     pump = Pump(router, hub.on_frames, user_ids=auth is not None)
 
     port = args.metrics_port if args.metrics_port is not None else config.metrics.ports.get("hub", 0)
-    http = HttpServer({"/metrics": metrics_route(registry)}, config.metrics.host, port,
+    # ready as soon as it serves: its sockets are bound before this starts
+    http = HttpServer({"/metrics": metrics_route(registry), **health_routes(lambda: "")},
+                      config.metrics.host, port,
                       setting="--metrics-port" if args.metrics_port is not None
                       else "metrics.ports.hub")
     await http.start()

@@ -56,8 +56,14 @@ class HubMetrics:
         self.refused = Counter("ccaa_hub_refused_total",
                                "registrations and handshakes the hub refused, by reason",
                                ["reason"], registry=registry)
+        # every series exists from the start, so increase() sees the first event
         for reason in ("token", "key", "name_taken", "handshake"):
             self.refused.labels(reason)
+        for kind in PeerKind:
+            self.peers.labels(kind.value).set(0)
+            self.lost.labels(kind.value)
+        for code in ErrorCode:
+            self.errors.labels(code.value)
 
 
 class Hub:

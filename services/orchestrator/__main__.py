@@ -34,6 +34,13 @@ def parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     db = args.db or str(config.data_path() / "orchestrator.db")
+    made: list[Orchestrator] = []
+
+    def not_ready() -> str:
+        """Not ready before the store is open, nor once its file is gone or replaced."""
+        if not made:
+            return "the state database is not open yet"
+        return made[0].store_problem
 
     async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
         store = Store(db)
@@ -41,6 +48,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         store.group_commit = True
         ctx.peer.before_flush.append(store.commit)
         orch = Orchestrator(config, store, ctx.peer, ctx.events, ctx.registry, ctx.log)
+        made.append(orch)
         for type_, handler in orch.handlers.items():
             ctx.peer.on(type_, handler)
 
@@ -114,7 +122,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         ctx.log.info("store.opened", db=db)
         return shutdown
 
-    return await run_service("orchestrator", args, config, build)
+    return await run_service("orchestrator", args, config, build, not_ready=not_ready)
 
 
 def main(argv: list[str] | None = None) -> int:

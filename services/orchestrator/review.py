@@ -42,6 +42,8 @@ class Reviews:
             reasons = [str(r) for r in verdict.get("reasons", [])]
         except (ValueError, AttributeError):
             decision, reasons = "", []
+        self.orch.metrics.reviews.labels(decision if decision in ("approve", "changes_requested")
+                                         else "unreadable").inc()
         # the verdict and each of its reasons, kept with the review (report, ccaa show)
         self.store.update_task(review, meta={**review.meta, "review_verdict": decision
                                              or "unreadable", "reasons": reasons[:20]})

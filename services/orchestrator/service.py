@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from libs.config import SystemConfig
 from libs.events import EventPublisher
@@ -57,6 +57,7 @@ from protocols.task import (
 )
 from protocols.header import HUB
 from services.orchestrator import queries
+from services.orchestrator.metrics import OrchestratorMetrics
 from services.orchestrator.audit import AuditLog
 from services.orchestrator.report import session_report
 from services.orchestrator.intake import Intake
@@ -73,35 +74,6 @@ NO_RETRY = ("gate", "final_gate")
 OUTCOMES = frozenset(o.value for o in Outcome)
 
 
-class OrchestratorMetrics:
-    def __init__(self, registry: CollectorRegistry):
-        self.transitions = Counter("ccaa_task_transitions_total", "task state changes",
-                                   ["to_state"], registry=registry)
-        self.sessions = Counter("ccaa_sessions_finished_total", "sessions finished, by state",
-                                ["state"], registry=registry)
-        self.stale_results = Counter("ccaa_stale_results_total",
-                                     "results from superseded attempts (recorded, not applied)",
-                                     registry=registry)
-        self.lost_attempts = Counter("ccaa_attempts_lost_total",
-                                     "attempts whose agent was lost", registry=registry)
-        self.kept_attempts = Counter("ccaa_attempts_kept_total",
-                                     "lost attempts kept because their agent came back (with "
-                                     "the attempt running or its result) before the re-run "
-                                     "reached an agent; the re-run was withdrawn",
-                                     registry=registry)
-        self.duplicates_stopped = Counter("ccaa_duplicate_attempts_stopped_total",
-                                          "superseded attempts found still running and "
-                                          "cancelled", registry=registry)
-        self.active = Gauge("ccaa_tasks_active", "tasks queued, assigned or running",
-                            registry=registry)
-        self.cost = Counter("ccaa_cost_usd_total", "model cost reported by agents (USD)",
-                            registry=registry)
-        self.store_ok = Gauge("ccaa_store_ok", "1 while the state database is still the file "
-                              "at its path (0: deleted or replaced; no work is accepted)",
-                              registry=registry)
-        self.store_ok.set(1)
-
-
 class Orchestrator(Safeguards, Intake, Scheduling):
     def __init__(self, config: SystemConfig, store: Store, peer: Peer, events: EventPublisher,
                  registry: CollectorRegistry, log: EventLogger | None = None,
@@ -112,7 +84,9 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         self.peer = peer
         self.events = AfterCommit(events, store)
         self.log = log or get_logger("orchestrator")
-        self.metrics = OrchestratorMetrics(registry)
+        self.metrics = OrchestratorMetrics(registry, roles=config.agent_hierarchy,
+                                           gates=config.gates)
+        self.metrics.watch_states(store.conn)
         self.clock = clock
         self.templates = templates or load_templates(config.orchestrator.templates_dir)
         self.workflow = Workflow(self)
@@ -256,6 +230,7 @@ class Orchestrator(Safeguards, Intake, Scheduling):
                                    ended_at=self.clock(), result=result, applied=int(current),
                                    agent_id=body.agent_id)  # known even if nothing else came
             self._account_cost(task, body)
+            self.metrics.attempt_ended(task.role, task.kind, body.outcome, body.duration_s)
         if not current:
             if not already:
                 self.metrics.stale_results.inc()
@@ -278,7 +253,7 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         if isinstance(cost, (int, float)) and cost > 0:
             row = self.store.session(task.session_id)
             self.store.update_session(task.session_id, cost_usd=row["cost_usd"] + cost)
-            self.metrics.cost.inc(cost)
+        self.metrics.spent(task.role, body.data)
 
     def _apply(self, task: TaskRow, body: TaskResult, result: dict[str, Any]) -> None:
         outcome = body.outcome
@@ -293,6 +268,9 @@ class Orchestrator(Safeguards, Intake, Scheduling):
             meta = {**task.meta, "verdict": verdict.detail}
             if not verdict.available:
                 meta["not_available"] = True
+            self.metrics.gates.labels(
+                task.meta.get("gate", "?"), "not_available" if not verdict.available
+                else "passed" if verdict.passed else "failed").inc()
             self.move(task, "succeeded" if verdict.passed else "failed",
                       f"gate: {verdict.detail}"[:500], result=result, meta=meta)
         elif outcome == Outcome.SUCCEEDED:
@@ -360,6 +338,9 @@ class Orchestrator(Safeguards, Intake, Scheduling):
                               if k != "waiting"}
         self.store.transition(task, to_state, detail, **fields)
         self.metrics.transitions.labels(to_state).inc()
+        if to_state in TERMINAL:
+            self.metrics.task_ended(task.role, task.kind, to_state,
+                                    self.clock() - task.created_at)
         self.events.publish(task_topic(to_state), TaskEvent(
             session_id=task.session_id, task_id=task.id, attempt_id=task.attempt_id,
             state=to_state, prev_state=prev, agent_id=task.agent_id, detail=detail[:500]))

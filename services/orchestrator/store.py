@@ -149,8 +149,9 @@ class TaskRow:
 
 
 class Store:
-    def __init__(self, path: str):
+    def __init__(self, path: str, clock: Callable[[], float] = time.time):
         self.path = path
+        self.clock = clock  # the timestamps in the database (created_at, updated_at, ...)
         self.conn = connect(path)
         self.conn.executescript(SCHEMA)
         for table, columns in ADDED_COLUMNS.items():
@@ -280,7 +281,7 @@ class Store:
                        **columns: Any) -> None:
         """Insert a session (extra ``columns``: template, gates, budget_usd, max_parallel,
         priority; dicts are stored as JSON) and its first tasks, in one transaction."""
-        now = time.time()
+        now = self.clock()
         cols = {"id": session_id, "type": type_, "text": text, "repo": repo,
                 "state": "running", "detail": "", "classification": classification,
                 "request": request, "created_at": now, "updated_at": now,
@@ -294,7 +295,7 @@ class Store:
                 self._insert_task(c, session_id, t, now)
 
     def add_tasks(self, session_id: str, tasks: list[dict[str, Any]]) -> None:
-        now = time.time()
+        now = self.clock()
         with self.tx() as c:
             for t in tasks:
                 self._insert_task(c, session_id, t, now)
@@ -312,7 +313,7 @@ class Store:
     def update_session(self, session_id: str, **columns: Any) -> None:
         cols = {k: json.dumps(v) if isinstance(v, (dict, list)) else v
                 for k, v in columns.items()}
-        cols["updated_at"] = time.time()
+        cols["updated_at"] = self.clock()
         with self.tx() as c:
             c.execute(f"UPDATE sessions SET {', '.join(f'{k}=?' for k in cols)} WHERE id=?",
                       (*cols.values(), session_id))
@@ -334,7 +335,7 @@ class Store:
         with self.tx() as c:
             row = c.execute("SELECT state FROM sessions WHERE id=?", (session_id,)).fetchone()
             c.execute("UPDATE sessions SET state=?, detail=?, updated_at=? WHERE id=?",
-                      (state, detail, time.time(), session_id))
+                      (state, detail, self.clock(), session_id))
             self._event(c, session_id, kind="session", from_state=row["state"] if row else "",
                         to_state=state, detail=detail)
 
@@ -390,7 +391,7 @@ class Store:
     def transition(self, task: TaskRow, to_state: str, detail: str = "",
                    **fields: Any) -> None:
         """Move a task to ``to_state`` (and set other columns) with an audit event."""
-        now = time.time()
+        now = self.clock()
         fields["state"] = to_state
         fields["updated_at"] = now
         stored = {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in fields.items()}
@@ -418,7 +419,7 @@ class Store:
         n = task.attempt + 1
         with self.tx() as c:
             c.execute("INSERT INTO attempts (id, task_id, n, state, started_at) VALUES (?,?,?,?,?)",
-                      (attempt_id, task.id, n, "queued", time.time()))
+                      (attempt_id, task.id, n, "queued", self.clock()))
         task.attempt = n
         task.attempt_id = attempt_id
         return attempt_id
@@ -446,13 +447,12 @@ class Store:
         with self.tx() as c:
             self._event(c, session_id, task_id, attempt_id, kind=kind, detail=detail)
 
-    @staticmethod
-    def _event(c: sqlite3.Connection, session_id: str, task_id: str = "", attempt_id: str = "",
+    def _event(self, c: sqlite3.Connection, session_id: str, task_id: str = "", attempt_id: str = "",
                *, kind: str, from_state: str = "", to_state: str = "", detail: str = "") -> None:
         c.execute(
             "INSERT INTO events (ts, session_id, task_id, attempt_id, kind, from_state, to_state,"
             " detail) VALUES (?,?,?,?,?,?,?,?)",
-            (time.time(), session_id, task_id, attempt_id, kind, from_state, to_state, detail),
+            (self.clock(), session_id, task_id, attempt_id, kind, from_state, to_state, detail),
         )
 
 

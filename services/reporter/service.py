@@ -16,9 +16,10 @@ from protocols.events import PeerEvent, SessionEvent, TaskEvent
 from protocols.peer import PeerInfo
 from protocols.task import TaskProgress
 
-TASK_STATES = ("pending", "ready", "queued", "assigned", "running", "succeeded", "failed",
-               "timed_out", "cancelled")
 
+
+#: an agent's states as the hub's registry and its events name them
+AGENT_STATES = ("starting", "idle", "busy", "draining", "lost", "disconnected")
 
 FINAL_TASK_STATES = ("succeeded", "failed", "timed_out", "cancelled")
 FINAL_SESSION_STATES = ("succeeded", "partial", "failed", "cancelled")
@@ -32,10 +33,8 @@ class Reporter:
         self.started = clock()
         self.events_total = Counter("ccaa_events_total", "events seen, by topic",
                                     ["topic"], registry=registry)
-        self.tasks_by_state = Gauge("ccaa_tasks", "tasks by latest state", ["state"],
-                                    registry=registry)
-        self.sessions_by_state = Gauge("ccaa_sessions", "sessions by latest state", ["state"],
-                                       registry=registry)
+        # tasks and sessions by state are the orchestrator's (ccaa_tasks, ccaa_sessions,
+        # counted in its database); the counts here are what this reporter has seen
         self.agents_by_state = Gauge("ccaa_agents", "agents by latest state", ["state"],
                                      registry=registry)
         self.by_topic: Tally[str] = Tally()
@@ -46,10 +45,10 @@ class Reporter:
         self.waiting: dict[str, dict[str, Any]] = {}  # task -> why no agent can take it
         self.peers: list[PeerInfo] = []  # from the hub's registry, refreshed periodically
         self.sessions: list[dict[str, Any]] = []  # from the orchestrator, refreshed too
-        self._known: dict[int, set[str]] = {id(self.tasks_by_state): set(TASK_STATES)}
+        self._known: dict[int, set[str]] = {}
         self._seen: dict[str, float] = {}  # task/session id -> when last heard of
-        for state in TASK_STATES:
-            self.tasks_by_state.labels(state).set(0)
+        for state in AGENT_STATES:
+            self.agents_by_state.labels(state).set(0)
 
     def on_event(self, topic: str, msg: Message) -> None:
         self.by_topic[topic] += 1
@@ -63,11 +62,9 @@ class Reporter:
             else:  # an agent can take it now, or it moved on
                 self.waiting.pop(body.task_id, None)
             self._seen[body.task_id] = self.clock()
-            self._recount(self.tasks_by_state, self.task_state)
         elif isinstance(body, SessionEvent):
             self.session_state[body.session_id] = body.state
             self._seen[body.session_id] = self.clock()
-            self._recount(self.sessions_by_state, self.session_state)
         elif isinstance(body, PeerEvent) and body.kind == "agent" and not topic.startswith("pool."):
             if body.state in ("lost", "disconnected"):
                 self.agent_state[body.name] = body.state
@@ -93,14 +90,11 @@ class Reporter:
         for agent in [a for a, x in self.activity.items() if (x.get("ts") or 0) < cutoff]:
             del self.activity[agent]
             dropped += 1
-        if dropped:
-            self._recount(self.tasks_by_state, self.task_state)
-            self._recount(self.sessions_by_state, self.session_state)
         return dropped
 
     def _recount(self, gauge: Gauge, states: dict[str, str]) -> None:
         counts = Tally(states.values())
-        known = self._known.setdefault(id(gauge), set())
+        known = self._known.setdefault(id(gauge), set(AGENT_STATES))
         known.update(counts)
         for state in known:  # states no longer held by anyone drop to zero
             gauge.labels(state).set(counts.get(state, 0))
@@ -116,7 +110,9 @@ class Reporter:
         self._recount(self.agents_by_state, self.agent_state)
 
     def scrape_targets(self) -> list[dict[str, Any]]:
-        """Prometheus HTTP service discovery: every registered peer's /metrics endpoint."""
+        """Prometheus HTTP service discovery: every registered peer's /metrics endpoint.
+        The labels are the target's own (peer, peer_kind, peer_role, host after the scrape
+        config's relabelling), named apart from any metric's labels (kind, role, state)."""
         targets = []
         for p in self.peers:
             if not p.metrics_url:

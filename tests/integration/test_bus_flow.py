@@ -111,8 +111,18 @@ def test_task_completes_through_the_real_path(procs, bus, tmp_path):
         assert 'fetch("/api/summary" + location.search)' in r.read().decode()  # live dashboard
     with urllib.request.urlopen(reporter_metrics + "/metrics", timeout=5) as r:
         text = r.read().decode()
-    assert 'ccaa_tasks{state="succeeded"} 1.0' in text
     assert 'ccaa_events_total{topic="session.succeeded"} 1.0' in text
+    assert "ccaa_tasks{" not in text  # counted by the orchestrator, from its database
+    with urllib.request.urlopen(ready["services.orchestrator"]["metrics"] + "/metrics",
+                                timeout=5) as r:
+        text = r.read().decode()
+    assert 'ccaa_tasks{state="succeeded"} 1.0' in text
+    assert 'ccaa_sessions{state="succeeded"} 1.0' in text
+    assert 'ccaa_task_duration_seconds_count{kind="run",role="worker",state="succeeded"} 1.0' \
+        in text
+    assert 'ccaa_attempt_duration_seconds_count{kind="run",outcome="succeeded",role="worker"} ' \
+        '1.0' in text
+    assert "process_resident_memory_bytes" in text  # process collectors
 
 
 @pytest.mark.timeout(90)

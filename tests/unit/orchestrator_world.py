@@ -98,11 +98,11 @@ class World:
         self.config.orchestrator.retry_backoff = 1.0
         for key, value in orchestrator.items():
             setattr(self.config.orchestrator, key, value)
-        self.store = Store(str(tmp_path / "state.db"))
+        self.clock = Clock()
+        self.store = Store(str(tmp_path / "state.db"), clock=self.clock)
         self.peer = FakePeer()
         self.events = FakeEvents()
         self.registry = CollectorRegistry()
-        self.clock = Clock()
         self.repo = str(tmp_path)
         self.orch = Orchestrator(self.config, self.store, self.peer, self.events, self.registry,
                                  clock=self.clock)

@@ -422,7 +422,8 @@ def test_reported_cost_is_accounted_and_the_budget_stops_further_attempts(tmp_pa
         await w.run(task.id)
         await w.result(task.id, Outcome.FAILED, data={"total_cost_usd": 0.75})
         assert w.store.session("s1")["cost_usd"] == pytest.approx(0.75)
-        assert w.metric("ccaa_cost_usd_total") == pytest.approx(0.75)
+        assert w.metric("ccaa_cost_usd_total", role="worker", model="unknown") == \
+            pytest.approx(0.75)
         assert w.task(task.id).state == "ready"  # a retry is due, but the budget is spent
         w.clock.now += 10
         w.orch.schedule()
