@@ -9,7 +9,7 @@ the state database at each scrape: it is the truth, and a restart changes nothin
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -38,13 +38,42 @@ DURATION_BUCKETS = (0.01, 0.05, 0.25, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 180
 
 
 class StateCounts(Collector):
-    """``ccaa_sessions{state}`` and ``ccaa_tasks{state}``, counted in the database when
-    scraped (indexed on state; a restart of any service changes nothing)."""
+    """Read from the database when scraped (a restart of any service changes nothing):
+    ``ccaa_sessions{state}`` and ``ccaa_tasks{state}`` (indexed on state), and for each
+    running session how much of its budget is spent and how long nothing changed in it."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float]):
         self.conn = conn
+        self.clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._counts()
+        yield from self._running()
+
+    def _running(self) -> Iterator[GaugeMetricFamily]:
+        budget = GaugeMetricFamily(
+            "ccaa_session_budget_used_ratio", "a running session's cost over its budget "
+            "(sessions with a budget only; at 1 no further task is started)",
+            labels=["session"])
+        idle = GaugeMetricFamily(
+            "ccaa_session_idle_seconds", "seconds since anything in a running session "
+            "changed state (a task started, ended, was queued)", labels=["session"])
+        try:
+            rows = self.conn.execute(
+                "SELECT s.id, s.cost_usd, s.budget_usd, max(s.updated_at, "
+                "coalesce((SELECT max(t.updated_at) FROM tasks t WHERE t.session_id = s.id), 0))"
+                " AS changed FROM sessions s WHERE s.state = 'running'").fetchall()
+        except sqlite3.Error:
+            return
+        now = self.clock()
+        for sid, cost, limit, changed in rows:
+            if limit:
+                budget.add_metric([sid], cost / limit)
+            idle.add_metric([sid], max(0.0, now - changed))
+        yield budget
+        yield idle
+
+    def _counts(self) -> Iterator[GaugeMetricFamily]:
         sessions = GaugeMetricFamily("ccaa_sessions", "sessions by state (from the state "
                                      "database)", labels=["state"])
         tasks = GaugeMetricFamily("ccaa_tasks", "tasks by state (from the state database)",
@@ -133,8 +162,8 @@ class OrchestratorMetrics:
         for verdict in REVIEW_VERDICTS:
             self.reviews.labels(verdict)
 
-    def watch_states(self, conn: sqlite3.Connection) -> None:
-        self.registry.register(StateCounts(conn))
+    def watch_states(self, conn: sqlite3.Connection, clock: Callable[[], float]) -> None:
+        self.registry.register(StateCounts(conn, clock))
 
     def task_ended(self, role: str, kind: str, state: str, seconds: float) -> None:
         if state in END_STATES:

@@ -86,7 +86,7 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         self.log = log or get_logger("orchestrator")
         self.metrics = OrchestratorMetrics(registry, roles=config.agent_hierarchy,
                                            gates=config.gates)
-        self.metrics.watch_states(store.conn)
+        self.metrics.watch_states(store.conn, store.clock)
         self.clock = clock
         self.templates = templates or load_templates(config.orchestrator.templates_dir)
         self.workflow = Workflow(self)

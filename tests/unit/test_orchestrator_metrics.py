@@ -108,3 +108,32 @@ def test_gate_results_and_review_verdicts_are_counted(tmp_path):
         assert w.metric("ccaa_task_duration_seconds_count", role="architect", kind="plan",
                         state="succeeded") == 1
     scenario(tmp_path, go, **world_config(retry_attempts=0))
+
+
+def test_running_sessions_show_budget_spent_and_time_since_a_change(tmp_path):
+    async def go(w: World):
+        await w.orch.on_session_create(w.msg(SessionCreate(
+            session_id="s1", command=CommandSubmit(text="run it", repo=w.repo, budget_usd=2.0),
+            type=CommandType.RUN)))
+        await w.settle()
+        [task] = w.store.tasks("s1")
+        await w.run(task.id)
+        assert w.metric("ccaa_session_idle_seconds", session="s1") == 0
+        w.clock.now += 600  # a long attempt: nothing changes in the session meanwhile
+        assert w.metric("ccaa_session_idle_seconds", session="s1") == pytest.approx(600)
+        assert w.metric("ccaa_session_budget_used_ratio", session="s1") == 0
+        await w.result(task.id, Outcome.FAILED, data={"total_cost_usd": 1.5})
+        # the retry is due later; the session is still running, 75% of its budget spent
+        assert w.store.session("s1")["state"] == "running"
+        assert w.metric("ccaa_session_budget_used_ratio", session="s1") == pytest.approx(0.75)
+        assert w.metric("ccaa_session_idle_seconds", session="s1") == 0
+        # a finished session is no longer listed
+        w.clock.now += 10
+        w.orch.schedule()
+        await w.settle()
+        await w.run(task.id)
+        await w.result(task.id, Outcome.SUCCEEDED)
+        assert w.store.session("s1")["state"] == "succeeded"
+        assert w.registry.get_sample_value("ccaa_session_idle_seconds", {"session": "s1"}) \
+            is None
+    scenario(tmp_path, go)
