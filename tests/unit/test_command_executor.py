@@ -232,3 +232,26 @@ def test_a_process_ignoring_sigterm_is_killed(tmp_path):
             await asyncio.wait_for(ex.run(ctx), 1.0)
         await _wait_gone(ctx.pgid, _pids(ctx.stdout.text()))
     asyncio.run(go())
+
+
+def test_a_json_result_line_reports_cost_and_usage(tmp_path):
+    """A command that ends like `claude -p --output-format json` has its cost counted."""
+    line = ('{"type": "result", "result": "the answer", "total_cost_usd": 0.042, '
+            '"usage": {"input_tokens": 10}, '
+            '"modelUsage": {"m-1": {"inputTokens": 10, "outputTokens": 3, "costUSD": 0.042}}}')
+    ex = CommandExecutor(["bash", "-c", "{prompt}"])
+    ctx, _ = make_ctx(f"echo working; echo '{line}'", str(tmp_path))
+    assert asyncio.run(ex.run(ctx)).outcome == Outcome.SUCCEEDED
+    assert ctx.data["total_cost_usd"] == pytest.approx(0.042)
+    assert ctx.data["model_usage"]["m-1"]["outputTokens"] == 3
+    assert ctx.data["usage"] == {"input_tokens": 10}
+    assert ctx.data["result"] == "the answer"  # what the orchestrator reads as the answer
+
+
+@pytest.mark.parametrize("last", ['{"total_cost_usd": 5}', '{"type": "result", '
+                                  '"total_cost_usd": "lots"}', "[1, 2]", "done"])
+def test_output_that_is_not_a_result_line_reports_nothing(tmp_path, last):
+    ex = CommandExecutor(["bash", "-c", "{prompt}"])
+    ctx, _ = make_ctx(f"echo '{last}'", str(tmp_path))
+    asyncio.run(ex.run(ctx))
+    assert "total_cost_usd" not in ctx.data and "model_usage" not in ctx.data

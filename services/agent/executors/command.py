@@ -1,18 +1,26 @@
 """The ``command`` executor: any CLI (a shell, codex, aider, gemini, ...) through a
 command template. ``{prompt}`` and ``{cwd}`` in the template's arguments are replaced
 with the task's prompt and working directory; the command runs in the working directory
-in a process group of its own, which is killed whole on timeout or cancel."""
+in a process group of its own, which is killed whole on timeout or cancel.
+
+A command that ends its output with a JSON result line, as `claude -p --output-format
+json` does (``{"type": "result", "total_cost_usd": ..., "usage": {...}, "modelUsage":
+{...}}``), has its answer, cost and token usage reported like a Claude Code task's."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
+from typing import Any
 
 from services.agent import isolation
 from services.agent.executors.base import ExecutionResult, RunContext, Tail, kill_group
 from protocols.task import Outcome
 
+#: characters of a JSON result line's answer kept (as for a Claude Code task)
+RESULT_CHARS = 16_000
 #: seconds between SIGTERM and SIGKILL when stopping a command
 GRACE_SECONDS = 2.0
 #: progress events for output lines, at most this many per second
@@ -73,9 +81,32 @@ class CommandExecutor:
                 await stop_process(proc, ctx.pgid)
             else:
                 kill_group(ctx.pgid)  # anything the command left running in its group
+        ctx.data.update(reported_usage(ctx.stdout.text()))
         if code == 0:
             return ExecutionResult(Outcome.SUCCEEDED, exit_code=0)
         return ExecutionResult(Outcome.FAILED, exit_code=code, error=f"exit code {code}")
+
+
+def reported_usage(stdout: str) -> dict[str, Any]:
+    """The answer, cost and usage from the output's last line when it is a JSON result
+    (Claude Code's ``--output-format json``); nothing otherwise."""
+    lines = stdout.rstrip().rsplit("\n", 1)
+    try:
+        result = json.loads(lines[-1])
+    except ValueError:
+        return {}
+    if not isinstance(result, dict) or result.get("type") != "result":
+        return {}
+    found: dict[str, Any] = {}
+    if isinstance(result.get("result"), str):  # the answer (the orchestrator reads it)
+        found["result"] = result["result"][-RESULT_CHARS:]
+    cost = result.get("total_cost_usd")
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool) and cost >= 0:
+        found["total_cost_usd"] = float(cost)
+    for key, name in (("usage", "usage"), ("modelUsage", "model_usage")):
+        if isinstance(result.get(key), dict):
+            found[name] = result[key]
+    return found
 
 
 async def stop_process(proc: asyncio.subprocess.Process, pgid: int | None,
