@@ -12,13 +12,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: what is not a deployment file
-_SKIP = {"__init__.py"}
-
-
 def _shipped() -> dict[str, Path]:
+    """Every file here but the Python that generates some of them."""
     return {str(p.relative_to(HERE)): p for p in sorted(HERE.rglob("*"))
-            if p.is_file() and p.name not in _SKIP and "__pycache__" not in p.parts}
+            if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts}
 
 
 def files() -> dict[str, str]:

@@ -26,6 +26,15 @@ def test_the_checked_in_supervisord_configs_are_the_generated_ones():
             f"{path} differs: run python -m services.cli.supervisor_conf --write")
 
 
+def test_the_checked_in_dashboard_is_the_generated_one():
+    from deploy import dashboard
+
+    assert dashboard.OUT.read_text() == dashboard.render(), (
+        "run python -m deploy.dashboard --write")
+    titles = [p.title for p in dashboard.panels()]
+    assert len(titles) == len(set(titles)), "panel titles are unique"
+
+
 def test_every_service_log_is_rotated():
     for text in (supervisor_conf.stack_conf(), supervisor_conf.node_conf()):
         programs = text.count("[program:")
@@ -40,7 +49,7 @@ def test_every_deployment_file_is_listed_for_export():
                  "node.supervisord.conf", "systemd/ccaa.service", "systemd/ccaa-node.service",
                  "grafana/dashboards/ccaa-overview.json"):
         assert name in names, name
-    assert "__init__.py" not in names
+    assert not [n for n in names if n.endswith(".py")]
 
 
 def _accepted(argv: list[str]) -> None:
