@@ -186,6 +186,44 @@ class ReportingConfig(_Section):
                             "is not a loopback address, one is made in DATA_DIR/reporter.token")
 
 
+#: what a notification can be about: how a session ended, or that it needs someone
+NotifyEvent = Literal["succeeded", "failed", "partial", "cancelled", "needs_attention"]
+
+
+class WebhookConfig(_Section):
+    url: str = Field(pattern=r"^https?://", description="where to POST each notification")
+    format: Literal["json", "slack"] = Field(
+        "json", description="json: the notification as a JSON object; slack: a Slack (or "
+        "Mattermost, Rocket.Chat) incoming-webhook body with a text line")
+    headers: dict[str, str] = Field(default_factory=dict,
+                                    description="extra HTTP headers (e.g. Authorization)")
+    events: list[NotifyEvent] = Field(default_factory=list,
+                                      description="only these (default: notifications.events)")
+
+
+class NotificationsConfig(_Section):
+    """Who is told when a session ends or needs someone (sent by the reporter): webhooks
+    and a command, each retried with backoff; every delivery is logged in
+    DATA_DIR/notifications.jsonl."""
+
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: ["succeeded", "failed", "partial", "needs_attention"],
+        description="what to tell about: succeeded, failed, partial, cancelled, "
+        "needs_attention (stalled, budget reached, work no agent can take)")
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    command: list[str] = Field(
+        default_factory=list, description="a command run for each notification (argv; "
+        "{event}, {session} and {summary} are substituted), the notification as JSON on "
+        "its stdin; e.g. [\"notify-send\", \"ccaa\", \"{summary}\"]")
+    retries: int = Field(3, ge=0, le=20, description="retries after a failed delivery")
+    retry_backoff: float = Field(2.0, ge=0, description="seconds before the first retry; "
+                                 "doubles each retry")
+    timeout: float = Field(10.0, gt=0, description="seconds one delivery may take")
+    stalled_after: float = Field(1800.0, gt=0, description="a running session in which "
+                                 "nothing happened this long needs attention")
+    dashboard_url: str = Field("", description="linked from messages (default: none)")
+
+
 class AutoScalingConfig(_Section):
     """Each host's controller grows a role's pool while work for that role waits and all its
     agents are busy, and shrinks it while agents sit idle, within min/max per role (a role
@@ -322,6 +360,7 @@ class SystemConfig(_Section):
     distribution: DistributionConfig = DistributionConfig()
     resources: ResourceLimits = ResourceLimits()
     reporting: ReportingConfig = ReportingConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     auto_scaling: AutoScalingConfig = AutoScalingConfig()
     metrics: MetricsConfig = MetricsConfig()
     code_transfer: CodeTransferConfig = CodeTransferConfig()

@@ -75,7 +75,9 @@ ROUTES: dict[str, str] = {
     "agent.stats": "distributor -> orchestrator (at start: the agents' attempt record)",
     "agent.stats_reply": "orchestrator -> distributor (reply)",
     "event.task": "orchestrator -> event topic task.<state>",
-    "event.session": "orchestrator -> event topic session.<state>",
+    "event.session": "orchestrator -> event topic session.<state>; session.attention "
+                     "(state running) when a running session needs someone (its budget is "
+                     "spent)",
     "event.peer": "hub -> agent.<state> / service.<state> / client.<state> (registered and "
                   "refused carry who: key, host, pid, user) / handshake.refused; "
                   "controller -> pool.<event>",

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from libs.peer import RequestFailed, RequestTimeout
+from protocols.events import SessionEvent
 from protocols.task import MAX_SUMMARY, TaskEnqueue, TaskSpec
 from services.orchestrator.report import session_report
 from services.orchestrator.store import TaskRow
@@ -71,6 +72,8 @@ class Scheduling:
         reason = (f"budget of ${row['budget_usd']:.2f} reached (spent ${row['cost_usd']:.4f}); "
                   "no further tasks are assigned")
         self.store.record(sid, "budget_exhausted", detail=reason)
+        self.events.publish("session.attention", SessionEvent(session_id=sid, state="running",
+                                                             detail=reason))
         self.log.warning("session.budget_exhausted", session=sid, cost=row["cost_usd"])
         for task in self.store.tasks(sid, states=("ready", "pending")):
             self.move(task, "cancelled", reason)

@@ -18,7 +18,9 @@ from libs.runner import common_parser, run_main
 from libs.service import ServiceContext, run_service
 from protocols.command import SessionList
 from protocols.peer import RegistryList
+from services.reporter.attention import Attention
 from services.reporter.dashboard import page
+from services.reporter.notify import Notifier
 from services.reporter.service import Reporter
 
 #: seconds between registry refreshes for /api/targets (Prometheus service discovery)
@@ -46,8 +48,16 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         reporter = Reporter(ctx.registry,
                             retention_hours=config.reporting.report_retention_hours)
         holder["reporter"] = reporter
-        subscriber = EventSubscriber(config.communication.sub(), [""], reporter.on_event,
-                                     log=ctx.log)
+        notifier = Notifier(config.notifications, config.data_path() / "notifications.jsonl",
+                            ctx.registry, ctx.log)
+        attention = Attention(notifier.notify, config.notifications.stalled_after)
+
+        def on_event(topic, msg) -> None:
+            reporter.on_event(topic, msg)
+            if notifier.channels:
+                attention.on_event(topic, msg)
+
+        subscriber = EventSubscriber(config.communication.sub(), [""], on_event, log=ctx.log)
         subscriber.start()
 
         async def refresh_peers() -> None:
@@ -58,9 +68,13 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                         reporter.set_peers(reply.body.peers)  # type: ignore[attr-defined]
                         listed = await ctx.peer.request("orchestrator", SessionList(limit=20))
                         reporter.set_sessions(listed.body.sessions)  # type: ignore[attr-defined]
+                        attention.seed([s.session_id for s in listed.body.sessions
+                                        if s.state.value == "running"])
                     except (RequestFailed, RequestTimeout, ConnectionError):
                         pass
                 reporter.prune()
+                if notifier.channels:
+                    attention.check()
                 try:
                     await asyncio.wait_for(ctx.stop.wait(), PEER_REFRESH_SECONDS)
                 except asyncio.TimeoutError:
@@ -71,6 +85,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         async def shutdown() -> None:
             refresher.cancel()
             await subscriber.close()
+            await notifier.close()
 
         return shutdown
 
