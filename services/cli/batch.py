@@ -24,7 +24,7 @@ from libs.client import BatchRefused, BusClient
 from libs.config import ConfigError, SystemConfig
 from libs.events import EventSubscriber
 from libs.peer import RequestFailed, RequestTimeout
-from services.cli import interrupt
+from services.cli import exits, interrupt
 from protocols import Message
 from protocols.command import (CommandStatus, CommandSubmit, CommandType,
                                TERMINAL_SESSION_STATES)
@@ -177,7 +177,7 @@ def cmd_batch(args: argparse.Namespace, config: SystemConfig) -> int:
                         print(acc.session_id)
                     print(f"ccaa: {len(exc.accepted)} of {len(commands)} accepted, then "
                           f"refused: {exc.error}", file=sys.stderr)
-                    return 1
+                    return exits.REFUSED
                 ids = [a.session_id for a in accepted]
                 if not args.json:
                     print("\n".join(ids))
@@ -199,6 +199,8 @@ def cmd_batch(args: argparse.Namespace, config: SystemConfig) -> int:
         print(f"{len(waiter.states)}/{len(ids)} ended: {waiter.summary()}"
               + ("" if done else f" (gave up waiting after {args.wait_timeout:g}s)"),
               file=sys.stderr)
-        return 0 if done and ok == len(ids) else 1
+        if not done:
+            return exits.WAIT_TIMEOUT
+        return exits.OK if ok == len(ids) else exits.NOT_SUCCEEDED
 
     return asyncio.run(go())

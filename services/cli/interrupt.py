@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from services.cli.exits import BROKEN_PIPE, INTERRUPTED
 from typing import Callable
 
-INTERRUPTED = 130
-BROKEN_PIPE = 141
 
 _going_on: list[str] = []
 

@@ -14,10 +14,11 @@ from libs import security
 from libs.client import BusClient
 from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
 from libs.log import setup_logging
-from libs.peer import RegistrationRefused, RequestFailed, RequestTimeout
+from libs.peer import HubUnreachable, RegistrationRefused, RequestFailed, RequestTimeout
 from libs.sqlite import DatabaseError
 from services.cli import interrupt
-from services.cli import stack_cmds
+from services.cli import exits, stack_cmds
+from services.cli.exits import WaitTimeout
 from services.cli.args import config_args, duration, json_out, load
 from services.cli.state import since as state_since
 from protocols.command import (
@@ -49,7 +50,7 @@ EPILOG = """Typical use:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ccaa", description="Claude Code Auto Action: many Claude Code agents as one team.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG + "\n" + exits.help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     stack_cmds.add_parsers(sub)
@@ -212,7 +213,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             final = await follower.follow(bus, sub, args.wait_timeout)
             print()
             print(views.show(final))
-            return 0 if final.session.state.value == "succeeded" else 1
+            return exits.OK if final.session.state.value == "succeeded" else exits.NOT_SUCCEEDED
 
     return asyncio.run(go())
 
@@ -298,7 +299,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                           CommandCancel(session_id=args.session_id, reason=args.reason)))
     if not json_out(args, st):
         print(f"session {st.session.session_id} {st.session.state.value}: {st.session.detail}")
-    return 0 if st.session.state.value == "cancelled" else 1
+    return exits.OK if st.session.state.value == "cancelled" else exits.NOT_SUCCEEDED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,24 +320,27 @@ def main(argv: list[str] | None = None) -> int:
         return interrupt.run(handlers[args.cmd], args)
     except ConfigError as exc:
         print(f"ccaa: {exc}", file=sys.stderr)
-        return 2
-    except RequestTimeout as exc:
+        return exits.USAGE
+    except WaitTimeout as exc:
+        print(f"ccaa: {exc}; it goes on", file=sys.stderr)
+        return exits.WAIT_TIMEOUT
+    except (RequestTimeout, HubUnreachable, TimeoutError) as exc:
         print(f"ccaa: {exc} (is it up? try `ccaa up`)", file=sys.stderr)
-        return 1
+        return exits.UNREACHABLE
     except RequestFailed as exc:
         print(f"ccaa: refused: {exc.reason} [{exc.code}]", file=sys.stderr)
-        return 1
-    except (RegistrationRefused, TimeoutError) as exc:
+        return exits.for_error(str(getattr(exc.code, "value", exc.code)))
+    except RegistrationRefused as exc:
         print(f"ccaa: {exc}", file=sys.stderr)
-        return 1
+        return exits.REFUSED
     except (security.KeyError_, DatabaseError) as exc:
         print(f"ccaa: {exc}", file=sys.stderr)
-        return 2
+        return exits.USAGE
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                              for e in exc.errors())
         print(f"ccaa: invalid request: {problems}", file=sys.stderr)
-        return 2
+        return exits.USAGE
 
 
 def _agent_argv(rest: list[str]) -> list[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from services.cli import exits
+from services.cli.exits import WaitTimeout
+
 import asyncio
 import time
 
@@ -91,7 +94,7 @@ class SessionFollower:
                 except (RequestTimeout, RequestFailed) as exc:
                     self.out(f"{_stamp()} (status unavailable: {exc})")
                 if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"session {self.session_id} still running after "
+                    raise WaitTimeout(f"session {self.session_id} still running after "
                                        f"{timeout:g}s")
                 self._changed.clear()
                 try:
@@ -121,6 +124,6 @@ def cmd_watch(args, config: SystemConfig) -> int:
             await sub.close()
         print()
         print(views.show(final))
-        return 0 if final.session.state.value == "succeeded" else 1
+        return exits.OK if final.session.state.value == "succeeded" else exits.NOT_SUCCEEDED
 
     return asyncio.run(go())

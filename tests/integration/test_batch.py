@@ -49,7 +49,7 @@ def test_batch_runs_every_command_and_refuses_a_bad_batch_whole(procs, bus, tmp_
     before = asyncio.run(session_count(bus))
     bad = "echo a\n" + json.dumps({"text": "echo b", "repo": str(tmp_path / "missing")}) + "\n"
     refused = run_cli(procs, bus, "batch", "-", "--type", "RUN", "--repo", str(repo), stdin=bad)
-    assert refused.returncode == 1
+    assert refused.returncode == 3
     assert "command 2 of 2" in refused.stderr and "not a directory" in refused.stderr
     assert refused.stdout == ""
     assert asyncio.run(session_count(bus)) == before

@@ -10,12 +10,14 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from libs.client import BusClient
 from protocols.command import CommandCancel, CommandSubmit, CommandType
+from tests.conftest import ROOT
 from tests.integration.cli import run_cli, start_cli
 from tests.integration.test_bus_flow import session_state, start_agent, start_services
 
@@ -100,4 +102,29 @@ def test_watch_follows_an_earlier_session_to_its_end(procs, bus, tmp_path):
     assert (repo / "out.txt").read_text() == "watched\n"
 
     unknown = run_cli(procs, bus, "watch", "s-nosuchthing", timeout=30)
-    assert unknown.returncode == 1 and "not_found" in unknown.stderr, unknown.stderr
+    assert unknown.returncode == 3 and "not_found" in unknown.stderr, unknown.stderr
+
+
+@pytest.mark.timeout(90)
+def test_exit_codes_tell_a_timeout_a_failure_and_a_hub_that_is_down_apart(procs, bus, tmp_path):
+    start_services(procs, bus)
+    start_agent(procs, bus, "agent-a")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    slow = run_cli(procs, bus, "submit", "RUN", "sleep 30", "--repo", str(repo), "--wait",
+                   "--wait-timeout", "1")
+    assert slow.returncode == 4 and "it goes on" in slow.stderr, slow.stderr
+    failed = run_cli(procs, bus, "submit", "RUN", "exit 7", "--repo", str(repo), "--wait",
+                     "--wait-timeout", "60")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    bad = run_cli(procs, bus, "submit", "RUN", "true", "--repo", str(repo), "--priority",
+                  "500")
+    assert bad.returncode == 2, bad.stderr
+    # no hub at all: nothing answers
+    down = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "status", "--set",
+         f'communication.router_endpoint="ipc://{tmp_path}/nobody.sock"', "--set",
+         f'data_dir="{tmp_path}/d"', "--set", "communication.message_timeout=1"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert down.returncode == 5 and "is it up?" in down.stderr, down.stderr

@@ -72,7 +72,7 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
         token = tmp_path / "data" / "bus.token"
         assert oct(token.stat().st_mode & 0o777) == "0o600"
         stranger = ccaa("status", "--set", 'communication.token="guess"', config=config)
-        assert stranger.returncode == 1 and "bus token" in stranger.stderr, stranger.stderr
+        assert stranger.returncode == 3 and "bus token" in stranger.stderr, stranger.stderr
 
         status = ccaa("status", config=config)
         assert status.returncode == 0, status.stderr
@@ -124,13 +124,13 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
         assert logs.returncode == 0 and "attempt 1" in logs.stdout and "exit code 0" in logs.stdout
 
         bad = ccaa("submit", "RUN", "true", "--repo", str(tmp_path / "missing"), config=config)
-        assert bad.returncode == 1 and "is not a directory" in bad.stderr
+        assert bad.returncode == 3 and "is not a directory" in bad.stderr
         bad = ccaa("submit", "RUN", "true", "--budget", "-1", config=config)
         assert bad.returncode == 2 and "budget_usd: Input should be greater than 0" in bad.stderr
         assert "Traceback" not in bad.stderr
         bad = ccaa("submit", "RUN", "true", "--role", "nobody", "--repo", str(repo),
                    config=config)
-        assert bad.returncode == 1 and "unknown role 'nobody'" in bad.stderr
+        assert bad.returncode == 3 and "unknown role 'nobody'" in bad.stderr
         # everything still alive after the bad request
         tree = [supervisord.pid] + [c.pid for c in supervisord.children(recursive=True)]
     finally:
@@ -173,7 +173,7 @@ def test_a_curve_stack_runs_with_one_key_per_service(tmp_path):
         # a service's key is for that service only: the CLI cannot use it
         posing = ccaa("status", "--set", 'communication.client_key="orchestrator"',
                       config=config)
-        assert posing.returncode == 1, posing.stdout
+        assert posing.returncode == 3, posing.stdout
         assert "may register only as service orchestrator" in posing.stderr, posing.stderr
     finally:
         down = ccaa("down", config=config)

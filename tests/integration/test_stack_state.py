@@ -58,7 +58,7 @@ def test_audit_backup_and_restore(tmp_path):
         second = slow.stdout.split()[1]
         assert ccaa("cancel", second, "--reason", "wrong command", config=config).returncode == 0
         refused = ccaa("status", "--set", 'communication.token="guess"', config=config)
-        assert refused.returncode == 1
+        assert refused.returncode == 3
 
         records = audit(config)
         by = {(r["action"], r["session_id"]): r for r in records}
