@@ -17,7 +17,7 @@ from libs.log import setup_logging
 from libs.peer import HubUnreachable, RegistrationRefused, RequestFailed, RequestTimeout
 from libs.sqlite import DatabaseError
 from services.cli import interrupt
-from services.cli import exits, stack_cmds
+from services.cli import exits, settings, stack_cmds
 from services.cli.exits import WaitTimeout
 from services.cli.args import config_args, duration, json_out, load
 from services.cli.state import since as state_since
@@ -43,6 +43,8 @@ EPILOG = """Typical use:
   ccaa agent --hub tcp://HOST:5555         attach one more agent from any host
   ccaa audit --since 1d                    who submitted, cancelled, registered, was refused
   ccaa backup FILE / ccaa restore FILE     copy the state database live / put one back
+  ccaa config show                         the effective configuration (secrets hidden)
+  ccaa deploy DIR                          Dockerfile, compose, systemd units, Prometheus
   ccaa down                                stop everything
 """
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     stack_cmds.add_parsers(sub)
+    settings.add_parser(sub)
 
     p = sub.add_parser("submit", help="submit a command on a repository")
     config_args(p)
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         return model_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging("error")
-    handlers = {"demo": cmd_demo, **stack_cmds.HANDLERS,
+    handlers = {"demo": cmd_demo, **stack_cmds.HANDLERS, "config": settings.cmd_config,
                 "submit": cmd_submit, "batch": cmd_batch, "watch": cmd_watch, "show": cmd_show, "sessions": cmd_sessions,
                 "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
                 "backup": cmd_backup, "restore": cmd_restore}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import time
@@ -35,6 +36,28 @@ class Slot:
     token: str = ""  # CCAA_AGENT_TOKEN of the running process: marks its tasks' processes
 
 
+#: an agent's log is rotated past this size, keeping this many old copies
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+
+
+def rotate_log(path: str, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_BACKUPS) -> bool:
+    """Copy-and-truncate ``path`` once it is past ``max_bytes`` (the agent keeps writing to
+    the same file, opened for appending): NAME.1 is the newest old copy, NAME.KEEP the
+    oldest. Whether it rotated."""
+    try:
+        if os.path.getsize(path) <= max_bytes:
+            return False
+    except OSError:
+        return False
+    for n in range(keep - 1, 0, -1):
+        if os.path.exists(f"{path}.{n}"):
+            os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+    shutil.copyfile(path, f"{path}.1")
+    os.truncate(path, 0)
+    return True
+
+
 class AgentPool:
     def __init__(self, argv_for: Callable[[Slot], list[str]], log: EventLogger | None = None,
                  env: dict[str, str] | None = None, log_dir: str | None = None,
@@ -60,9 +83,16 @@ class AgentPool:
                 asyncio.ensure_future(self._terminate(slot))
 
     async def ensure(self) -> None:
-        """Start every slot without a live process whose backoff has passed."""
+        """Start every slot without a live process whose backoff has passed; rotate the
+        agents' logs that grew too big."""
         now = time.monotonic()
         for slot in list(self.slots.values()):
+            if self.log_dir:
+                try:
+                    rotate_log(os.path.join(self.log_dir, f"{slot.name}.log"))
+                except OSError as exc:
+                    self.log.warning("agent.log_rotation_failed", agent=slot.name,
+                                     error=str(exc))
             alive = slot.proc is not None and slot.proc.returncode is None
             if alive or now < slot.next_start or self._stopping:
                 continue
