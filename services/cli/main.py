@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
 
+    sub.add_parser("claude", help="the Claude Code CLI the agents run: `ccaa claude login`, "
+                   "`ccaa claude status`, or any of its own commands", add_help=False)
+
     p = sub.add_parser("model-server", help="the scripted Anthropic-compatible model server",
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -310,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["agent"]:
         from services.agent.__main__ import main as agent_main
         return agent_main(_agent_argv(argv[1:]))
+    if argv[:1] == ["claude"]:
+        return claude_cli(argv[1:])
     if argv[:1] == ["model-server"]:
         from services.model_server.__main__ import main as model_main
         return model_main(argv[1:])
@@ -344,6 +349,26 @@ def main(argv: list[str] | None = None) -> int:
                              for e in exc.errors())
         print(f"ccaa: invalid request: {problems}", file=sys.stderr)
         return exits.USAGE
+
+
+def claude_cli(rest: list[str]) -> int:
+    """`ccaa claude ARGS`: the Claude Code CLI the agents run (on PATH, or the one bundled
+    with claude-agent-sdk), e.g. `ccaa claude login` (its `auth login`), `ccaa claude
+    status` (`auth status --text`)."""
+    from services.agent.executors.claude import resolve_cli
+    from services.agent.executors.factory import CLAUDE_PATH_ENV
+
+    shortcuts = {"login": ["auth", "login"], "status": ["auth", "status", "--text"],
+                 "logout": ["auth", "logout"]}
+    args = shortcuts.get(rest[0], rest[:1]) + rest[1:] if rest else ["--help"]
+    try:
+        cli = resolve_cli(os.environ.get(CLAUDE_PATH_ENV) or None)
+    except FileNotFoundError as exc:
+        print(f"ccaa claude: {exc}", file=sys.stderr)
+        return exits.USAGE
+    sys.stdout.flush()
+    os.execv(cli, [cli, *args])
+    return exits.USAGE  # not reached
 
 
 def _agent_argv(rest: list[str]) -> list[str]:

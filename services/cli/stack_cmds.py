@@ -9,11 +9,47 @@ import sys
 
 from libs import security
 from protocols.peer import PeerKind
+from services.cli import exits
 from services.cli.args import config_args, json_out, load
 
 FOREGROUND_HELP = ("run supervisord in the foreground (for a container's entry point or a "
                    "systemd unit): no readiness wait, logs stay in the run directory, "
                    "SIGTERM stops everything")
+
+AUTH_HELP = ("start even if Claude Code cannot authenticate here (by default the roles that "
+             "run Claude Code on this host are checked first, with `claude auth status`)")
+
+
+def claude_ready(config, what: str) -> bool:
+    """Whether the Claude Code agents this host would run can authenticate; if not, say
+    exactly what to do. True when no role here runs Claude Code."""
+    import os
+
+    from services.agent.executors.claude import resolve_cli
+    from services.agent.executors.claude_auth import auth_status, effective_env
+    from services.agent.executors.factory import CLAUDE_PATH_ENV, claude_env
+
+    roles = [name for name, rc in config.agent_hierarchy.items()
+             if rc.executor == "claude" and rc.count > 0]
+    if not roles:
+        return True
+    paths = {config.agent_hierarchy[r].cli_path or os.environ.get(CLAUDE_PATH_ENV) or None
+             for r in roles}
+    env = effective_env(claude_env(config_dir=str(config.data_path() / "claude")))
+    for path in paths:
+        try:
+            cli = resolve_cli(path)
+        except FileNotFoundError as exc:
+            print(f"{what}: the roles {', '.join(roles)} run Claude Code: {exc}",
+                  file=sys.stderr)
+            return False
+        status = auth_status(cli, env)
+        if not status.ok:
+            print(f"{what}: the roles {', '.join(roles)} run Claude Code, which cannot "
+                  f"authenticate here: {status.detail}\n(--skip-auth-check starts anyway)",
+                  file=sys.stderr)
+            return False
+    return True
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +57,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     config_args(p)
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for readiness")
     p.add_argument("--foreground", action="store_true", help=FOREGROUND_HELP)
+    p.add_argument("--skip-auth-check", action="store_true", help=AUTH_HELP)
 
     p = sub.add_parser(
         "node", help="start this host's agent pools as a node of a hub on another host",
@@ -40,6 +77,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=120,
                    help="seconds to wait for the controller and its agents (default 120)")
     p.add_argument("--foreground", action="store_true", help=FOREGROUND_HELP)
+    p.add_argument("--skip-auth-check", action="store_true", help=AUTH_HELP)
 
     p = sub.add_parser("down", help="stop supervisord, the services and every agent")
     config_args(p)
@@ -78,6 +116,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from services.cli import stack
 
     config = load(args)
+    if not args.skip_auth_check and not claude_ready(config, "ccaa up"):
+        return exits.USAGE
     if args.foreground:
         return stack.foreground(config, args.config, _env_overrides(args.set))
     reply = stack.up(config, args.config, _env_overrides(args.set), args.timeout,
@@ -125,6 +165,8 @@ def cmd_node(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     config = node.config
+    if not args.skip_auth_check and not claude_ready(config, "ccaa node"):
+        return exits.USAGE
     if args.foreground:
         return stack.foreground(config, args.config, _env_overrides(args.set), node_host=host)
     found = stack.node(config, args.config, _env_overrides(args.set), host, args.timeout,

@@ -275,6 +275,16 @@ class Orchestrator(Safeguards, Intake, Scheduling):
                       f"gate: {verdict.detail}"[:500], result=result, meta=meta)
         elif outcome == Outcome.SUCCEEDED:
             self.move(task, "succeeded", f"on {body.agent_id}", result=result)
+        elif (body.data or {}).get("auth_failed"):
+            # the agent's credentials are what failed: another attempt would fail the same
+            self.store.record(task.session_id, "auth_failed", task.id, body.attempt_id,
+                              body.error[:500])
+            self.move(task, "failed", body.error[:500], result=result)
+            # ... and so would the session's other work: end it now, saying what to fix
+            self._cancel_tasks(task.session_id, "Claude Code could not authenticate")
+            self.finish_session(task.session_id, "failed", body.error[:1000],
+                                session_report(self.store, task.session_id))
+            return
         elif task.attempt - task.meta.get("attempt_base", 0) <= self.config.orchestrator.retry_attempts:
             n = task.attempt - task.meta.get("attempt_base", 0)
             delay = self.config.orchestrator.retry_backoff * (2 ** (n - 1))

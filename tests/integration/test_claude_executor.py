@@ -296,3 +296,32 @@ def test_two_tasks_run_concurrently_in_separate_worktrees(server, repo, tmp_path
         assert ctx.data["result"] == f"{mine} written"
         assert not (Path(ctx.data["worktree"]) / f"{other}.txt").exists()
     assert git(repo, "status", "--porcelain") == ""
+
+
+@pytest.mark.timeout(60)
+def test_refused_credentials_fail_as_an_auth_failure_that_says_what_to_do(server, repo,
+                                                                            tmp_path,
+                                                                            no_leftovers):
+    executor = make_executor(server, tmp_path)
+    ctx, _ = make_ctx(repo, "EXEC-AUTH-ERROR: this will be refused")
+    result = asyncio.run(asyncio.wait_for(executor.run(ctx), 40))
+    assert result.outcome is Outcome.FAILED
+    assert ctx.data["auth_failed"] is True
+    assert "could not authenticate on agent agent-test" in result.error
+    assert "ANTHROPIC_API_KEY" in result.error and "ccaa claude login" in result.error
+    assert not no_leftovers()
+
+
+@pytest.mark.timeout(60)
+def test_auth_status_asks_the_cli_itself(tmp_path):
+    from services.agent.executors.claude import resolve_cli
+    from services.agent.executors.claude_auth import auth_status
+
+    cli = resolve_cli()
+    home = tmp_path / "home"
+    home.mkdir()
+    bare = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    missing = auth_status(cli, bare)
+    assert not missing.ok and "ccaa claude login" in missing.detail
+    keyed = auth_status(cli, {**bare, "ANTHROPIC_API_KEY": "sk-test"})
+    assert keyed.ok and keyed.method == "api_key" and "ANTHROPIC_API_KEY" in keyed.detail

@@ -491,3 +491,22 @@ def test_a_task_whose_agents_keep_going_away_fails_past_max_interruptions(tmp_pa
 def _last_detail(w: World, task_id: str) -> str:
     t = w.task(task_id)
     return [e["detail"] for e in w.store.history(t.session_id) if e["task_id"] == task_id][-1]
+
+
+def test_an_auth_failure_is_not_retried_and_ends_the_session_saying_what_to_fix(tmp_path):
+    async def go(w: World):
+        task_id = await w.create("s1")
+        assert w.config.orchestrator.retry_attempts > 0  # retries are on...
+        await w.run(task_id)
+        await w.result(task_id, Outcome.FAILED, error="Claude Code could not authenticate "
+                       "on agent agent-1 (Not logged in); to fix it: set ANTHROPIC_API_KEY",
+                       data={"auth_failed": True})
+        assert w.task(task_id).state == "failed"  # ...but not for this
+        session = w.store.session("s1")
+        assert session["state"] == "failed" and "ANTHROPIC_API_KEY" in session["detail"]
+        w.clock.now += 100
+        w.orch.schedule()
+        await w.settle()
+        assert len(w.peer.enqueued()) == 1
+        assert any(e["kind"] == "auth_failed" for e in w.store.history("s1"))
+    scenario(tmp_path, go)

@@ -137,3 +137,4 @@ def test_running_sessions_show_budget_spent_and_time_since_a_change(tmp_path):
         assert w.registry.get_sample_value("ccaa_session_idle_seconds", {"session": "s1"}) \
             is None
     scenario(tmp_path, go)
+

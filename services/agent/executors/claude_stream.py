@@ -25,6 +25,7 @@ from claude_agent_sdk.types import (
 )
 
 from protocols.task import Outcome
+from services.agent.executors.claude_auth import how_to_fix, is_auth_failure
 from services.agent.executors.base import ExecutionResult, RunContext
 
 #: characters of a text block or tool input shown in one progress summary
@@ -241,6 +242,12 @@ class ClaudeStream:
             if not detail and exc is not None:
                 detail = f"{type(exc).__name__}: {exc}"
             error = f"claude reported an error ({reason}): {detail or 'no detail given'}"
+            if is_auth_failure(detail, res.api_error_status):
+                # running it again cannot help: the credentials are what is wrong
+                self.data["auth_failed"] = True
+                error = ("Claude Code could not authenticate on agent "
+                         f"{self.ctx.agent_id} ({detail or reason}); to fix it: "
+                         + how_to_fix("claude"))
         else:
             error = "claude ended without a result"
             if exc is not None:
