@@ -28,6 +28,19 @@ def duration(text: str) -> float:
     return seconds
 
 
+def json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as one JSON document")
+
+
+def emit(args: argparse.Namespace, data, *lines: str) -> None:
+    """With --json: ``data`` as one JSON document; else the lines for people."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        for line in lines:
+            print(line)
+
+
 def json_out(args: argparse.Namespace, body) -> bool:
     """With --json: print the reply as JSON (and say so); the caller prints nothing else."""
     if getattr(args, "json", False):

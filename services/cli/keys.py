@@ -6,6 +6,7 @@ import argparse
 
 from libs import security
 from libs.config import SystemConfig
+from services.cli.args import emit
 
 
 def keys(args: argparse.Namespace, config: SystemConfig) -> int:
@@ -13,8 +14,9 @@ def keys(args: argparse.Namespace, config: SystemConfig) -> int:
     keys_dir = config.communication.keys_dir
     if args.action == "list":
         ring = security.Keyring.load(keys_dir)
-        for name in sorted(ring.grants):
-            print(f"{name:<20} {ring.grant(name).describe()}")
+        names = sorted(ring.grants)
+        emit(args, [{"name": n, "may_register_as": ring.grant(n).describe()} for n in names],
+             *[f"{n:<20} {ring.grant(n).describe()}" for n in names])
         return 0
     if args.action == "init":
         made = security.init(keys_dir, args.name)
@@ -31,7 +33,12 @@ def keys(args: argparse.Namespace, config: SystemConfig) -> int:
         else:
             grant = security.Grant(kind="client")
         made = security.add(keys_dir, args.name, grant)
-        print(f"{args.name}: may register as {grant.describe()}")
+        if not args.json:
+            print(f"{args.name}: may register as {grant.describe()}")
+    if args.json:
+        emit(args, {"keys_dir": str(security.keys_path(keys_dir)),
+                    "written": [str(p) for p in made]})
+        return 0
     for path in made:
         print(f"wrote {path}")
     print(f"keys in {security.keys_path(keys_dir)}; set communication.curve = true on every "

@@ -19,7 +19,7 @@ from libs.sqlite import DatabaseError
 from services.cli import interrupt
 from services.cli import exits, settings, stack_cmds
 from services.cli.exits import WaitTimeout
-from services.cli.args import config_args, duration, json_out, load
+from services.cli.args import config_args, duration, json_flag, json_out, load
 from services.cli.state import since as state_since
 from protocols.command import (
     CommandCancel,
@@ -77,8 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", action="append", dest="gates", metavar="NAME",
                    help="quality gate to run (repeatable; replaces the workflow's: tests, "
                         "coverage, lint, security, benchmark, or one from .ccaa.toml)")
-    p.add_argument("--wait", action="store_true", help="follow the session until it ends")
+    p.add_argument("--wait", action="store_true", help="follow the session until it ends "
+                   "(each task's start, tool calls and end; -v for everything)")
     p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="with --wait: every task state and all the agents' live progress")
+    p.add_argument("--json", action="store_true", help="print the accepted session (with "
+                   "--wait: its final status) as JSON")
 
     from services.cli import batch
     batch.add_parser(sub, config_args)
@@ -88,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(p)
     p.add_argument("session_id")
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="every task state and all the agents' live progress")
+    p.add_argument("--json", action="store_true", help="print the final status as JSON")
 
     p = sub.add_parser("show", help="a session: its task DAG with states, gates, cost")
     config_args(p)
@@ -119,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "backup), checked after copying")
     config_args(p)
     p.add_argument("file", help="the copy to write (a directory: a dated file in it)")
+    json_flag(p)
 
     p = sub.add_parser("restore", help="replace the state database with a backup (the stack "
                        "must be down; the replaced database is kept beside it)")
     config_args(p)
     p.add_argument("file", help="a backup made by `ccaa backup` or an automatic one "
                    "(DATA_DIR/backups)")
+    json_flag(p)
 
     p = sub.add_parser("cancel", help="cancel a session (running tasks are stopped)")
     config_args(p)
@@ -156,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", action="append", default=[],
                    help="only agents on this host (repeatable)")
     p.add_argument("--service", help="the one service that may use the key")
+    json_flag(p, "the keys (list) or the files written")
 
     p = sub.add_parser("agent", help="run one agent attached to a hub (any host)",
                        add_help=False)
@@ -199,7 +210,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                          gates=args.gates, deadline_s=args.deadline)
 
     async def go() -> int:
-        follower = SessionFollower("")
+        quiet = (lambda line: None) if args.json else print
+        follower = SessionFollower("", out=quiet, verbose=args.verbose)
         sub = follower.subscribe(config) if args.wait else None
         async with BusClient(config.communication) as bus:
             try:
@@ -209,16 +221,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     await sub.close()
                 raise
             acc = reply.body
-            print(f"session {acc.session_id} accepted as {acc.type.value} "  # type: ignore[attr-defined]
+            if sub is None and json_out(args, acc):
+                return exits.OK
+            quiet(f"session {acc.session_id} accepted as {acc.type.value} "  # type: ignore[attr-defined]
                   f"({acc.classification})")  # type: ignore[attr-defined]
             if sub is None:
-                return 0
+                return exits.OK
             sid = follower.session_id = acc.session_id  # type: ignore[attr-defined]
             interrupt.going_on(f"session {sid} goes on: follow it again with `ccaa watch "
                                f"{sid}`, stop it with `ccaa cancel {sid}`")
             final = await follower.follow(bus, sub, args.wait_timeout)
-            print()
-            print(views.show(final))
+            if not json_out(args, final):
+                print()
+                print(views.show(final))
             return exits.OK if final.session.state.value == "succeeded" else exits.NOT_SUCCEEDED
 
     return asyncio.run(go())
@@ -290,14 +305,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     from services.cli import state
 
-    return state.backup(_load(args), args.file)
+    return state.backup(_load(args), args.file, args)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from services.cli import stack, state
 
     config = _load(args)
-    return state.restore(config, args.file, running=stack.supervisord_pid(config) is not None)
+    return state.restore(config, args.file, running=stack.supervisord_pid(config) is not None,
+                         args=args)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from services.cli import exits
-from services.cli.exits import WaitTimeout
-
 import asyncio
 import time
 
@@ -16,7 +13,14 @@ from protocols import Message
 from protocols.command import CommandStatus, CommandStatusReply, TERMINAL_SESSION_STATES
 from protocols.events import SessionEvent, TaskEvent
 from protocols.task import TaskProgress
+from services.cli import exits
+from services.cli.exits import WaitTimeout
 from services.cli.views import state_counts
+
+#: the task states the compact view shows (-v shows every state and live progress)
+COMPACT_STATES = frozenset({"running", "succeeded", "failed", "timed_out", "cancelled"})
+#: ... and of the agents' live progress, one line per tool call (not their text or output)
+COMPACT_PROGRESS = frozenset({"tool_use", "tool_error", "retry"})
 
 
 def _stamp() -> str:
@@ -25,12 +29,16 @@ def _stamp() -> str:
 
 class SessionFollower:
     """Prints each task state change once, in order, from the session's audit history
-    (an event triggers an immediate status request, a timer covers missed events), plus
-    live progress lines from events, until the session ends."""
+    (an event triggers an immediate status request, a timer covers missed events), until
+    the session ends. Compact by default: a task's start and end, its agent's tool calls,
+    and the session's own records; ``verbose`` adds every state (ready, queued, assigned)
+    and all live progress (text, output lines, thinking)."""
 
-    def __init__(self, session_id: str, out=print, poll_interval: float = 1.0):
+    def __init__(self, session_id: str, out=print, poll_interval: float = 1.0,
+                 verbose: bool = False):
         self.session_id = session_id
         self.out = out
+        self.verbose = verbose
         self.poll_interval = poll_interval
         self.printed = 0  # history entries already printed
         self.labels: dict[str, str] = {}  # task id -> "kind:key" for readable lines
@@ -42,6 +50,8 @@ class SessionFollower:
         if getattr(body, "session_id", None) != self.session_id:
             return
         if isinstance(body, TaskProgress):
+            if not self.verbose and body.kind not in COMPACT_PROGRESS:
+                return
             label = self.labels.get(body.task_id, body.task_id)
             self.out(f"{_stamp()}   {label} [{body.agent_id}] {body.kind}: {body.summary}")
         elif isinstance(body, (TaskEvent, SessionEvent)):
@@ -56,6 +66,8 @@ class SessionFollower:
                 continue
             self.printed = i + 1
             if h["kind"] == "task" and h["to_state"]:
+                if not self.verbose and h["to_state"] not in COMPACT_STATES:
+                    continue
                 detail = f" ({h['detail']})" if h["detail"] else ""
                 stamp = time.strftime("%H:%M:%S", time.localtime(h["ts"]))
                 key = self.labels.get(h["task_id"]) or h["task_id"]
@@ -109,9 +121,11 @@ def cmd_watch(args, config: SystemConfig) -> int:
     """`ccaa watch SESSION`: follow a session submitted earlier (from anywhere) to its end,
     from the start of its history; exit 0 if it succeeded."""
     from services.cli import interrupt, views
+    from services.cli.args import json_out
 
     async def go() -> int:
-        follower = SessionFollower(args.session_id)
+        follower = SessionFollower(args.session_id, verbose=args.verbose,
+                                   out=(lambda line: None) if args.json else print)
         sub = follower.subscribe(config)
         try:
             async with BusClient(config.communication) as bus:
@@ -122,8 +136,9 @@ def cmd_watch(args, config: SystemConfig) -> int:
                 final = await follower.follow(bus, sub, args.timeout)
         finally:
             await sub.close()
-        print()
-        print(views.show(final))
+        if not json_out(args, final):
+            print()
+            print(views.show(final))
         return exits.OK if final.session.state.value == "succeeded" else exits.NOT_SUCCEEDED
 
     return asyncio.run(go())

@@ -10,7 +10,7 @@ import sys
 from libs import security
 from protocols.peer import PeerKind
 from services.cli import exits
-from services.cli.args import config_args, json_out, load
+from services.cli.args import config_args, emit, json_flag, json_out, load
 
 FOREGROUND_HELP = ("run supervisord in the foreground (for a container's entry point or a "
                    "systemd unit): no readiness wait, logs stay in the run directory, "
@@ -58,6 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for readiness")
     p.add_argument("--foreground", action="store_true", help=FOREGROUND_HELP)
     p.add_argument("--skip-auth-check", action="store_true", help=AUTH_HELP)
+    json_flag(p, "the endpoints, services and agents")
 
     p = sub.add_parser(
         "node", help="start this host's agent pools as a node of a hub on another host",
@@ -78,9 +79,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait for the controller and its agents (default 120)")
     p.add_argument("--foreground", action="store_true", help=FOREGROUND_HELP)
     p.add_argument("--skip-auth-check", action="store_true", help=AUTH_HELP)
+    json_flag(p, "the node's agents by role")
 
     p = sub.add_parser("down", help="stop supervisord, the services and every agent")
     config_args(p)
+    json_flag(p, "what was stopped")
 
     p = sub.add_parser("status", help="services and agents registered with the hub")
     config_args(p)
@@ -97,6 +100,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", nargs="?", help="where to write them (created if missing)")
     p.add_argument("--list", action="store_true", help="only list the files")
     p.add_argument("--force", action="store_true", help="overwrite files that differ")
+    json_flag(p, "the files (written, already up to date, kept)")
 
 
 def _env_overrides(assignments: list[str]) -> dict[str, str]:
@@ -123,6 +127,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     reply = stack.up(config, args.config, _env_overrides(args.set), args.timeout,
                      progress=_progress)
     comm = config.communication
+    if args.json:
+        emit(args, {"hub_id": reply.hub_id, "router": comm.router(), "pub": comm.pub(),
+                    "sub": comm.sub(), "logs": str(stack.run_dir(config) / "logs"),
+                    "peers": [p.model_dump(mode="json") for p in reply.peers]})
+        return 0
     print(f"ccaa is up (hub {reply.hub_id})")
     print(f"  bus (ROUTER)     {comm.router()}")
     print(f"  events (XSUB)    {comm.pub()}")
@@ -172,6 +181,13 @@ def cmd_node(args: argparse.Namespace) -> int:
     found = stack.node(config, args.config, _env_overrides(args.set), host, args.timeout,
                        progress=_progress)
     agents = [p for p in found.peers if p.kind == PeerKind.AGENT and p.host == host]
+    if args.json:
+        emit(args, {"host": host, "hub_id": found.hub_id, "hub": args.hub,
+                    "agents": {role: sum(1 for a in agents if a.role == role)
+                               for role in config.agent_hierarchy},
+                    "config": str(config.data_path() / nodeconfig.EFFECTIVE_FILE),
+                    "logs": str(stack.run_dir(config) / "logs")})
+        return 0
     print(f"node {host} is up, attached to hub {found.hub_id} at {args.hub}")
     for role, rc in config.agent_hierarchy.items():
         mine = sum(1 for a in agents if a.role == role)
@@ -188,9 +204,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     config = load(args)
     done = stack.down(config)
-    if done.startswith("supervisord was not running"):
-        print(done)
-    print("ccaa is down" if done else "ccaa was not running")
+    emit(args, {"was_running": bool(done), "detail": done},
+         *([done] if done.startswith("supervisord was not running") else []),
+         "ccaa is down" if done else "ccaa was not running")
     return 0
 
 
@@ -208,10 +224,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     import deploy
 
     if args.list or not args.dir:
-        for name in deploy.files():
-            print(name)
+        emit(args, list(deploy.files()), *deploy.files())
         return 0
     written, same, differ = deploy.export(args.dir, force=args.force)
+    if args.json:
+        emit(args, {"dir": args.dir, "written": written, "unchanged": same, "kept": differ})
+        return 1 if differ else 0
     for name in written:
         print(f"wrote {name}")
     if differ:

@@ -12,6 +12,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from services.cli.args import emit
 from libs import sqlite
 from libs.client import BusClient
 from libs.config import SystemConfig
@@ -76,7 +77,7 @@ def _note(db: Path, action: str, detail: str) -> None:
         conn.close()
 
 
-def backup(config: SystemConfig, target: str) -> int:
+def backup(config: SystemConfig, target: str, args: argparse.Namespace | None = None) -> int:
     db = database(config)
     dest = Path(target).expanduser().resolve()
     if dest.is_dir():
@@ -84,11 +85,13 @@ def backup(config: SystemConfig, target: str) -> int:
     size = sqlite.backup(db, dest)
     sessions = _count(dest)
     _note(db, "backup", f"{dest} ({size} bytes, {sessions} sessions)")
-    print(f"backed up {sessions} session(s), {size / 1e6:.1f} MB, to {dest}")
+    emit(args, {"path": str(dest), "bytes": size, "sessions": sessions},
+         f"backed up {sessions} session(s), {size / 1e6:.1f} MB, to {dest}")
     return 0
 
 
-def restore(config: SystemConfig, source: str, running: bool) -> int:
+def restore(config: SystemConfig, source: str, running: bool,
+            args: argparse.Namespace | None = None) -> int:
     db = database(config)
     src = Path(source).expanduser().resolve()
     problem = sqlite.check(src, TABLES)
@@ -110,9 +113,10 @@ def restore(config: SystemConfig, source: str, running: bool) -> int:
     sqlite.backup(src, db)
     _note(db, "restore", f"from {src}" + (f"; the replaced database is {replaced}"
                                           if replaced else ""))
-    print(f"restored {_count(db)} session(s) from {src} into {db}")
-    if replaced:
-        print(f"the database it replaced is kept at {replaced}")
+    emit(args, {"restored_from": str(src), "database": str(db), "sessions": _count(db),
+                "replaced": replaced or None},
+         f"restored {_count(db)} session(s) from {src} into {db}",
+         *([f"the database it replaced is kept at {replaced}"] if replaced else []))
     return 0
 
 

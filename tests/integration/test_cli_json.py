@@ -1,5 +1,5 @@
-"""`--json` on sessions, logs and cancel: one JSON document on stdout, the reply's own
-fields, so scripts need not parse the tables."""
+"""`--json` on sessions, logs, cancel, submit and watch: one JSON document on stdout, the
+reply's own fields, so scripts need not parse the tables; `--wait` is compact unless -v."""
 
 from __future__ import annotations
 
@@ -53,3 +53,32 @@ def test_sessions_logs_and_cancel_speak_json(procs, bus, tmp_path):
 
     code, cancelled = run_json(procs, bus, "cancel", slow)
     assert code == 0 and cancelled["session"]["state"] == "cancelled"
+
+
+@pytest.mark.timeout(90)
+def test_submit_and_watch_speak_json_and_wait_is_compact_unless_verbose(procs, bus, tmp_path):
+    start_services(procs, bus)
+    start_agent(procs, bus, "agent-a")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    code, accepted = run_json(procs, bus, "submit", "RUN", "echo one", "--repo", str(repo))
+    assert code == 0 and accepted["type"] == "RUN" and accepted["session_id"]
+    code, final = run_json(procs, bus, "watch", accepted["session_id"], "--timeout", "60")
+    assert code == 0 and final["session"]["state"] == "succeeded"
+    code, final = run_json(procs, bus, "submit", "RUN", "exit 4", "--repo", str(repo),
+                           "--wait", "--wait-timeout", "60")
+    assert code == 1 and final["session"]["state"] == "failed"
+    assert final["tasks"][0]["result"]["exit_code"] == 4
+
+    # --wait: each task's start and end; -v: every state too
+    compact = run_cli(procs, bus, "submit", "RUN", "echo two", "--repo", str(repo), "--wait",
+                      "--wait-timeout", "60")
+    verbose = run_cli(procs, bus, "submit", "RUN", "echo three", "--repo", str(repo),
+                      "--wait", "--wait-timeout", "60", "-v")
+    assert compact.returncode == 0 and verbose.returncode == 0
+    for state in ("running", "succeeded"):
+        assert f" {state}" in compact.stdout and f" {state}" in verbose.stdout
+    for state in ("queued", "assigned"):
+        assert f" {state} " not in compact.stdout, compact.stdout
+        assert f" {state} " in verbose.stdout, verbose.stdout
+    assert len(compact.stdout.splitlines()) < len(verbose.stdout.splitlines())

@@ -89,7 +89,7 @@ def test_up_status_submit_down_leaves_nothing_behind(tmp_path):
         assert all(r.startswith("  ") for r in rows[at + 1:at + 4]), rows
 
         sub = ccaa("submit", "RUN", "printf 'made by ccaa' > out.txt", "--repo", str(repo), "--wait",
-                   "--wait-timeout", "60", config=config)
+                   "--wait-timeout", "60", "-v", config=config)
         assert sub.returncode == 0, sub.stdout + sub.stderr
         sid = sub.stdout.split()[1]
         assert f"session {sid}  RUN  succeeded" in sub.stdout

@@ -24,3 +24,15 @@ def test_error_codes_map_to_usage_refused_or_unreachable():
     assert exits.for_error(ErrorCode.UNDELIVERABLE.value) == exits.UNREACHABLE
     for code in ErrorCode:
         assert exits.for_error(code.value) in (exits.USAGE, exits.REFUSED, exits.UNREACHABLE)
+
+
+def test_every_command_but_the_pass_throughs_and_the_demo_takes_json():
+    import argparse
+
+    from services.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    exempt = {"demo", "agent", "model-server", "claude"}
+    missing = [name for name, p in sub.choices.items() if name not in exempt
+               and "--json" not in p._option_string_actions]
+    assert missing == []
