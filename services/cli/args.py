@@ -16,13 +16,13 @@ def config_args(p: argparse.ArgumentParser) -> None:
 
 
 def duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``2h`` -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
+    """``90``, ``90s``, ``30m``, ``2h``, ``7d`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     value, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
     try:
         seconds = float(value) * units[unit]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90, 30m, 2h)") from None
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90, 30m, 2h, 7d)") from None
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"a duration must be positive, got {text!r}")
     return seconds

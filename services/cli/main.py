@@ -17,7 +17,7 @@ from libs.log import setup_logging
 from libs.peer import HubUnreachable, RegistrationRefused, RequestFailed, RequestTimeout
 from libs.sqlite import DatabaseError
 from services.cli import interrupt
-from services.cli import exits, settings, stack_cmds
+from services.cli import exits, prune, settings, stack_cmds
 from services.cli.exits import WaitTimeout
 from services.cli.args import config_args, duration, json_flag, json_out, load
 from services.cli.state import since as state_since
@@ -45,6 +45,7 @@ EPILOG = """Typical use:
   ccaa backup FILE / ccaa restore FILE     copy the state database live / put one back
   ccaa config show                         the effective configuration (secrets hidden)
   ccaa deploy DIR                          Dockerfile, compose, systemd units, Prometheus
+  ccaa prune --repo . --older-than 7d      delete the branches old sessions left
   ccaa down                                stop everything
 """
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack_cmds.add_parsers(sub)
     settings.add_parser(sub)
+    prune.add_parser(sub)
 
     p = sub.add_parser("submit", help="submit a command on a repository")
     config_args(p)
@@ -337,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("error")
     handlers = {"demo": cmd_demo, **stack_cmds.HANDLERS, "config": settings.cmd_config,
+                "prune": lambda a: prune.main_for(a, _load(a)),
                 "submit": cmd_submit, "batch": cmd_batch, "watch": cmd_watch, "show": cmd_show, "sessions": cmd_sessions,
                 "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
                 "backup": cmd_backup, "restore": cmd_restore}

@@ -453,14 +453,16 @@ class Workflow(Reviews, Escalation):
 
     def cleanup(self, sid: str) -> None:
         """The session ended: remove its worktrees (merge and agent ones on this host) and
-        the branches of tasks that only read (gates, reviews, plans) or merged bases; the
-        work branches and the result branch stay. The git work runs in a thread, so ending
-        a session with hundreds of tasks (a cancel) answers at once."""
+        the branches of tasks that only read (gates, reviews, plans), merged bases, and work
+        that changed nothing; the other work branches and the result branch stay. The git
+        work runs in a thread, so ending a session with hundreds of tasks (a cancel)
+        answers at once."""
         row = self.store.session(sid)
         if row is None or not row["base_commit"]:
             return
         tasks = self.store.tasks(sid)
-        scratch = [f"ccaa/{sid}/{t.id}" for t in tasks if t.kind not in ("work", "run", "resolve")]
+        scratch = [f"ccaa/{sid}/{t.id}" for t in tasks if t.kind not in ("work", "run", "resolve")
+                   or _changed_nothing(t)]
         scratch += [f"ccaa/{sid}/{t.id}-base" for t in tasks if t.kind == "work"]
         roots = [str(self.config.data_path() / "merges"),
                  str(self.config.data_path() / "worktrees")]
@@ -492,3 +494,9 @@ class Workflow(Reviews, Escalation):
     def _report(self, sid: str) -> dict[str, Any]:
         return self.orch.report(sid)
 
+
+def _changed_nothing(task: TaskRow) -> bool:
+    """A finished task whose last attempt committed no change: its branch is the base."""
+    data = task.result.get("data") or {}
+    return task.state in ("succeeded", "failed", "timed_out", "cancelled") \
+        and "files_changed" in data and not data["files_changed"]
