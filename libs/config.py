@@ -176,11 +176,16 @@ class ResourceLimits(_Section):
 
 
 class ReportingConfig(_Section):
-    real_time_updates: bool = True
+    real_time_updates: bool = Field(True, description="the dashboard's pages change on each "
+                                    "bus event (server-sent events); false: they refresh "
+                                    "every dashboard_refresh_interval")
     report_retention_hours: float = Field(24.0, gt=0)
-    dashboard_refresh_interval: float = Field(2.0, gt=0)
+    dashboard_refresh_interval: float = Field(
+        2.0, gt=0, description="seconds between the dashboard's refreshes without "
+        "real_time_updates (with it, a safety refresh every 10 s or this, if longer)")
     http_port: int = Field(8780, ge=0, le=65535,
-                           description="reporter HTTP port: /api/summary and /metrics")
+                           description="reporter HTTP port: the web dashboard, /api/summary "
+                           "and /metrics")
     http_token: str = Field("", description="token every request to the reporter must carry "
                             "(Authorization: Bearer, or ?token=); when empty and metrics.host "
                             "is not a loopback address, one is made in DATA_DIR/reporter.token")

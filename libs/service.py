@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import os
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -49,6 +49,7 @@ async def run_service(
     http_token: str = "",
     metrics_name: str = "",
     not_ready: Callable[[], str] | None = None,
+    http_factory: Callable[..., Any] | None = None,
 ) -> int:
     """Wire a service: metrics HTTP (with /healthz and /ready), peer, publisher; call
     ``build`` (which registers handlers and may return an async ``shutdown``); run until
@@ -71,9 +72,9 @@ async def run_service(
             return "not registered with the hub"
         return not_ready() if not_ready is not None else ""
 
-    http = HttpServer({"/metrics": metrics_route(registry), **health_routes(readiness),
-                       **(routes or {})},
-                      config.metrics.host, port, setting=setting, token=http_token)
+    http = (http_factory or HttpServer)(
+        {"/metrics": metrics_route(registry), **health_routes(readiness), **(routes or {})},
+        config.metrics.host, port, setting=setting, token=http_token)
     await http.start(ports if args.metrics_port is None else None)
     comm = config.communication
     # the URL other hosts scrape (the reporter lists it for Prometheus)

@@ -104,6 +104,8 @@ class SessionsCreated(Body):
 class CommandStatus(Body):
     TYPE = "command.status"
     session_id: str
+    #: also every attempt of every task (agent, state, start and end; without results)
+    attempts: bool = False
 
 
 class CommandCancel(Body):
@@ -144,11 +146,24 @@ class SessionInfo(Body):
     report: dict[str, Any] = {}
 
 
+class AttemptInfo(Body):
+    attempt_id: str
+    n: int
+    agent_id: str = ""
+    state: str
+    started_at: float
+    ended_at: float = 0.0
+    applied: bool = False
+    task_id: str = ""
+    result: dict[str, Any] = {}
+
+
 class CommandStatusReply(Body):
     TYPE = "command.status_reply"
     session: SessionInfo
     tasks: list[TaskInfo]
     history: list[dict[str, Any]] = []
+    attempts: list[AttemptInfo] = []  # when asked for, in the order they started
 
 
 class SessionList(Body):
@@ -161,15 +176,16 @@ class SessionListReply(Body):
     sessions: list[SessionInfo]
 
 
-class AttemptInfo(Body):
-    attempt_id: str
-    n: int
-    agent_id: str = ""
-    state: str
-    started_at: float
-    ended_at: float = 0.0
-    applied: bool = False
-    result: dict[str, Any] = {}
+class SessionCounts(Body):
+    """How many sessions and tasks are in each state (the state database's own count)."""
+
+    TYPE = "session.counts"
+
+
+class SessionCountsReply(Body):
+    TYPE = "session.counts_reply"
+    sessions: dict[str, int]
+    tasks: dict[str, int]
 
 
 class TaskLogs(Body):

@@ -56,6 +56,8 @@ ROUTES: dict[str, str] = {
     "session.created_batch": "orchestrator -> commands (reply)",
     "session.list": "client -> orchestrator",
     "session.list_reply": "orchestrator -> client (reply)",
+    "session.counts": "client, reporter -> orchestrator",
+    "session.counts_reply": "orchestrator -> client (reply)",
     "task.logs": "client -> orchestrator",
     "task.logs_reply": "orchestrator -> client (reply): the task and every attempt's result",
     "task.enqueue": "orchestrator -> distributor",

@@ -40,6 +40,8 @@ _MODELS: list[type[Body]] = [
     command.SessionsCreated,
     command.SessionList,
     command.SessionListReply,
+    command.SessionCounts,
+    command.SessionCountsReply,
     command.TaskLogs,
     command.TaskLogsReply,
     task.TaskEnqueue,

@@ -37,6 +37,15 @@ DURATION_BUCKETS = (0.01, 0.05, 0.25, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 180
                     7200)
 
 
+def count_states(conn: sqlite3.Connection, table: str) -> dict[str, int]:
+    """Rows of ``table`` (sessions or tasks) by state, every state listed (indexed)."""
+    states = [s.value for s in (SessionState if table == "sessions" else TaskState)]
+    counts = dict.fromkeys(states, 0)
+    counts.update({state: n for state, n in conn.execute(
+        f"SELECT state, count(*) FROM {table} GROUP BY state")})
+    return counts
+
+
 class StateCounts(Collector):
     """Read from the database when scraped (a restart of any service changes nothing):
     ``ccaa_sessions{state}`` and ``ccaa_tasks{state}`` (indexed on state), and for each
@@ -78,15 +87,11 @@ class StateCounts(Collector):
                                      "database)", labels=["state"])
         tasks = GaugeMetricFamily("ccaa_tasks", "tasks by state (from the state database)",
                                   labels=["state"])
-        for family, table, states in ((sessions, "sessions", [s.value for s in SessionState]),
-                                      (tasks, "tasks", [s.value for s in TaskState])):
-            counts = dict.fromkeys(states, 0)
+        for family, table in ((sessions, "sessions"), (tasks, "tasks")):
             try:
-                rows = self.conn.execute(
-                    f"SELECT state, count(*) FROM {table} GROUP BY state").fetchall()
+                counts = count_states(self.conn, table)
             except sqlite3.Error:
                 continue  # the store's own checks report a broken database
-            counts.update({state: n for state, n in rows})
             for state, n in counts.items():
                 family.add_metric([state], n)
             yield family

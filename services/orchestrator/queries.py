@@ -33,13 +33,27 @@ def task_info(t: TaskRow) -> TaskInfo:
                     parent=t.parent, meta=t.meta)
 
 
-def status(store: Store, session_id: str) -> CommandStatusReply:
+def attempt_info(r: Any, with_result: bool = True) -> AttemptInfo:
+    return AttemptInfo(attempt_id=r["id"], n=r["n"], agent_id=r["agent_id"],
+                       state=r["state"], started_at=r["started_at"], ended_at=r["ended_at"],
+                       applied=bool(r["applied"]),
+                       result=json.loads(r["result"]) if with_result else {},
+                       task_id=r["task_id"])
+
+
+def status(store: Store, session_id: str, attempts: bool = False) -> CommandStatusReply:
     row = store.session(session_id)
     if row is None:
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no session {session_id!r}")
-    return CommandStatusReply(session=session_info(row),
-                              tasks=[task_info(t) for t in store.tasks(session_id)],
-                              history=store.history(session_id))
+    reply = CommandStatusReply(session=session_info(row),
+                               tasks=[task_info(t) for t in store.tasks(session_id)],
+                               history=store.history(session_id))
+    if attempts:
+        reply.attempts = [attempt_info(r, with_result=False) for r in store.conn.execute(
+            "SELECT a.id, a.task_id, a.n, a.agent_id, a.state, a.started_at, a.ended_at,"
+            " a.applied FROM attempts a JOIN tasks t ON t.id = a.task_id"
+            " WHERE t.session_id=? ORDER BY a.started_at", (session_id,))]
+    return reply
 
 
 def sessions(store: Store, limit: int) -> SessionListReply:
@@ -52,10 +66,7 @@ def logs(store: Store, task_id: str) -> TaskLogsReply:
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no task {task_id!r}")
     rows = store.conn.execute("SELECT * FROM attempts WHERE task_id=? ORDER BY n",
                               (task.id,)).fetchall()
-    attempts = [AttemptInfo(attempt_id=r["id"], n=r["n"], agent_id=r["agent_id"],
-                            state=r["state"], started_at=r["started_at"], ended_at=r["ended_at"],
-                            applied=bool(r["applied"]), result=json.loads(r["result"]))
-                for r in rows]
+    attempts = [attempt_info(r) for r in rows]
     return TaskLogsReply(task=task_info(task), attempts=attempts)
 
 

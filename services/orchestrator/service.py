@@ -34,6 +34,8 @@ from protocols.command import (
     SessionState,
     TaskLogs,
     TaskLogsReply,
+    SessionCounts,
+    SessionCountsReply,
 )
 from protocols.audit import AuditQuery, AuditReply
 from protocols.events import (
@@ -57,7 +59,7 @@ from protocols.task import (
 )
 from protocols.header import HUB
 from services.orchestrator import queries
-from services.orchestrator.metrics import OrchestratorMetrics
+from services.orchestrator.metrics import OrchestratorMetrics, count_states
 from services.orchestrator.audit import AuditLog
 from services.orchestrator.report import session_report
 from services.orchestrator.intake import Intake
@@ -102,6 +104,7 @@ class Orchestrator(Safeguards, Intake, Scheduling):
             TaskAccepted.TYPE: guarded(self.on_accepted),
             TaskResult.TYPE: guarded(self.on_result),
             SessionList.TYPE: self.on_list,
+            SessionCounts.TYPE: self.on_counts,
             TaskLogs.TYPE: self.on_logs,
             TaskWaiting.TYPE: guarded(self.on_waiting),
             AgentStats.TYPE: self.on_agent_stats,
@@ -113,15 +116,19 @@ class Orchestrator(Safeguards, Intake, Scheduling):
     async def on_status(self, msg: Message) -> CommandStatusReply:
         body = msg.body
         assert isinstance(body, CommandStatus)
-        return self.status(body.session_id)
+        return self.status(body.session_id, body.attempts)
 
-    def status(self, session_id: str) -> CommandStatusReply:
-        return queries.status(self.store, session_id)
+    def status(self, session_id: str, attempts: bool = False) -> CommandStatusReply:
+        return queries.status(self.store, session_id, attempts)
 
     async def on_list(self, msg: Message) -> SessionListReply:
         body = msg.body
         assert isinstance(body, SessionList)
         return queries.sessions(self.store, body.limit)
+
+    async def on_counts(self, msg: Message) -> SessionCountsReply:
+        return SessionCountsReply(sessions=count_states(self.store.conn, "sessions"),
+                                  tasks=count_states(self.store.conn, "tasks"))
 
     async def on_audit(self, msg: Message) -> AuditReply:
         body = msg.body

@@ -45,6 +45,7 @@ class Reporter:
         self.waiting: dict[str, dict[str, Any]] = {}  # task -> why no agent can take it
         self.peers: list[PeerInfo] = []  # from the hub's registry, refreshed periodically
         self.sessions: list[dict[str, Any]] = []  # from the orchestrator, refreshed too
+        self.counts: dict[str, dict[str, int]] | None = None  # the orchestrator's, by state
         self._known: dict[int, set[str]] = {}
         self._seen: dict[str, float] = {}  # task/session id -> when last heard of
         for state in AGENT_STATES:
@@ -130,13 +131,31 @@ class Reporter:
                           "text": s.text.splitlines()[0][:120] if s.text else "",
                           "created_at": s.created_at} for s in sessions]
 
+    def set_counts(self, sessions: dict[str, int], tasks: dict[str, int]) -> None:
+        """The orchestrator's counts by state (its database): what the dashboard shows, so
+        that a restart of this reporter changes nothing."""
+        self.counts = {"sessions": sessions, "tasks": tasks}
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every registered agent with its host, role, state and load (the registry)."""
+        return sorted(({"name": p.name, "host": p.host, "role": p.role, "state": p.state.value,
+                        "load": p.load, "capacity": p.capacity, "running": p.running}
+                       for p in self.peers if p.kind.value == "agent"),
+                      key=lambda a: (a["host"], a["role"], a["name"]))
+
     def summary(self) -> dict[str, Any]:
+        seen = self.counts is None
         return {
             "uptime_s": round(self.clock() - self.started, 3),
             "events_by_topic": dict(self.by_topic),
-            "tasks_by_state": dict(Tally(self.task_state.values())),
-            "sessions_by_state": dict(Tally(self.session_state.values())),
+            # the orchestrator's counts once known; until then what this reporter has seen
+            "counts_from": "events" if seen else "orchestrator",
+            "tasks_by_state": dict(Tally(self.task_state.values())) if seen
+            else {k: v for k, v in self.counts["tasks"].items() if v},
+            "sessions_by_state": dict(Tally(self.session_state.values())) if seen
+            else {k: v for k, v in self.counts["sessions"].items() if v},
             "agents_by_state": dict(Tally(self.agent_state.values())),
+            "agents": self.agents(),
             "agent_activity": self.activity,
             "waiting_for_agents": self.waiting,
             "recent_sessions": self.sessions,

@@ -108,7 +108,18 @@ def test_task_completes_through_the_real_path(procs, bus, tmp_path):
         time.sleep(0.05)  # wait-ok: polling an HTTP endpoint under a deadline
     with urllib.request.urlopen(reporter_metrics + "/", timeout=5) as r:
         assert r.headers["Content-Type"].startswith("text/html")
-        assert 'fetch("/api/summary" + location.search)' in r.read().decode()  # live dashboard
+        assert 'getJSON("/api/summary")' in r.read().decode()  # live dashboard
+    # the counts come from the orchestrator's database (a reporter restart changes nothing)
+    deadline = time.monotonic() + 10
+    while summary()["counts_from"] != "orchestrator":
+        assert time.monotonic() < deadline, summary()
+        time.sleep(0.05)  # wait-ok: polling an HTTP endpoint under a deadline
+    assert summary()["sessions_by_state"] == {"succeeded": 1}
+    with urllib.request.urlopen(f"{reporter_metrics}/api/session/{status.session.session_id}",
+                                timeout=5) as r:
+        status = json.loads(r.read())
+    assert status["session"]["state"] == "succeeded"
+    assert [t["task_id"] for t in status["tasks"]] == [task.task_id]
     with urllib.request.urlopen(reporter_metrics + "/metrics", timeout=5) as r:
         text = r.read().decode()
     assert 'ccaa_events_total{topic="session.succeeded"} 1.0' in text

@@ -33,11 +33,16 @@ def test_off_loopback_every_endpoint_needs_the_token(procs, bus):
     token_file = bus.data_dir / "reporter.token"
     token = token_file.read_text().strip()
     assert len(token) >= 24 and stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
-    for path in ("/", "/api/summary", "/api/targets", "/metrics"):
+    for path in ("/", "/api/summary", "/api/targets", "/metrics", "/session/s-1",
+                 "/api/events", "/api/events?session=s-1"):
         assert get(base + path) == 401, path
         assert get(base + path, token="wrong") == 401, path
         assert get(base + path, token=token) == 200, path
-    assert get(f"{base}/api/summary?token={token}") == 200  # what the dashboard page passes on
+    # what the dashboard's pages pass on (EventSource cannot send headers)
+    assert get(f"{base}/api/summary?token={token}") == 200
+    assert get(f"{base}/api/events?token={token}") == 200
+    assert get(f"{base}/api/session/s-1") == 401
+    assert get(f"{base}/healthz") == 200  # health checks need no token
 
 
 @pytest.mark.timeout(60)

@@ -25,6 +25,8 @@ from protocols.command import (
     SessionsCreated,
     SessionList,
     SessionListReply,
+    SessionCounts,
+    SessionCountsReply,
     TaskLogs,
     TaskLogsReply,
     AttemptInfo,
@@ -154,6 +156,8 @@ SAMPLES: dict[str, Body] = {
     "queue.stats_reply": QueueStatsReply(queued={"worker": 3}, agents={"worker": 2},
                                          busy={"worker": 2}),
     "session.list": SessionList(limit=5),
+    "session.counts": SessionCounts(),
+    "session.counts_reply": SessionCountsReply(sessions={"running": 1}, tasks={"queued": 2}),
     "session.list_reply": SessionListReply(sessions=[
         SessionInfo(session_id="sess-1", type=CommandType.IMPLEMENT_FEATURE, text="t", repo="/r",
                     state=SessionState.PARTIAL, created_at=1.0, updated_at=2.0, cost_usd=0.25,

@@ -137,7 +137,9 @@ def test_summary_shape_is_json(env):
     summary = json.loads(json.dumps(reporter.summary()))
     assert set(summary) == {"uptime_s", "events_by_topic", "tasks_by_state",
                             "sessions_by_state", "agents_by_state", "agent_activity",
-                            "recent_sessions", "waiting_for_agents"}
+                            "recent_sessions", "waiting_for_agents", "counts_from",
+                            "agents"}
+    assert summary["counts_from"] == "events"  # until the orchestrator's counts arrive
     assert summary["uptime_s"] == pytest.approx(12.346)
     assert summary["events_by_topic"] == {"task.queued": 1, "task.running": 2,
                                           "session.running": 1, "agent.registered": 1,
@@ -146,6 +148,34 @@ def test_summary_shape_is_json(env):
     assert summary["sessions_by_state"] == {"running": 1}
     assert summary["agents_by_state"] == {"idle": 1}
     assert summary["agent_activity"]["a1"]["task_id"] == "t1"
+
+
+def test_counts_from_the_orchestrator_replace_what_events_showed(env):
+    """After a reporter restart it has seen few events; the orchestrator's counts (from its
+    database) are what the dashboard shows, states with no row left out."""
+    reporter, _, _ = env
+    task(reporter, "t1", "succeeded")
+    reporter.set_counts({"succeeded": 80, "failed": 0}, {"succeeded": 95, "running": 2})
+    summary = reporter.summary()
+    assert summary["counts_from"] == "orchestrator"
+    assert summary["sessions_by_state"] == {"succeeded": 80}
+    assert summary["tasks_by_state"] == {"succeeded": 95, "running": 2}
+
+
+def test_agents_listed_by_host_and_role_with_load(env):
+    reporter, _, _ = env
+    reporter.set_peers([
+        PeerInfo(name="w2", kind=PeerKind.AGENT, role="worker", host="b", load=1, capacity=2,
+                 running=["t9"]),
+        PeerInfo(name="w1", kind=PeerKind.AGENT, role="worker", host="a"),
+        PeerInfo(name="m1", kind=PeerKind.AGENT, role="manager", host="a"),
+        PeerInfo(name="orchestrator", kind=PeerKind.SERVICE, host="a"),
+    ])
+    agents = reporter.agents()
+    assert [(a["host"], a["role"], a["name"]) for a in agents] == [
+        ("a", "manager", "m1"), ("a", "worker", "w1"), ("b", "worker", "w2")]
+    assert agents[2]["load"] == 1 and agents[2]["capacity"] == 2
+    assert agents[2]["running"] == ["t9"]
 
 
 def test_empty_summary(env):
