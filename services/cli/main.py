@@ -17,7 +17,7 @@ from libs.log import setup_logging
 from libs.peer import HubUnreachable, RegistrationRefused, RequestFailed, RequestTimeout
 from libs.sqlite import DatabaseError
 from services.cli import interrupt
-from services.cli import exits, prune, settings, stack_cmds
+from services.cli import exits, logs, prune, settings, stack_cmds
 from services.cli.exits import WaitTimeout
 from services.cli.args import config_args, duration, json_flag, json_out, load
 from services.cli.state import since as state_since
@@ -27,7 +27,6 @@ from protocols.command import (
     CommandSubmit,
     CommandType,
     SessionList,
-    TaskLogs,
 )
 
 EPILOG = """Typical use:
@@ -39,6 +38,8 @@ EPILOG = """Typical use:
   ccaa batch tasks.txt --type RUN --wait   many commands at once, one per line
   ccaa watch SESSION                       follow a running session (again) to its end
   ccaa show SESSION                        the task DAG with states, gates and cost
+  ccaa logs -f TASK                        a task's attempts, then its live output
+  ccaa logs -f --service orchestrator      a service's log on this host (--agent NAME)
   ccaa node --hub tcp://HOST:5555          this host's agent pools, as a node of that hub
   ccaa agent --hub tcp://HOST:5555         attach one more agent from any host
   ccaa audit --since 1d                    who submitted, cancelled, registered, was refused
@@ -110,10 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("logs", help="a task's attempts: agent, outcome, output, figures")
-    config_args(p)
-    p.add_argument("task_id")
-    p.add_argument("--json", action="store_true")
+    logs.add_parser(sub)
 
     p = sub.add_parser("audit", help="who did what: submits, cancels, registrations, refusals, "
                        "key changes, prunes, backups")
@@ -283,15 +281,6 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logs(args: argparse.Namespace) -> int:
-    from services.cli import views
-
-    reply = asyncio.run(_ask(_load(args), "orchestrator", TaskLogs(task_id=args.task_id)))
-    if not json_out(args, reply):
-        print(views.logs(reply))
-    return 0
-
-
 def cmd_keys(args: argparse.Namespace) -> int:
     from services.cli.keys import keys
 
@@ -341,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"demo": cmd_demo, **stack_cmds.HANDLERS, "config": settings.cmd_config,
                 "prune": lambda a: prune.main_for(a, _load(a)),
                 "submit": cmd_submit, "batch": cmd_batch, "watch": cmd_watch, "show": cmd_show, "sessions": cmd_sessions,
-                "logs": cmd_logs, "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
+                "logs": lambda a: logs.cmd_logs(a, _load(a)), "cancel": cmd_cancel, "keys": cmd_keys, "audit": cmd_audit,
                 "backup": cmd_backup, "restore": cmd_restore}
     try:
         return interrupt.run(handlers[args.cmd], args)
