@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import shutil
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -61,11 +63,22 @@ def keys_path(keys_dir: str) -> Path:
 
 
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
+    kind = "keypair" if secret else "public key"
     try:
+        if secret:
+            _check_private(path)
         return zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
-        kind = "keypair" if secret else "public key"
         raise KeyError_(f"cannot read the {kind} {path}: {exc} (run `ccaa keys init`)") from None
+
+
+def _check_private(path: Path) -> None:
+    """A secret key others on the host can read is an identity they can take (as ssh does,
+    refuse it rather than use it)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyError_(f"the secret key {path} is readable by others (mode {mode:04o}); "
+                        f"run `chmod 600 {path}`")
 
 
 def configure(curve: bool, keys_dir: str, client_key: str) -> ClientKeys | None:
@@ -220,8 +233,7 @@ def init(keys_dir: str, client: str = CLIENT_KEY) -> list[str]:
         raise KeyError_(f"{root} already has hub keys; add keys with `ccaa keys add NAME`")
     (root / AUTHORIZED).mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
-    zmq.auth.create_certificates(str(root), HUB_KEY)
-    _private(root / f"{HUB_KEY}.key_secret")
+    _create(root, HUB_KEY)
     # the hub's own event socket connects to its proxy with this keypair
     shutil.copy(root / f"{HUB_KEY}.key", root / AUTHORIZED / f"{HUB_KEY}.key")
     made = [str(root / f"{HUB_KEY}.key_secret")]
@@ -243,13 +255,19 @@ def add(keys_dir: str, name: str, grant: Grant | None = None) -> list[str]:
         raise KeyError_(f"{name!r} is not a usable key name")
     if (root / f"{name}.key").exists():
         raise KeyError_(f"a key named {name!r} already exists in {root}")
-    public, secret = zmq.auth.create_certificates(str(root), name)
-    _private(Path(secret))
+    public, secret = _create(root, name)
     grant = grant or Grant()
     (root / AUTHORIZED / f"{name}{GRANT}").write_text(json.dumps(asdict(grant)) + "\n")
     shutil.copy(public, root / AUTHORIZED / f"{name}.key")
     return [secret]
 
 
-def _private(path: Path) -> None:
-    path.chmod(0o600)
+def _create(root: Path, name: str) -> tuple[str, str]:
+    """A keypair whose secret half is never readable by others, not even for a moment."""
+    old = os.umask(0o077)
+    try:
+        public, secret = zmq.auth.create_certificates(str(root), name)
+    finally:
+        os.umask(old)
+    os.chmod(public, 0o644)  # the public half is meant to be shared
+    return public, secret

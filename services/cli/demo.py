@@ -21,7 +21,7 @@ from pathlib import Path
 from libs.client import BusClient
 from libs.config import SystemConfig, load_config
 from protocols.command import CommandSubmit, CommandType
-from services.cli import sample_repo, stack, views
+from services.cli import orphans, sample_repo, stack, views
 from services.cli.session_view import SessionFollower
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "model_server" / "scripts"
@@ -90,7 +90,9 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def start_model_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_model_server(workdir: Path, run_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The scripted model server, marked as started beside the stack in ``run_dir``:
+    `ccaa down` stops it with the services when the demo leaves them running."""
     scripts = sorted(SCRIPTS_DIR.glob("*.yaml"))
     if not scripts:
         raise SystemExit(f"ccaa demo: no demo scripts in {SCRIPTS_DIR}")
@@ -100,7 +102,8 @@ def start_model_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         args += ["--script", str(script)]
     log = open(workdir / "model-server.log", "ab")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-                            cwd=stack.project_root())
+                            cwd=stack.project_root(),
+                            env=dict(os.environ, **{orphans.BESIDE_ENV: str(run_dir)}))
     log.close()
     deadline = time.monotonic() + 20
     assert proc.stdout is not None
@@ -202,25 +205,44 @@ def demo(workdir: Path, live: bool, workers: int, keep: bool, timeout: float) ->
         if not os.environ.get("ANTHROPIC_API_KEY"):
             raise SystemExit("ccaa demo --live needs ANTHROPIC_API_KEY")
     else:
-        server, url = start_model_server(workdir)
+        server, url = start_model_server(workdir, stack.run_dir(config))
         env["CCAA_MODEL_BASE_URL"] = url
         print(f"scripted model server at {url} (offline; --live uses the real API)")
+    ok = came_up = False
+    dashboard = ""
     try:
         reply = stack.up(config, str(config_file), env, timeout=60,
                          progress=lambda line: _say(f"  ... {line}"))
+        came_up = True
         agents = [f"{p.name} ({p.role})" for p in reply.peers if p.kind.value == "agent"]
         print(f"services up; {len(agents)} agents: {', '.join(agents)}")
+        reporter = next((p for p in reply.peers if p.name == "reporter"), None)
+        if reporter is not None and reporter.metrics_url:
+            dashboard = reporter.metrics_url.removesuffix("metrics")
+            print(f"dashboard at {dashboard}")
         finals = asyncio.run(run_sessions(config, repo, timeout * 3))
         ok = show_results(repo, finals)
     finally:
-        try:
-            if not keep:
+        if keep and came_up:  # leave the stack running
+            _kept(config_file, dashboard)
+        else:
+            try:
                 stack.down(config)
                 _say("services stopped")
-        finally:
-            if server is not None:
-                stop_process(server)
+            finally:
+                if server is not None:
+                    stop_process(server)
     return 0 if ok else 1
+
+
+def _kept(config_file: Path, dashboard: str) -> None:
+    """--keep: the services (and the model server) go on; say how to reach and stop them."""
+    _say("\nthe services are still running (--keep), with this demo's configuration:")
+    _say(f"  ccaa status --config {config_file}")
+    _say(f"  export CCAA_CONFIG={config_file}   # then plain 'ccaa status', 'ccaa submit', ...")
+    if dashboard:
+        _say(f"  dashboard: {dashboard}")
+    _say(f"  ccaa down --config {config_file}   # stops them all, the model server too")
 
 
 def _say(line: str) -> None:

@@ -14,9 +14,18 @@ from libs import proctrack
 _MODULE = re.compile(r"^services\.(\w+)$")
 
 
-def find(run_dir: str) -> list[psutil.Process]:
-    """Live processes started by the stack whose run directory is ``run_dir``."""
-    return proctrack.find_by_env("CCAA_RUN_DIR", run_dir)
+#: marks a process started beside a stack for it (the demo's model server): `ccaa down`
+#: stops it with the stack, while `ccaa up`, clearing what a dead supervisord left, does not
+BESIDE_ENV = "CCAA_BESIDE_RUN_DIR"
+
+
+def find(run_dir: str, beside: bool = False) -> list[psutil.Process]:
+    """Live processes started by the stack whose run directory is ``run_dir`` (and, with
+    ``beside``, those started beside it)."""
+    found = proctrack.find_by_env("CCAA_RUN_DIR", run_dir)
+    if beside:
+        found += [p for p in proctrack.find_by_env(BESIDE_ENV, run_dir) if p not in found]
+    return found
 
 
 def describe(proc: psutil.Process) -> str:

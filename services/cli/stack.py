@@ -92,10 +92,11 @@ def _forget_supervisord(config: SystemConfig) -> None:
             pass
 
 
-def stop_orphans(config: SystemConfig) -> list[str]:
-    """With supervisord dead, stop what it had started (found by run directory); returns
-    what was stopped."""
-    left = orphans.find(str(run_dir(config)))
+def stop_orphans(config: SystemConfig, beside: bool = False) -> list[str]:
+    """With supervisord dead, stop what it had started (found by run directory), with
+    ``beside`` also what was started beside it (orphans.BESIDE_ENV); returns what was
+    stopped."""
+    left = orphans.find(str(run_dir(config)), beside)
     stopped = orphans.stop(left) if left else []
     _forget_supervisord(config)
     return stopped
@@ -315,6 +316,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
+#: what `down` says when supervisord's tree was all there was
+DOWN_PLAIN = "stopped supervisord and everything it ran"
+
+
 def down(config: SystemConfig, timeout: float = 60.0) -> str:
     """Stop supervisord and with it every service (and the controller's agents); with
     supervisord dead, stop what it left running. Says what it did ("" if nothing ran)."""
@@ -322,7 +327,7 @@ def down(config: SystemConfig, timeout: float = 60.0) -> str:
 
     pid = supervisord_pid(config)
     if pid is None:
-        stopped = stop_orphans(config)
+        stopped = stop_orphans(config, beside=True)
         if not stopped:
             return ""
         return (f"supervisord was not running; stopped {len(stopped)} process(es) left from "
@@ -343,4 +348,10 @@ def down(config: SystemConfig, timeout: float = 60.0) -> str:
                         pass
             break
         time.sleep(0.05)
-    return "stopped supervisord and everything it ran"
+    # what escaped its tree (a task's daemon) carries the run directory too, and what was
+    # started beside it for this stack (the demo's model server) a marker of its own
+    stopped = stop_orphans(config, beside=True)
+    if stopped:
+        return (f"{DOWN_PLAIN}, and {len(stopped)} more "
+                f"process(es) of this stack: {', '.join(stopped)}")
+    return DOWN_PLAIN

@@ -205,7 +205,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     config = load(args)
     done = stack.down(config)
     emit(args, {"was_running": bool(done), "detail": done},
-         *([done] if done.startswith("supervisord was not running") else []),
+         *([done] if done and done != stack.DOWN_PLAIN else []),
          "ccaa is down" if done else "ccaa was not running")
     return 0
 

@@ -29,6 +29,14 @@ def test_curve_allows_listed_keys_only(procs, tmp_path):
     stranger.mkdir()
     zmq.auth.create_certificates(str(stranger), "client")
     (stranger / "hub.key").write_bytes((keys / "hub.key").read_bytes())
+    # keys made by ccaa are private from the first byte; one others can read is refused
+    for made in keys.glob("*.key_secret"):
+        assert made.stat().st_mode & 0o077 == 0, made
+    assert (keys / "client.key").stat().st_mode & 0o777 == 0o644
+    (stranger / "client.key_secret").chmod(0o644)
+    with pytest.raises(security.KeyError_, match=r"readable by others \(mode 0644\); run `chmod 600"):
+        security.configure(True, str(stranger), "client")
+    (stranger / "client.key_secret").chmod(0o600)
 
     hub = procs.service("services.hub", "--hub", "tcp://127.0.0.1:0", "--pub",
                         "tcp://127.0.0.1:0", "--sub", "tcp://127.0.0.1:0", "--metrics-port", "0",

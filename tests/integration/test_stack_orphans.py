@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import psutil
@@ -54,21 +56,33 @@ def test_down_and_up_recover_from_a_killed_supervisord(tmp_path):
         assert [p for p in left if _alive(p)] == []
         assert ccaa("down", config=config).stdout.strip() == "ccaa was not running"
 
-        # the same after a second kill, recovered by `ccaa up` this time
+        # the same after a second kill, recovered by `ccaa up` this time; a process started
+        # beside the stack for it (as the demo starts its model server) is marked so: that
+        # `ccaa up` leaves it be, and a plain `ccaa down` stops it with the rest
         up = ccaa("up", config=config)
         assert up.returncode == 0, up.stdout + up.stderr
+        beside = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                  env=dict(os.environ, CCAA_BESIDE_RUN_DIR=str(pidfile.parent)),
+                                  start_new_session=True)
+        seen.add(beside.pid)
         left = kill_supervisord(pidfile)
         seen.update(left)
         up = ccaa("up", config=config)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "supervisord had died; stopped 8 process(es)" in up.stderr
         assert [p for p in left if _alive(p)] == []
+        assert beside.poll() is None, "ccaa up stopped a process started beside the stack"
         status = ccaa("status", config=config)
         assert status.returncode == 0
         names = {line.split()[0] for line in status.stdout.splitlines()[1:]}
         assert {"hub", "orchestrator", f"controller@{socket.gethostname()}"} <= names, \
             status.stdout
         seen.update(tree_of(pidfile))
+
+        down = ccaa("down", config=config)
+        assert down.returncode == 0, down.stderr
+        assert "and 1 more process(es) of this stack" in down.stdout, down.stdout
+        assert beside.wait(10) is not None
     finally:
         down = ccaa("down", config=config)
         leftover = [p for p in seen if _alive(p)]
