@@ -25,6 +25,7 @@ from libs.config import ConfigError, SystemConfig
 from libs.events import EventSubscriber
 from libs.peer import RequestFailed, RequestTimeout
 from services.cli import exits, interrupt
+from services.cli.progress import Counter
 from protocols import Message
 from protocols.command import (CommandStatus, CommandSubmit, CommandType,
                                TERMINAL_SESSION_STATES)
@@ -86,11 +87,12 @@ def read_commands(lines: Iterable[str], args: argparse.Namespace) -> list[Comman
 class BatchWaiter:
     """Counts the sessions' ends from events; asks for the open ones after a silence."""
 
-    def __init__(self, out=None):
+    def __init__(self, stream=None, live: bool | None = None):
         self.states: dict[str, str] = {}  # session id -> terminal state
         self.wanted: set[str] = set()
         self.early: dict[str, str] = {}  # ends heard before the ids were known
-        self.out = out or (lambda text: print(text, file=sys.stderr))
+        self.stream = stream
+        self.live = live  # a bar (default: when the stream is a terminal) or lines
         self._news = asyncio.Event()
 
     def on_event(self, topic: str, msg: Message) -> None:
@@ -128,22 +130,22 @@ class BatchWaiter:
     async def wait(self, bus: BusClient, timeout: float | None) -> bool:
         """True once every session ended; False if ``timeout`` passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        shown = -1
-        while len(self.states) < len(self.wanted):
-            if len(self.states) != shown:
-                shown = len(self.states)
-                self.out(f"{time.strftime('%H:%M:%S')} {shown}/{len(self.wanted)} ended "
-                         f"({self.summary()})")
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            self._news.clear()
-            try:
-                await asyncio.wait_for(self._news.wait(),
-                                       POLL_AFTER if left is None else min(POLL_AFTER, left))
-            except asyncio.TimeoutError:
-                await self._poll(bus)
-        return True
+        shown = Counter("ended", len(self.wanted), self.stream, self.live)
+        try:
+            while len(self.states) < len(self.wanted):
+                shown.update(len(self.states), self.summary())
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._news.clear()
+                try:
+                    await asyncio.wait_for(self._news.wait(),
+                                           POLL_AFTER if left is None else min(POLL_AFTER, left))
+                except asyncio.TimeoutError:
+                    await self._poll(bus)
+            return True
+        finally:
+            shown.close(len(self.states), self.summary())
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
