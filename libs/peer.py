@@ -95,6 +95,7 @@ class Peer:
         self.comm = comm
         self.role = role
         self.capabilities = capabilities or []
+        self.auth = ""  # see PeerRegister.auth
         self.capacity = capacity
         self.metrics_url = metrics_url
         self.host = pysocket.gethostname()  # the host it reports
@@ -258,7 +259,7 @@ class Peer:
             name=self.name, kind=self.kind, role=self.role, capabilities=self.capabilities,
             capacity=self.capacity, pid=os.getpid(), host=self.host,
             metrics_url=self.metrics_url, reclaim=self._reclaim, token=self.comm.token,
-            user=local_user(),
+            user=local_user(), auth=self.auth,
         )
         wait = self.comm.heartbeat_interval * self.comm.liveness
         first_try = time.monotonic()

@@ -45,6 +45,9 @@ class PeerRegister(Body):
     token: str = Field(default="", max_length=256)
     #: the operating-system user running the peer (as it says; the key is what binds)
     user: str = Field(default="", max_length=64)
+    #: an agent running Claude Code: whether that CLI could authenticate when the agent
+    #: started ("ok", else why not); "" when it runs no Claude Code
+    auth: str = Field(default="", max_length=512)
 
 
 class PeerRegistered(Body):
@@ -136,6 +139,7 @@ class PeerInfo(Body):
     key: str = ""  # the CurveZMQ key it registered with
     user: str = ""  # the user it says it runs as
     host_stats: dict[str, float] = {}  # a controller's host: see PeerHeartbeat
+    auth: str = ""  # see PeerRegister.auth
 
 
 class RegistryList(Body):

@@ -14,7 +14,7 @@ from libs.config import ConfigError, SystemConfig
 from libs.runner import common_parser, run_main
 from libs.service import EXIT_UNREACHABLE, ServiceContext, run_service
 from protocols.peer import PeerKind
-from services.agent.executors.factory import claude_sessions_dir, executor_factory
+from services.agent.executors.factory import claude_sessions_dir, executor_factory, role_auth
 from services.agent.code import CodeSource
 from services.agent.service import Agent
 
@@ -56,9 +56,17 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     role = config.role(args.role)
     name = args.name or f"agent-{args.role}-{args.host_name}-{os.getpid()}"
     make_executor = executor_factory(config, args.role)
+    auth = ""
+    if role.executor == "claude":  # said in the registration: `ccaa submit` checks it
+        status = role_auth(config, args.role)
+        auth = "ok" if status.ok else status.detail[:512]
+        if not status.ok:
+            print(f"ccaa agent {name}: Claude Code cannot authenticate: {status.detail}",
+                  file=sys.stderr, flush=True)
 
     async def build(ctx: ServiceContext) -> Callable[[], Awaitable[None]]:
         peer = ctx.peer
+        peer.auth = auth
         peer.host = args.host_name
         peer.role = args.role
         peer.capacity = args.capacity or role.capacity

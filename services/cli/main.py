@@ -20,6 +20,7 @@ from services.cli import interrupt
 from services.cli import exits, logs, prune, settings, stack_cmds
 from services.cli.exits import WaitTimeout
 from services.cli.args import config_args, duration, json_flag, json_out, load
+from services.cli.credentials import SUBMIT_AUTH_HELP, submit_check
 from services.cli.state import since as state_since
 from protocols.command import (
     CommandCancel,
@@ -28,6 +29,7 @@ from protocols.command import (
     CommandType,
     SessionList,
 )
+from protocols.peer import PeerKind, RegistryList
 
 EPILOG = """Typical use:
   ccaa demo                                the whole system, offline, on a sample repository
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", action="append", dest="gates", metavar="NAME",
                    help="quality gate to run (repeatable; replaces the workflow's: tests, "
                         "coverage, lint, security, benchmark, or one from .ccaa.toml)")
+    p.add_argument("--skip-auth-check", action="store_true", help=SUBMIT_AUTH_HELP)
     p.add_argument("--wait", action="store_true", help="follow the session until it ends "
                    "(each task's start, tool calls and end; -v for everything)")
     p.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
@@ -214,6 +217,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
         follower = SessionFollower("", out=quiet, verbose=args.verbose)
         sub = follower.subscribe(config) if args.wait else None
         async with BusClient(config.communication) as bus:
+            if not args.skip_auth_check:
+                agents = await bus.request("hub", RegistryList(kind=PeerKind.AGENT))
+                refusal, warning = submit_check(agents.body.peers,  # type: ignore[attr-defined]
+                                                type_, args.role)
+                if refusal:
+                    if sub is not None:
+                        await sub.close()
+                    print(f"ccaa submit: {refusal}", file=sys.stderr)
+                    return exits.REFUSED
+                if warning:
+                    print(f"ccaa submit: warning: {warning}", file=sys.stderr)
             try:
                 reply = await bus.request("commands", body)
             except BaseException:

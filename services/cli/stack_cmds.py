@@ -11,46 +11,11 @@ from libs import security
 from protocols.peer import PeerKind
 from services.cli import exits
 from services.cli.args import config_args, emit, json_flag, json_out, load
+from services.cli.credentials import AUTH_HELP, claude_ready
 
 FOREGROUND_HELP = ("run supervisord in the foreground (for a container's entry point or a "
                    "systemd unit): no readiness wait, logs stay in the run directory, "
                    "SIGTERM stops everything")
-
-AUTH_HELP = ("start even if Claude Code cannot authenticate here (by default the roles that "
-             "run Claude Code on this host are checked first, with `claude auth status`)")
-
-
-def claude_ready(config, what: str) -> bool:
-    """Whether the Claude Code agents this host would run can authenticate; if not, say
-    exactly what to do. True when no role here runs Claude Code."""
-    import os
-
-    from services.agent.executors.claude import resolve_cli
-    from services.agent.executors.claude_auth import auth_status, effective_env
-    from services.agent.executors.factory import CLAUDE_PATH_ENV, claude_env
-
-    roles = [name for name, rc in config.agent_hierarchy.items()
-             if rc.executor == "claude" and rc.count > 0]
-    if not roles:
-        return True
-    paths = {config.agent_hierarchy[r].cli_path or os.environ.get(CLAUDE_PATH_ENV) or None
-             for r in roles}
-    env = effective_env(claude_env(config_dir=str(config.data_path() / "claude")))
-    for path in paths:
-        try:
-            cli = resolve_cli(path)
-        except FileNotFoundError as exc:
-            print(f"{what}: the roles {', '.join(roles)} run Claude Code: {exc}",
-                  file=sys.stderr)
-            return False
-        status = auth_status(cli, env)
-        if not status.ok:
-            print(f"{what}: the roles {', '.join(roles)} run Claude Code, which cannot "
-                  f"authenticate here: {status.detail}\n(--skip-auth-check starts anyway)",
-                  file=sys.stderr)
-            return False
-    return True
-
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="start the six services under supervisord and wait for them")

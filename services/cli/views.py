@@ -161,8 +161,11 @@ def logs(reply: TaskLogsReply) -> str:
 
 def _peer_row(p: PeerInfo, indent: str = "") -> str:
     load = f"{p.load}/{p.capacity}" if p.kind == PeerKind.AGENT else "-"
-    return (f"{indent + p.name:<36} {p.kind.value:<8} {p.role or '-':<10} {p.state.value:<8} "
-            f"{load:<6} {p.pid}")
+    row = (f"{indent + p.name:<36} {p.kind.value:<8} {p.role or '-':<10} {p.state.value:<8} "
+           f"{load:<6} {p.pid}")
+    if p.auth and p.auth != "ok":
+        row += "  Claude Code cannot authenticate (ccaa claude status)"
+    return row
 
 
 def host_line(host: str, stats: dict[str, float]) -> str:

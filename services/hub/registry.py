@@ -40,7 +40,7 @@ class PeerEntry:
             capacity=i.capacity, state=self.state, load=self.load, running=self.running,
             pid=i.pid, host=i.host, metrics_url=i.metrics_url,
             registered_at=self.registered_at, last_seen_ago=round(now - self.last_seen, 3),
-            key=self.key, user=i.user, host_stats=self.host_stats,
+            key=self.key, user=i.user, host_stats=self.host_stats, auth=i.auth,
         )
 
 

@@ -93,7 +93,7 @@ def submit() -> CommandSubmit:
 SAMPLES: dict[str, Body] = {
     "peer.register": PeerRegister(name="agent-worker-1", kind=PeerKind.AGENT, role="worker",
                                   capabilities=["python"], capacity=2, pid=4242, host="box",
-                                  metrics_url="http://127.0.0.1:9000/metrics"),
+                                  metrics_url="http://127.0.0.1:9000/metrics", auth="ok"),
     "peer.registered": PeerRegistered(name="agent-worker-1", hub_id="hub-abc",
                                       heartbeat_interval=0.25, liveness=4),
     "peer.heartbeat": PeerHeartbeat(state=PeerState.BUSY, load=2, running=["t1", "t2"]),

@@ -55,6 +55,20 @@ def claude_sessions_dir(config: SystemConfig) -> Path:
     return config_dir(_claude_env_of(config))
 
 
+def role_auth(config: SystemConfig, role_name: str):
+    """Whether the Claude Code CLI this role's agents run can authenticate here, with the
+    environment they give it (claude_auth.AuthStatus; a missing CLI is a failure too)."""
+    from services.agent.executors.claude import resolve_cli
+    from services.agent.executors.claude_auth import AuthStatus, auth_status, effective_env
+
+    role = config.role(role_name)
+    try:
+        cli = resolve_cli(role.cli_path or os.environ.get(CLAUDE_PATH_ENV) or None)
+    except FileNotFoundError as exc:
+        return AuthStatus(False, "none", str(exc))
+    return auth_status(cli, effective_env(_claude_env_of(config)))
+
+
 def _claude(config: SystemConfig, role: RoleConfig) -> Executor:
     from services.agent.executors.claude import ClaudeExecutor  # the SDK loads only if used
 
