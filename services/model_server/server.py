@@ -109,6 +109,11 @@ class ModelServer:
                     return found
                 self._cond.wait(left)
 
+    def messages(self) -> list[Recorded]:
+        """The Messages API requests (not probes, token counts or refused requests)."""
+        return [r for r in self.requests
+                if r.path == "/v1/messages" and isinstance(r.body.get("messages"), list)]
+
     def conversations(self) -> list[Recorded]:
         """Requests that carried tools (the agent's main loop, not side requests)."""
         return [r for r in self.requests if r.body.get("tools")]
@@ -227,7 +232,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "not_found_error", f"no route {self.command} {path}")
 
     def do_GET(self) -> None:  # noqa: N802
-        self._unknown(self.path.split("?", 1)[0], {})
+        path = self.path.split("?", 1)[0]
+        if path == "/api/hello" and self.command in ("GET", "HEAD"):  # the CLI's reachability probe (claude auth status sends it)
+            self._record(path, {}, None, 200)
+            if self.command == "HEAD":
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return None
+            return self._json(200, {"message": "hello"})
+        self._unknown(path, {})
 
     do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET  # noqa: N815
 

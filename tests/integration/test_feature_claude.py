@@ -52,7 +52,7 @@ def test_feature_with_a_failing_gate_sent_back_and_fixed(procs, bus, tmp_path):
                 return await wait_for(done, 200, "the session", interval=0.2)
 
         status = asyncio.run(go())
-        requests = list(model.requests)
+        requests = model.messages()
 
     st = status.session
     assert st.state.value == "succeeded", (st.detail, [(t.kind, t.key, t.state.value)

@@ -74,7 +74,7 @@ def test_a_retry_on_another_agent_resumes_the_session_it_fetched(procs, bus, tmp
                 return final
 
         final = asyncio.run(go())
-        requests = list(model.requests)
+        requests = model.messages()
 
     task = final.tasks[0]
     assert final.session.state.value == "succeeded", (final.session.detail, task.result)

@@ -276,6 +276,19 @@ def test_bad_input_gets_400_and_unknown_paths_404(server):
     assert [(r.method, r.path, r.status) for r in server.requests][-4:] == [
         ("POST", "/v1/other", 404), ("GET", "/v1/models", 404),
         ("POST", "/v1/messages/count_tokens", 200), ("POST", "/v1/messages", 200)]
+    assert [r.path for r in server.messages()][-1:] == ["/v1/messages"]
+    assert all(r.body.get("messages") for r in server.messages())
+
+
+def test_the_clis_reachability_probe_is_answered(server):
+    conn = connect(server)
+    conn.request("HEAD", "/api/hello")  # claude auth status sends this
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200
+    conn.close()
+    assert [(r.method, r.path, r.status) for r in server.requests] == [("HEAD", "/api/hello", 200)]
+    assert server.messages() == [] and server.unmatched() == []
 
 
 def test_odd_but_valid_json_never_crashes_the_matcher(server):
