@@ -66,7 +66,7 @@ ROUTES: dict[str, str] = {
     "queue.stats": "controller -> distributor (auto-scaling)",
     "queue.stats_reply": "distributor -> controller (reply)",
     "task.assign": "distributor -> agent",
-    "task.dispatched": "distributor -> task owner (orchestrator)",
+    "task.dispatched": "distributor -> task owner (orchestrator); honoured, no longer sent",
     "task.accepted": "agent -> distributor (reply to task.assign) and -> owner",
     "task.progress": "agent -> event topic task.progress",
     "task.result": "agent -> owner, resent until acknowledged",

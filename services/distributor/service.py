@@ -28,7 +28,6 @@ from protocols.task import (
     QueueStats,
     QueueStatsReply,
     TaskAssign,
-    TaskDispatched,
     TaskEnqueue,
     TaskReleased,
     TaskSpec,
@@ -415,10 +414,9 @@ class Distributor:
             self.dispatch_soon()  # another agent may take it now
             self.peer.spawn(self._dispatch_after(pause))
             return
+        # the agent tells the owner itself (task.accepted), so the owner hears of it one
+        # routed leg sooner and this side sends nothing more
         self.log.info("assigned", agent=agent_name, task=spec.task_id, attempt=spec.attempt_id)
-        self.peer.send(spec.owner, TaskDispatched(task_id=spec.task_id,
-                                                  attempt_id=spec.attempt_id,
-                                                  agent_id=agent_name))
         self.dispatch_soon()
 
     async def _dispatch_after(self, delay: float) -> None:

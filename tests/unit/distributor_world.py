@@ -18,7 +18,6 @@ from protocols.task import (
     AgentStatsReply,
     TaskAccepted,
     TaskAssign,
-    TaskDispatched,
     TaskEnqueue,
     TaskReleased,
     TaskSpec,
@@ -47,6 +46,7 @@ class FakePeer:
     def __init__(self):
         self.sent: list[tuple[str, Body]] = []
         self.assigns: list[tuple[str, TaskSpec]] = []
+        self.accepted: list[tuple[str, str]] = []  # (attempt, agent) of assignments taken
         self.refuse: set[str] = set()  # agents that answer busy
         self.silent: set[str] = set()  # agents that never answer
         self.tasks: list[asyncio.Task] = []
@@ -74,6 +74,7 @@ class FakePeer:
             raise RequestTimeout(f"no reply from {dst}")
         reply = TaskAccepted(task_id=body.task.task_id, attempt_id=body.task.attempt_id,
                              agent_id=dst)
+        self.accepted.append((body.task.attempt_id, dst))
         return Message(make_header(reply.TYPE, dst, self.name), reply)
 
     def spawn(self, coro) -> asyncio.Task:
@@ -96,7 +97,7 @@ class FakePeer:
                 quiet += 1
 
     def dispatched(self) -> list[tuple[str, str]]:
-        return [(b.attempt_id, b.agent_id) for d, b in self.sent if isinstance(b, TaskDispatched)]
+        return list(self.accepted)
 
 
 class Clock:

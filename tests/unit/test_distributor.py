@@ -13,7 +13,6 @@ from protocols.task import (
     AgentRecord,
     AgentStatsReply,
     QueueStats,
-    TaskDispatched,
     TaskEnqueue,
     TaskReleased,
     TaskWaiting,
@@ -26,14 +25,14 @@ pytestmark = pytest.mark.timeout(30)
 from tests.unit.distributor_world import World, run, spec
 
 
-def test_enqueue_assigns_and_tells_the_owner():
+def test_enqueue_assigns_and_leaves_telling_the_owner_to_the_agent():
     async def go(w: World):
         w.d.agent_up("agent-1", "worker", ["python"], 2)
         ack = await w.enqueue(spec("a1", caps=["python"], owner="orch-2"))
         assert ack == Ack(detail="queued")
         assert [(d, s.attempt_id) for d, s in w.peer.assigns] == [("agent-1", "a1")]
-        assert w.peer.sent == [("orch-2", TaskDispatched(task_id="t-a1", attempt_id="a1",
-                                                         agent_id="agent-1"))]
+        # the agent tells the owner (task.accepted); the distributor sends it nothing more
+        assert w.peer.dispatched() == [("a1", "agent-1")] and w.peer.sent == []
         assert w.d.agents["agent-1"].inflight == {"a1"}
         assert w.d.queue == {}
         assert w.metric("ccaa_tasks_assigned_total", strategy="load_balanced") == 1
