@@ -245,6 +245,21 @@ class Stack:
         self.capacity = {ROLES["noop"]: noop_capacity, ROLES["fork"]: 1}
         self.parallel = parallel or agents * sum(self.capacity.values()) * 2
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.kinds: dict[int, str] = {}  # pid -> what it is, for the CPU figures
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user+sys, with the children each has waited for: the forks of
+        the tasks) each kind of process has used so far."""
+        import psutil
+        out: dict[str, float] = {}
+        for proc in self.procs:
+            try:
+                t = psutil.Process(proc.pid).cpu_times()
+            except psutil.Error:
+                continue
+            kind = self.kinds.get(proc.pid, "?")
+            out[kind] = out.get(kind, 0.0) + t.user + t.system + t.children_user + t.children_system
+        return out
 
     def __enter__(self) -> "Stack":
         self.tmp = Path(tempfile.mkdtemp(prefix="ccaa-bench-"))
@@ -257,6 +272,9 @@ class Stack:
                             self.tmp / f"{role}{i}.log")
                       for role, capacity in self.capacity.items() for i in range(self.agents)]
             self.procs.extend(agents)
+            names = ["hub", "commands", "orchestrator", "distributor"]
+            self.kinds = {proc.pid: name for proc, name in zip(self.procs, names)}
+            self.kinds.update((proc.pid, "agents") for proc in agents)
             for proc in agents:
                 ready(proc)
         except BaseException:
@@ -284,11 +302,19 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 async def measure(stack: Stack, args: argparse.Namespace) -> dict:
     rounds: dict[str, list[dict]] = {"noop": [], "noop_batch": [], "fork": []}
+    cpu: dict[str, dict[str, float]] = {name: {} for name in rounds}  # CPU s by process kind
+
+    async def timed(name: str, run) -> None:
+        before = stack.cpu()
+        rounds[name].append(await run)
+        for kind, used in stack.cpu().items():
+            cpu[name][kind] = cpu[name].get(kind, 0.0) + used - before.get(kind, 0.0)
+
     async with Sessions(stack.comm, str(stack.tmp)) as s:
         for r in range(args.rounds):
-            rounds["noop"].append(await s.one_by_one(args.tasks, ROLES["noop"], args.concurrency))
-            rounds["noop_batch"].append(await s.batch(args.tasks, ROLES["noop"]))
-            rounds["fork"].append(await s.one_by_one(args.tasks, ROLES["fork"], args.concurrency))
+            await timed("noop", s.one_by_one(args.tasks, ROLES["noop"], args.concurrency))
+            await timed("noop_batch", s.batch(args.tasks, ROLES["noop"]))
+            await timed("fork", s.one_by_one(args.tasks, ROLES["fork"], args.concurrency))
             progress(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{k} {v[-1]['tasks_per_s']:.0f}/s" for k, v in rounds.items()))
         seq = await s.sequential(args.seq, ROLES["noop"])
@@ -300,6 +326,10 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict:
         if "p50_ms" in runs[0]:
             out[f"{name}_p50_ms"] = round(statistics.median(r["p50_ms"] for r in runs), 1)
             out[f"{name}_p99_ms"] = round(statistics.median(r["p99_ms"] for r in runs), 1)
+    done = args.tasks * args.rounds
+    out["cpu_ms_per_task"] = {name: {kind: round(used / done * 1000, 3)
+                                     for kind, used in sorted(by_kind.items())}
+                              for name, by_kind in cpu.items()}
     out["seq_p50_ms"] = round(statistics.median(seq), 2)
     out["seq_p99_ms"] = round(seq[max(0, int(len(seq) * 0.99) - 1)], 2)
     out["executor_alone_tasks_per_s"] = round(await executor_alone(300), 1)
@@ -326,6 +356,10 @@ def report(out: dict) -> None:
     print(f"  target fork >= 90% of executor alone: {out['fork_vs_executor_alone']:.0%} {ok}")
     print(f"  sequential submit -> succeeded: p50 {out['seq_p50_ms']} ms, "
           f"p99 {out['seq_p99_ms']} ms")
+    print("  CPU ms per task (user+sys, tasks' own processes in agents):")
+    for name, by_kind in out["cpu_ms_per_task"].items():
+        print(f"    {name:<11} total {sum(by_kind.values()):5.2f}: "
+              + ", ".join(f"{kind} {ms:.2f}" for kind, ms in by_kind.items()))
 
 
 def main() -> int:
