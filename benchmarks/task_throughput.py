@@ -42,6 +42,7 @@ from libs.client import BusClient  # noqa: E402
 from libs.config import CommunicationConfig  # noqa: E402
 from libs.events import EventSubscriber  # noqa: E402
 from protocols.command import CommandSubmit, CommandType  # noqa: E402
+from services.agent.executors.base import watch_children_by_pidfd  # noqa: E402
 
 #: the role of each workload's agents and what that role runs
 ROLES = {"noop": "worker", "fork": "utility"}
@@ -220,12 +221,15 @@ class Sessions:
 
 
 async def executor_alone(n: int) -> float:
-    """Tasks/s of the command executor running `true`, with no bus at all."""
+    """Tasks/s of the command executor running `true`, with no bus at all: as an agent
+    runs it (the task's own minimal environment; children watched as the agent watches
+    them, see main)."""
     from protocols.task import TaskSpec
     from services.agent.executors.base import RunContext
     from services.agent.executors.command import CommandExecutor
+    from services.agent.executors.environment import task_env
 
-    ex = CommandExecutor(["true"])
+    ex = CommandExecutor(["true"], env=task_env())
     t0 = time.perf_counter()
     for i in range(n):
         spec = TaskSpec(task_id=f"t{i}", attempt_id=f"a{i}", session_id="s", prompt="true",
@@ -376,6 +380,7 @@ def main() -> int:
                    help="run N noop sessions and compare the last 1,000 with the first")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args()
+    watch_children_by_pidfd()  # as an agent does: the executor alone runs in this process
     with Stack(args.agents, args.noop_capacity) as stack:
         if args.sustained:
             windows = asyncio.run(_sustained(stack, args.sustained))

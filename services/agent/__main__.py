@@ -14,6 +14,7 @@ from libs.config import ConfigError, SystemConfig
 from libs.runner import common_parser, run_main
 from libs.service import EXIT_UNREACHABLE, ServiceContext, run_service
 from protocols.peer import PeerKind
+from services.agent.executors.base import watch_children_by_pidfd
 from services.agent.executors.factory import claude_sessions_dir, executor_factory, role_auth
 from services.agent.code import CodeSource
 from services.agent.service import Agent
@@ -121,6 +122,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
+    watch_children_by_pidfd()
     try:
         return run_main(serve, p, argv)
     except ConfigError as exc:

@@ -48,9 +48,14 @@ class CodeSource:
         self.log = log
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def may_transfer(self, spec: TaskSpec) -> bool:
+        """False when the task's repository surely does not come over the bus (no git
+        needed to tell: most tasks that do not run in a worktree of their own)."""
+        return bool(spec.isolate and spec.base_commit) and self.cfg.mode != "never"
+
     def wants_transfer(self, spec: TaskSpec) -> bool:
         """Whether the task's repository comes over the bus (blocking: runs git)."""
-        if not (spec.isolate and spec.base_commit) or self.cfg.mode == "never":
+        if not self.may_transfer(spec):
             return False
         if self.cfg.mode == "always":
             return True
@@ -65,7 +70,7 @@ class CodeSource:
 
     async def checkout(self, spec: TaskSpec, progress: Any) -> Source:
         """The repository to make the task's worktree from, with the base commit in it."""
-        if not await asyncio.to_thread(self.wants_transfer, spec):
+        if not self.may_transfer(spec) or not await asyncio.to_thread(self.wants_transfer, spec):
             return Source(os.path.abspath(spec.cwd or os.getcwd()), False)
         cache = self.cache_path(spec)
         lock = self._locks.setdefault(str(cache), asyncio.Lock())

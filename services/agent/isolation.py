@@ -39,7 +39,9 @@ async def prepare(ctx: RunContext, root: str | None, setup: str = "",
         ctx.data["code"] = "transferred" if transferred else "in place"
     if not os.path.isdir(cwd):
         raise RuntimeError(f"working directory {cwd} does not exist on this host")
-    is_repo = await asyncio.to_thread(worktree.is_git_repo, cwd)
+    # no .git at or above it: surely no repository, and no git process (or thread) to ask
+    is_repo = worktree.dot_git(cwd) is not None and \
+        await asyncio.to_thread(worktree.is_git_repo, cwd)
     wt = None
     if spec.isolate and is_repo:
         wt = await asyncio.to_thread(worktree.create, cwd, spec.session_id, spec.task_id,
@@ -80,6 +82,8 @@ def record_changes(ctx: RunContext, ws: Workspace, status: str) -> None:
 
 
 async def finish(ctx: RunContext, ws: Workspace, status: str) -> None:
+    if not ws.base and not ws.transferred:
+        return  # outside git: nothing to commit or send back
     try:
         await asyncio.to_thread(record_changes, ctx, ws, status)
     except RuntimeError as exc:
