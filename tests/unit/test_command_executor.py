@@ -255,3 +255,44 @@ def test_output_that_is_not_a_result_line_reports_nothing(tmp_path, last):
     ctx, _ = make_ctx(f"echo '{last}'", str(tmp_path))
     asyncio.run(ex.run(ctx))
     assert "total_cost_usd" not in ctx.data and "model_usage" not in ctx.data
+
+
+def test_children_watched_by_pidfd_run_commands_without_a_thread_each(tmp_path):
+    """With pidfds watching children (as every agent does), commands still end with their
+    exit codes, and running many starts no thread per child."""
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, sys, threading\n"
+        "from services.agent.executors.base import watch_children_by_pidfd\n"
+        "used = watch_children_by_pidfd()\n"
+        "async def main():\n"
+        "    codes = []\n"
+        "    most = threading.active_count()\n"
+        "    for code in (0, 3) * 10:\n"
+        "        p = await asyncio.create_subprocess_exec('sh', '-c', f'exit {code}')\n"
+        "        codes.append(await p.wait())\n"
+        "        most = max(most, threading.active_count())\n"
+        "    return codes, most\n"
+        "codes, most = asyncio.run(main())\n"
+        "print(used, type(asyncio.get_child_watcher()).__name__ if used else '-', "
+        "codes.count(0), codes.count(3), most)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=30)
+    assert out.returncode == 0, out.stderr
+    used, watcher, zeros, threes, threads = out.stdout.split()
+    assert (zeros, threes) == ("10", "10")
+    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+        assert (used, watcher) == ("True", "PidfdChildWatcher")
+        assert int(threads) <= 2  # the main thread (and at most one other), none per child
+
+
+def test_task_environment_keeps_the_baseline_and_passthrough_only():
+    from services.agent.executors.environment import task_env
+
+    environ = {"PATH": "/bin", "LC_ALL": "C", "NPM_TOKEN": "n", "AWS_SECRET": "s",
+               "PATHOLOGY": "no", "lc_all": "lower", "HOME": "/h"}
+    assert task_env((), environ) == {"PATH": "/bin", "LC_ALL": "C", "HOME": "/h"}
+    assert task_env(("NPM_*",), environ) == {"PATH": "/bin", "LC_ALL": "C", "HOME": "/h",
+                                            "NPM_TOKEN": "n"}
