@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -149,6 +150,7 @@ def main() -> int:
             progress(f"round {r + 1}: {results[-1]}")
     finally:
         stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
     out = {key: round(statistics.median(r[key] for r in results), 3)
            for key in results[0] if key != "tasks"}
     ok = "PASS" if out["ratio"] <= 1.05 else "MISS"

@@ -323,6 +323,7 @@ def main() -> int:
         for peer in peers:
             pool.submit(peer.close).result()
         pool.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"{args.agents} worker processes each, {args.tasks} tasks per workload, "
           f"{args.rounds} interleaved rounds (medians); {time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} cores")

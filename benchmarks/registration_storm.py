@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,6 +138,7 @@ def main() -> int:
             parts.append(json.loads(out.decode().strip().splitlines()[-1]))
     finally:
         stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
     if os.environ.get("STORM_DEBUG"):
         print([part["unregistered"] for part in parts])
     reg = sorted(x for part in parts for x in part["registered"])

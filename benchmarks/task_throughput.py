@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -288,6 +289,7 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         stop(self.procs)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -1,0 +1,38 @@
+"""The throughput benchmark keeps its output contract (a script checks the figures): a
+small real run ends with one JSON line holding every figure the targets are read from,
+and leaves no data directory behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(180)
+def test_task_throughput_json_line_holds_every_target_figure(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # its data directories go here
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "task_throughput.py"), "--rounds", "1",
+         "--tasks", "60", "--agents", "2", "--seq", "10", "--json"],
+        capture_output=True, text=True, timeout=170, env=env, cwd=tmp_path,
+        start_new_session=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("noop_tasks_per_s", "noop_batch_tasks_per_s", "fork_tasks_per_s",
+                "executor_alone_tasks_per_s", "seq_p50_ms"):
+        assert isinstance(figures[key], (int, float)) and figures[key] > 0, key
+    assert figures["fork_vs_executor_alone"] == pytest.approx(
+        figures["fork_tasks_per_s"] / figures["executor_alone_tasks_per_s"], abs=0.002)
+    for workload in ("noop", "noop_batch", "fork"):
+        by_kind = figures["cpu_ms_per_task"][workload]
+        assert {"hub", "orchestrator", "distributor", "agents"} <= set(by_kind)
+        assert by_kind["orchestrator"] > 0 and by_kind["agents"] > 0
+    assert "target fork >= 90% of executor alone" in out.stdout  # target beside its figure
+    assert not list(tmp_path.glob("ccaa-bench-*")), "the benchmark left its data behind"
