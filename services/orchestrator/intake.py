@@ -5,6 +5,8 @@ its first tasks, or a cached analysis of the same commit and request."""
 from __future__ import annotations
 
 import json
+import os
+from collections import OrderedDict
 from typing import Any
 
 from libs.worktree import head_commit
@@ -12,7 +14,7 @@ from protocols import ErrorCode, Message, ProtocolError
 from protocols.command import (SessionCreate, SessionCreateBatch, SessionCreated,
                                SessionsCreated)
 from protocols.events import SessionEvent, session_topic
-from services.orchestrator.gates import GateConfigError, project_gates
+from services.orchestrator.gates import PROJECT_FILE, GateConfigError, project_gates
 from services.orchestrator.templates import Template
 from services.orchestrator.toolchain import resolve
 
@@ -36,7 +38,7 @@ class Intake:
 
     def _admit(self, bodies: list[SessionCreate], src: str) -> None:
         made: list[tuple[SessionCreate, Any]] = []
-        repos = _RepoFacts(self.config)
+        repos = _RepoFacts(self.config, self._gates_cache)
         with self.store.tx():
             for i, body in enumerate(bodies):
                 if self.store.session(body.session_id) is not None:
@@ -85,8 +87,9 @@ class Intake:
             raise ProtocolError(ErrorCode.INVALID_REQUEST,
                                 f"{body.type.value} needs a git repository with at least one "
                                 f"commit; {cmd.repo} is not one")
-        columns = {"template": template.model_dump(),
-                   "gates": {k: v.model_dump() for k, v in gates.items()},
+        columns = {"template": self._template_json(template),
+                   "gates": repos.gates_json(cmd.repo) if toolchain is None
+                   and cmd.gates is None else {k: v.model_dump() for k, v in gates.items()},
                    "budget_usd": cmd.budget_usd or template.budget_usd,
                    "max_parallel": cmd.max_parallel or template.max_parallel,
                    "priority": cmd.priority,
@@ -110,6 +113,17 @@ class Intake:
                        detail=f"{body.type.value} in {cmd.repo}: {cmd.text[:200]}")
         return cached
 
+    def _template_json(self, template: Template) -> str:
+        """The template as stored with each session, serialised once per template (the
+        configured ones live as long as the process; a request's own copy is not kept)."""
+        kept = self._template_cache.get(template.type)
+        if kept is not None and kept[0] is template:
+            return kept[1]
+        text = json.dumps(template.model_dump())
+        if self.templates.get(template.type) is template:
+            self._template_cache[template.type] = (template, text)
+        return text
+
     def _cached_analysis(self, body: SessionCreate, template: Template, base: str) -> Any:
         if not template.cache or not base:
             return None
@@ -117,21 +131,55 @@ class Intake:
                                        text=body.command.text, state="succeeded")
 
 
+#: repositories whose project gates are kept between intakes (least recently used go)
+GATES_CACHED = 256
+
+
+class GatesCache:
+    """Each repository's gates (the configuration's, overridden by its .ccaa.toml), kept
+    while that file is unchanged (same size and modification time) or still absent: read
+    and validated once, not for every session."""
+
+    def __init__(self, defaults: dict[str, Any]):
+        self.defaults = defaults
+        self._kept: OrderedDict[str, tuple[Any, dict[str, Any], str]] = OrderedDict()
+
+    def get(self, repo: str) -> tuple[dict[str, Any], str]:
+        """The gates (the kept mapping: copy it to change it) and their JSON as a session
+        stores them. Raises ProtocolError for a .ccaa.toml that is not valid."""
+        try:
+            st = os.stat(os.path.join(repo, PROJECT_FILE))
+            mark: Any = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            mark = None
+        kept = self._kept.get(repo)
+        if kept is not None and kept[0] == mark:
+            self._kept.move_to_end(repo)
+            return kept[1], kept[2]
+        try:
+            gates = project_gates(repo, self.defaults)
+        except GateConfigError as exc:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        text = json.dumps({k: v.model_dump() for k, v in gates.items()})
+        self._kept[repo] = (mark, gates, text)
+        while len(self._kept) > GATES_CACHED:
+            self._kept.popitem(last=False)
+        return gates, text
+
+
 class _RepoFacts:
     """What one intake learns of each repository (its gates, its HEAD), learned once."""
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, gates: GatesCache):
         self.config = config
-        self._gates: dict[str, dict[str, Any]] = {}
+        self._gates = gates
         self._heads: dict[str, str] = {}
 
     def gates(self, repo: str) -> dict[str, Any]:
-        if repo not in self._gates:
-            try:
-                self._gates[repo] = project_gates(repo, self.config.gates)
-            except GateConfigError as exc:
-                raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc)) from None
-        return dict(self._gates[repo])
+        return dict(self._gates.get(repo)[0])  # (callers may change their copy)
+
+    def gates_json(self, repo: str) -> str:
+        return self._gates.get(repo)[1]
 
     def head(self, repo: str) -> str:
         if repo not in self._heads:

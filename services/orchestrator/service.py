@@ -62,7 +62,7 @@ from services.orchestrator import queries
 from services.orchestrator.metrics import OrchestratorMetrics, count_states
 from services.orchestrator.audit import AuditLog
 from services.orchestrator.report import session_report
-from services.orchestrator.intake import Intake
+from services.orchestrator.intake import GatesCache, Intake
 from services.orchestrator.safeguards import TERMINAL, Safeguards
 from services.orchestrator.scheduling import DISTRIBUTOR, Scheduling
 from services.orchestrator.store import AfterCommit, Store, TaskRow
@@ -91,6 +91,8 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         self.metrics.watch_states(store.conn, store.clock)
         self.clock = clock
         self.templates = templates or load_templates(config.orchestrator.templates_dir)
+        self._gates_cache = GatesCache(config.gates)  # see services.orchestrator.intake
+        self._template_cache: dict[str, tuple[Any, str]] = {}
         self.workflow = Workflow(self)
         self.audit = AuditLog(store.conn, clock)
         self.store_problem = ""  # set for good once the database file is gone
