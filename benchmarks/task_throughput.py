@@ -264,6 +264,8 @@ class Stack:
                 continue
             kind = self.kinds.get(proc.pid, "?")
             out[kind] = out.get(kind, 0.0) + t.user + t.system + t.children_user + t.children_system
+        me = os.times()  # the submitting client: this process
+        out["client"] = me.user + me.system
         return out
 
     def __enter__(self) -> "Stack":

@@ -67,7 +67,8 @@ ROUTES: dict[str, str] = {
     "queue.stats_reply": "distributor -> controller (reply)",
     "task.assign": "distributor -> agent",
     "task.dispatched": "distributor -> task owner (orchestrator); honoured, no longer sent",
-    "task.accepted": "agent -> distributor (reply to task.assign) and -> owner",
+    "task.accepted": "agent -> distributor (reply to task.assign) and -> owner (once the "
+                     "attempt has run for 50 ms; a quicker one is told by its result)",
     "task.progress": "agent -> event topic task.progress",
     "task.result": "agent -> owner, resent until acknowledged",
     "task.result_ack": "owner -> agent (reply)",

@@ -247,11 +247,13 @@ class Orchestrator(Safeguards, Intake, Scheduling):
                                   f"{body.outcome.value} from {body.agent_id} (not applied)")
             return TaskResultAck(task_id=task.id, attempt_id=body.attempt_id,
                                  applied=bool(already and attempt["applied"]))
-        if task.state == "queued":  # its dispatched/accepted messages were lost
-            self.move(task, "assigned", f"to {body.agent_id} (known from its result)",
-                      agent_id=body.agent_id)
+        # an attempt that ended within moments is told by its result alone (its agent
+        # sends no task.accepted then); so is one whose accepted message was lost
+        if task.state == "queued":
+            self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
         if task.state == "assigned":
-            self.move(task, "running", f"on {body.agent_id} (known from its result)")
+            self.move(task, "running", f"on {body.agent_id}",
+                      started_at=self.clock() - body.duration_s)
         self._release(task, outcome=body.outcome.value, duration_s=body.duration_s)
         self._apply(task, body, result)
         self.schedule()

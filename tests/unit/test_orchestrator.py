@@ -224,23 +224,27 @@ def test_succeeded_result_finishes_task_and_session(tmp_path):
     scenario(tmp_path, go)
 
 
-def test_result_whose_dispatch_and_acceptance_were_lost_still_walks_every_state(tmp_path):
-    """The agent's result can be the first the orchestrator hears of an assignment (its
-    task.accepted and the distributor's task.dispatched were lost): the audit trail still
-    shows assigned and running, marked as known from the result, and the slot is freed."""
+def test_result_that_comes_first_still_walks_every_state(tmp_path):
+    """The agent's result can be the first the orchestrator hears of an assignment (an
+    attempt that ended within moments, whose agent sends no task.accepted, or one whose
+    task.accepted was lost): the audit trail still shows assigned and running, with the
+    agent and when it started, and the slot is freed."""
     async def go(w: World):
         task_id = await w.create("s1")
         attempt_id = w.task(task_id).attempt_id
-        ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-7", exit_code=0)
+        ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-7", exit_code=0,
+                             duration_s=2.5)
         assert ack.applied
         assert _task_history(w, "s1", task_id) == ["ready", "queued", "assigned", "running",
                                                     "succeeded"]
-        details = [e["detail"] for e in w.store.history("s1") if e["to_state"] == "assigned"]
-        assert details == ["to agent-7 (known from its result)"]
+        details = [e["detail"] for e in w.store.history("s1")
+                   if e["kind"] == "task" and e["to_state"] in ("assigned", "running")]
+        assert details == ["to agent-7", "on agent-7"]
         assert w.task(task_id).agent_id == "agent-7"
+        assert w.task(task_id).started_at == w.clock.now - 2.5
         assert w.peer.sent_of(TaskReleased) == [("distributor", TaskReleased(
             task_id=task_id, attempt_id=attempt_id, agent_id="agent-7",
-            outcome="succeeded"))]
+            outcome="succeeded", duration_s=2.5))]
     scenario(tmp_path, go)
 
 
