@@ -92,6 +92,9 @@ class TaskAccepted(Body):
     task_id: str
     attempt_id: str
     agent_id: str
+    #: seconds the attempt had already run when its agent told the owner (the owner
+    #: records it running from then, not from when the message came)
+    running_s: float = Field(default=0.0, ge=0, le=86_400)
 
 
 class TaskProgress(Body):

@@ -134,8 +134,10 @@ class Agent:
     def _tell_accepted(self, run: Running, accepted: TaskAccepted) -> None:
         run.notice = None
         if self.running.get(run.spec.attempt_id) is run:
+            told = accepted.model_copy(update={
+                "running_s": round(time.monotonic() - run.started, 3)})
             try:
-                self.peer.send(run.spec.owner, accepted)
+                self.peer.send(run.spec.owner, told)
             except ConnectionError:
                 pass  # the result (resent until acknowledged) records it all the same
 

@@ -211,11 +211,14 @@ class Orchestrator(Safeguards, Intake, Scheduling):
             return None
         if self._stop_cancelled(task, body.attempt_id, body.agent_id):
             return None
+        # the agent tells it once it has run a while (never earlier than it was queued)
+        started = max(self.clock() - body.running_s, task.enqueued_at or 0.0)
         if task.state == "queued":  # task.dispatched is still on its way
-            self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
+            self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id,
+                      at=started)
         if task.state == "assigned":
             self.move(task, "running", f"on {body.agent_id}", agent_id=body.agent_id,
-                      started_at=self.clock())
+                      started_at=started, at=started)
             self.store.set_attempt(body.attempt_id, agent_id=body.agent_id, state="running")
         return None
 
@@ -249,11 +252,12 @@ class Orchestrator(Safeguards, Intake, Scheduling):
                                  applied=bool(already and attempt["applied"]))
         # an attempt that ended within moments is told by its result alone (its agent
         # sends no task.accepted then); so is one whose accepted message was lost
+        started = max(self.clock() - body.duration_s, task.enqueued_at or 0.0)
         if task.state == "queued":
-            self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id)
+            self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id,
+                      at=started)
         if task.state == "assigned":
-            self.move(task, "running", f"on {body.agent_id}",
-                      started_at=self.clock() - body.duration_s)
+            self.move(task, "running", f"on {body.agent_id}", started_at=started, at=started)
         self._release(task, outcome=body.outcome.value, duration_s=body.duration_s)
         self._apply(task, body, result)
         self.schedule()
@@ -351,13 +355,16 @@ class Orchestrator(Safeguards, Intake, Scheduling):
 
     # ---- used by the workflow -----------------------------------------------------------
 
-    def move(self, task: TaskRow, to_state: str, detail: str = "", **fields: Any) -> None:
+    def move(self, task: TaskRow, to_state: str, detail: str = "", *,
+             at: float | None = None, **fields: Any) -> None:
+        """Record the task's new state (``at``: when it happened, if before now) and tell
+        the world once it is durable."""
         prev = task.state
         if to_state != "queued" and "waiting" in fields.get("meta", task.meta):
             # waiting for an agent is a property of a queued attempt only
             fields["meta"] = {k: v for k, v in fields.get("meta", task.meta).items()
                               if k != "waiting"}
-        self.store.transition(task, to_state, detail, **fields)
+        self.store.transition(task, to_state, detail, at=at, **fields)
         self.metrics.transitions.labels(to_state).inc()
         if to_state in TERMINAL:
             self.metrics.task_ended(task.role, task.kind, to_state,

@@ -387,9 +387,10 @@ class Store:
             return self.conn.execute(sql).fetchone()[0]
         return self.conn.execute(sql + " AND session_id=?", (session_id,)).fetchone()[0]
 
-    def transition(self, task: TaskRow, to_state: str, detail: str = "",
-                   **fields: Any) -> None:
-        """Move a task to ``to_state`` (and set other columns) with an audit event."""
+    def transition(self, task: TaskRow, to_state: str, detail: str = "", *,
+                   at: float | None = None, **fields: Any) -> None:
+        """Move a task to ``to_state`` (and set other columns) with an audit event (``at``:
+        when it happened, if earlier than now)."""
         now = self.clock()
         fields["state"] = to_state
         fields["updated_at"] = now
@@ -398,7 +399,8 @@ class Store:
         with self.tx() as c:
             c.execute(f"UPDATE tasks SET {cols} WHERE id=?", (*stored.values(), task.id))
             self._event(c, task.session_id, task.id, fields.get("attempt_id", task.attempt_id),
-                        kind="task", from_state=task.state, to_state=to_state, detail=detail)
+                        kind="task", from_state=task.state, to_state=to_state, detail=detail,
+                        at=at)
         for key, value in fields.items():
             setattr(task, key, value)
 
@@ -447,11 +449,12 @@ class Store:
             self._event(c, session_id, task_id, attempt_id, kind=kind, detail=detail)
 
     def _event(self, c: sqlite3.Connection, session_id: str, task_id: str = "", attempt_id: str = "",
-               *, kind: str, from_state: str = "", to_state: str = "", detail: str = "") -> None:
+               *, kind: str, from_state: str = "", to_state: str = "", detail: str = "",
+               at: float | None = None) -> None:
         c.execute(
             "INSERT INTO events (ts, session_id, task_id, attempt_id, kind, from_state, to_state,"
             " detail) VALUES (?,?,?,?,?,?,?,?)",
-            (self.clock(), session_id, task_id, attempt_id, kind, from_state, to_state, detail),
+            (self.clock() if at is None else at, session_id, task_id, attempt_id, kind, from_state, to_state, detail),
         )
 
 

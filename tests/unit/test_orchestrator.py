@@ -232,6 +232,7 @@ def test_result_that_comes_first_still_walks_every_state(tmp_path):
     async def go(w: World):
         task_id = await w.create("s1")
         attempt_id = w.task(task_id).attempt_id
+        w.clock.now += 10
         ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-7", exit_code=0,
                              duration_s=2.5)
         assert ack.applied
@@ -245,6 +246,30 @@ def test_result_that_comes_first_still_walks_every_state(tmp_path):
         assert w.peer.sent_of(TaskReleased) == [("distributor", TaskReleased(
             task_id=task_id, attempt_id=attempt_id, agent_id="agent-7",
             outcome="succeeded", duration_s=2.5))]
+    scenario(tmp_path, go)
+
+
+def test_accepted_records_running_from_when_the_attempt_started(tmp_path):
+    """An agent says task.accepted once the attempt has run a while: the owner records it
+    assigned and running from when it started (never before it was queued), so waits and
+    run times in the history are true."""
+    async def go(w: World):
+        task_id = await w.create("s1")
+        queued_at = w.clock.now
+        w.clock.now += 3.0
+        t = w.task(task_id)
+        await w.orch.on_accepted(w.msg(TaskAccepted(
+            task_id=task_id, attempt_id=t.attempt_id, agent_id="agent-1", running_s=0.05)))
+        assert w.task(task_id).started_at == pytest.approx(queued_at + 2.95)
+        ts = {e["to_state"]: e["ts"] for e in w.store.history("s1")
+              if e["kind"] == "task" and e["task_id"] == task_id}
+        assert ts["assigned"] == ts["running"] == pytest.approx(queued_at + 2.95)
+        # a claim of more than it could have run is held to the time it was queued
+        task2 = await w.create("s2")
+        t2 = w.task(task2)
+        await w.orch.on_accepted(w.msg(TaskAccepted(
+            task_id=task2, attempt_id=t2.attempt_id, agent_id="agent-1", running_s=3600)))
+        assert w.task(task2).started_at == pytest.approx(t2.enqueued_at)
     scenario(tmp_path, go)
 
 
