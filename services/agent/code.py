@@ -70,6 +70,7 @@ class CodeSource:
 
     async def checkout(self, spec: TaskSpec, progress: Any) -> Source:
         """The repository to make the task's worktree from, with the base commit in it."""
+        # (no thread hop for the common case that needs no git to decide)
         if not self.may_transfer(spec) or not await asyncio.to_thread(self.wants_transfer, spec):
             return Source(os.path.abspath(spec.cwd or os.getcwd()), False)
         cache = self.cache_path(spec)

@@ -172,14 +172,20 @@ class _RepoFacts:
 
     def __init__(self, config: Any, gates: GatesCache):
         self.config = config
-        self._gates = gates
+        self._cache = gates
+        self._gates: dict[str, tuple[dict[str, Any], str]] = {}
         self._heads: dict[str, str] = {}
 
+    def _got(self, repo: str) -> tuple[dict[str, Any], str]:
+        if repo not in self._gates:  # one look at the .ccaa.toml per intake
+            self._gates[repo] = self._cache.get(repo)
+        return self._gates[repo]
+
     def gates(self, repo: str) -> dict[str, Any]:
-        return dict(self._gates.get(repo)[0])  # (callers may change their copy)
+        return dict(self._got(repo)[0])  # (callers may change their copy)
 
     def gates_json(self, repo: str) -> str:
-        return self._gates.get(repo)[1]
+        return self._got(repo)[1]
 
     def head(self, repo: str) -> str:
         if repo not in self._heads:

@@ -61,7 +61,8 @@ def test_down_and_up_recover_from_a_killed_supervisord(tmp_path):
         # `ccaa up` leaves it be, and a plain `ccaa down` stops it with the rest
         up = ccaa("up", config=config)
         assert up.returncode == 0, up.stdout + up.stderr
-        beside = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+        # a long-lived stand-in process (it is stopped by `ccaa down`, never waited on)
+        beside = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],  # wait-ok
                                   env=dict(os.environ, CCAA_BESIDE_RUN_DIR=str(pidfile.parent)),
                                   start_new_session=True)
         seen.add(beside.pid)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 
 from protocols.task import Outcome, TaskSpec
 
+
 def watch_children_by_pidfd() -> bool:
     """Have asyncio learn that a child process ended through a pidfd (Linux 5.3+), not
     with a thread of its own per child, as Python 3.11's default watcher does (a thread
