@@ -4,11 +4,12 @@ it as a session, and answer ``command.accepted`` with the session id."""
 from __future__ import annotations
 
 import os
-import uuid
+
 
 from prometheus_client import CollectorRegistry, Counter
 
 from libs.config import SystemConfig
+from libs.ids import ordered_id
 from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message, ProtocolError
@@ -59,7 +60,7 @@ class Commands:
             type_, reason = cmd.type, "given by the request"
         else:
             type_, reason = classify(cmd.text)
-        return SessionCreate(session_id=f"s-{uuid.uuid4().hex[:10]}", command=cmd, type=type_,
+        return SessionCreate(session_id=ordered_id("s"), command=cmd, type=type_,
                              classification=reason, submitter=src)
 
     async def _create(self, body: Body, n: int) -> None:

@@ -19,7 +19,7 @@ from protocols.peer import PeerInfo
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, action TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, action TEXT NOT NULL,
     actor TEXT NOT NULL, who TEXT NOT NULL DEFAULT '', session_id TEXT NOT NULL DEFAULT '',
     detail TEXT NOT NULL DEFAULT ''
 );

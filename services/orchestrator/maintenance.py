@@ -35,13 +35,7 @@ def prune_sessions(store: Store, cutoff: float, batch: int = BATCH) -> int:
             (*states, cutoff, batch))]
         if not ids:
             return removed
-        some = ",".join("?" * len(ids))
-        with store.tx() as c:
-            c.execute(f"DELETE FROM attempts WHERE task_id IN "
-                      f"(SELECT id FROM tasks WHERE session_id IN ({some}))", ids)
-            c.execute(f"DELETE FROM tasks WHERE session_id IN ({some})", ids)
-            c.execute(f"DELETE FROM events WHERE session_id IN ({some})", ids)
-            c.execute(f"DELETE FROM sessions WHERE id IN ({some})", ids)
+        store.delete_sessions(ids)
         removed += len(ids)
 
 

@@ -65,7 +65,7 @@ from services.orchestrator.report import session_report
 from services.orchestrator.intake import GatesCache, Intake
 from services.orchestrator.safeguards import TERMINAL, Safeguards
 from services.orchestrator.scheduling import DISTRIBUTOR, Scheduling
-from services.orchestrator.store import AfterCommit, Store, TaskRow
+from services.orchestrator.store import AfterCommit, Step, Store, TaskRow
 from services.orchestrator.templates import Template, load_templates
 from services.orchestrator.workflow import Workflow
 
@@ -213,14 +213,23 @@ class Orchestrator(Safeguards, Intake, Scheduling):
             return None
         # the agent tells it once it has run a while (never earlier than it was queued)
         started = max(self.clock() - body.running_s, task.enqueued_at or 0.0)
-        if task.state == "queued":  # task.dispatched is still on its way
-            self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id,
-                      at=started)
-        if task.state == "assigned":
-            self.move(task, "running", f"on {body.agent_id}", agent_id=body.agent_id,
-                      started_at=started, at=started)
+        if self._start(task, body.agent_id, started):
             self.store.set_attempt(body.attempt_id, agent_id=body.agent_id, state="running")
         return None
+
+    def _start(self, task: TaskRow, agent_id: str, started: float) -> bool:
+        """Record that ``agent_id`` took the task's attempt and has been running it since
+        ``started`` (queued -> assigned -> running, the steps not recorded yet, in one
+        write; task.dispatched may still be on its way). False: it was running already."""
+        steps: list[Step] = []
+        if task.state == "queued":
+            steps.append(("assigned", f"to {agent_id}", started, {"agent_id": agent_id}))
+        if task.state in ("queued", "assigned"):
+            steps.append(("running", f"on {agent_id}", started,
+                          {"agent_id": agent_id, "started_at": started}))
+        if steps:
+            self.move_through(task, steps)
+        return bool(steps)
 
     async def on_result(self, msg: Message) -> TaskResultAck:
         body = msg.body
@@ -253,11 +262,7 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         # an attempt that ended within moments is told by its result alone (its agent
         # sends no task.accepted then); so is one whose accepted message was lost
         started = max(self.clock() - body.duration_s, task.enqueued_at or 0.0)
-        if task.state == "queued":
-            self.move(task, "assigned", f"to {body.agent_id}", agent_id=body.agent_id,
-                      at=started)
-        if task.state == "assigned":
-            self.move(task, "running", f"on {body.agent_id}", started_at=started, at=started)
+        self._start(task, body.agent_id, started)
         self._release(task, outcome=body.outcome.value, duration_s=body.duration_s)
         self._apply(task, body, result)
         self.schedule()
@@ -359,19 +364,31 @@ class Orchestrator(Safeguards, Intake, Scheduling):
              at: float | None = None, **fields: Any) -> None:
         """Record the task's new state (``at``: when it happened, if before now) and tell
         the world once it is durable."""
-        prev = task.state
-        if to_state != "queued" and "waiting" in fields.get("meta", task.meta):
-            # waiting for an agent is a property of a queued attempt only
-            fields["meta"] = {k: v for k, v in fields.get("meta", task.meta).items()
-                              if k != "waiting"}
-        self.store.transition(task, to_state, detail, at=at, **fields)
-        self.metrics.transitions.labels(to_state).inc()
-        if to_state in TERMINAL:
-            self.metrics.task_ended(task.role, task.kind, to_state,
-                                    self.clock() - task.created_at)
-        self.events.publish(task_topic(to_state), TaskEvent(
-            session_id=task.session_id, task_id=task.id, attempt_id=task.attempt_id,
-            state=to_state, prev_state=prev, agent_id=task.agent_id, detail=detail[:500]))
+        self.move_through(task, [(to_state, detail, at, fields)])
+
+    def move_through(self, task: TaskRow, steps: list[Step]) -> None:
+        """Record the task's steps through its states (state, detail, at, columns) in one
+        write, each with its history entry, and tell the world of each once durable."""
+        told = []
+        state, agent, meta = task.state, task.agent_id, task.meta
+        for to_state, detail, _, fields in steps:
+            if to_state != "queued" and "waiting" in fields.get("meta", meta):
+                # waiting for an agent is a property of a queued attempt only
+                fields["meta"] = {k: v for k, v in fields.get("meta", meta).items()
+                                  if k != "waiting"}
+            meta = fields.get("meta", meta)
+            agent = fields.get("agent_id", agent)
+            told.append((state, to_state, agent, detail))
+            state = to_state
+        self.store.transitions(task, steps)
+        for prev, to_state, agent, detail in told:
+            self.metrics.transitions.labels(to_state).inc()
+            if to_state in TERMINAL:
+                self.metrics.task_ended(task.role, task.kind, to_state,
+                                        self.clock() - task.created_at)
+            self.events.publish(task_topic(to_state), TaskEvent(
+                session_id=task.session_id, task_id=task.id, attempt_id=task.attempt_id,
+                state=to_state, prev_state=prev, agent_id=agent, detail=detail[:500]))
 
     def reopen(self, task: TaskRow, detail: str, **fields: Any) -> None:
         """Send finished work back: a new attempt follows (same branch, new instructions)."""

@@ -16,8 +16,9 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
+from libs.ids import ordered_id
 from libs.sqlite import connect
 
 SCHEMA = """
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts(task_id);
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, session_id TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, session_id TEXT NOT NULL,
     task_id TEXT NOT NULL DEFAULT '', attempt_id TEXT NOT NULL DEFAULT '', kind TEXT NOT NULL,
     from_state TEXT NOT NULL DEFAULT '', to_state TEXT NOT NULL DEFAULT '',
     detail TEXT NOT NULL DEFAULT ''
@@ -69,6 +70,10 @@ ADDED_INDEXES = ["CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions(cre
 
 
 JSON_COLUMNS = ("result", "depends_on", "meta")
+EVENT_INSERT = ("INSERT INTO events (ts, session_id, task_id, attempt_id, kind, from_state,"
+                " to_state, detail) VALUES (?,?,?,?,?,?,?,?)")
+#: one step of a task through its states: (state, detail, when or None for now, columns)
+Step = tuple[str, str, Optional[float], dict[str, Any]]
 TASK_DEFAULTS: dict[str, Any] = {
     "priority": 0, "kind": "run", "key": "", "depends_on": [], "parent": "", "base": "",
     "executor": "", "isolate": 1, "tier": 0, "meta": {}, "state": "ready",
@@ -92,7 +97,7 @@ def _open_copy(path: str) -> str:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{os.urandom(5).hex()}"
+    return ordered_id(prefix)
 
 
 @dataclass
@@ -142,9 +147,14 @@ class TaskRow:
     def from_row(cls, row: sqlite3.Row) -> "TaskRow":
         data = dict(row)
         data["result_json"] = data.pop("result")
-        for key in ("depends_on", "meta"):
-            data[key] = json.loads(data[key])
+        data["depends_on"] = _load(data["depends_on"], "[]", list)
+        data["meta"] = _load(data["meta"], "{}", dict)
         return cls(**data)
+
+
+def _load(text: str, empty: str, kind: type) -> Any:
+    """JSON ``text`` decoded (most tasks hold the empty value: no parse for it)."""
+    return kind() if text == empty else json.loads(text)
 
 
 class Store:
@@ -167,6 +177,10 @@ class Store:
         self._after_commit: list[Callable[[], None]] = []
         self._commit_failed: sqlite3.Error | None = None
         self.commits = 0  # transactions committed (how the tests see the grouping)
+        #: session rows read in this turn of the loop (a turn reads one several times);
+        #: dropped as a session is written, and all at the turn's end, commit or rollback
+        self._sessions: dict[str, sqlite3.Row | None] = {}
+        self._forget_soon = False
 
     def _file_identity(self) -> tuple[int, int] | None:
         if self.path == ":memory:":
@@ -217,6 +231,7 @@ class Store:
         try:
             yield self.conn
         except BaseException:
+            self._sessions.clear()
             for statement in rollback:
                 self.conn.execute(statement)
             raise
@@ -254,6 +269,7 @@ class Store:
         if not self._group_open:
             return
         self._group_open = False
+        self._sessions.clear()
         waiting, self._after_commit = self._after_commit, []
         try:
             self.conn.execute("COMMIT")
@@ -286,6 +302,7 @@ class Store:
                 "request": request, "created_at": now, "updated_at": now,
                 "base_commit": base_commit, **columns}
         cols = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in cols.items()}
+        self._sessions.pop(session_id, None)
         with self.tx() as c:
             c.execute(f"INSERT INTO sessions ({', '.join(cols)}) VALUES "
                       f"({', '.join('?' * len(cols))})", tuple(cols.values()))
@@ -313,6 +330,7 @@ class Store:
         cols = {k: json.dumps(v) if isinstance(v, (dict, list)) else v
                 for k, v in columns.items()}
         cols["updated_at"] = self.clock()
+        self._sessions.pop(session_id, None)
         with self.tx() as c:
             c.execute(f"UPDATE sessions SET {', '.join(f'{k}=?' for k in cols)} WHERE id=?",
                       (*cols.values(), session_id))
@@ -328,9 +346,45 @@ class Store:
                                  (limit,)).fetchall()
 
     def session(self, session_id: str) -> sqlite3.Row | None:
-        return self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if session_id in self._sessions:
+            return self._sessions[session_id]
+        row = self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if self._keep_for_turn():
+            self._sessions[session_id] = row
+        return row
+
+    def _keep_for_turn(self) -> bool:
+        """Whether a row read now may be kept until this turn of the loop ends (with group
+        commit on; every write of a session goes through this class and drops it)."""
+        if self._group_open or self._forget_soon:
+            return True
+        if not self.group_commit:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        loop.call_soon(self._forget)
+        self._forget_soon = True
+        return True
+
+    def _forget(self) -> None:
+        self._forget_soon = False
+        self._sessions.clear()
+
+    def delete_sessions(self, ids: list[str]) -> None:
+        """Delete sessions with their tasks, attempts and history, in one transaction."""
+        some = ",".join("?" * len(ids))
+        self._sessions.clear()
+        with self.tx() as c:
+            c.execute(f"DELETE FROM attempts WHERE task_id IN "
+                      f"(SELECT id FROM tasks WHERE session_id IN ({some}))", ids)
+            c.execute(f"DELETE FROM tasks WHERE session_id IN ({some})", ids)
+            c.execute(f"DELETE FROM events WHERE session_id IN ({some})", ids)
+            c.execute(f"DELETE FROM sessions WHERE id IN ({some})", ids)
 
     def set_session_state(self, session_id: str, state: str, detail: str = "") -> None:
+        self._sessions.pop(session_id, None)
         with self.tx() as c:
             row = c.execute("SELECT state FROM sessions WHERE id=?", (session_id,)).fetchone()
             c.execute("UPDATE sessions SET state=?, detail=?, updated_at=? WHERE id=?",
@@ -391,17 +445,29 @@ class Store:
                    at: float | None = None, **fields: Any) -> None:
         """Move a task to ``to_state`` (and set other columns) with an audit event (``at``:
         when it happened, if earlier than now)."""
+        self.transitions(task, [(to_state, detail, at, fields)])
+
+    def transitions(self, task: TaskRow, steps: list[Step]) -> None:
+        """Move a task through several states at once, each step (state, detail, at,
+        columns) with its audit event: one UPDATE with the last value of each column."""
         now = self.clock()
-        fields["state"] = to_state
-        fields["updated_at"] = now
-        stored = {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in fields.items()}
+        merged: dict[str, Any] = {}
+        events = []
+        state = task.state
+        for to_state, detail, at, fields in steps:
+            merged.update(fields)
+            merged["state"] = to_state
+            events.append((now if at is None else at, task.session_id, task.id,
+                           merged.get("attempt_id", task.attempt_id), "task", state, to_state,
+                           detail))
+            state = to_state
+        merged["updated_at"] = now
+        stored = {k: json.dumps(v) if k in JSON_COLUMNS else v for k, v in merged.items()}
         cols = ", ".join(f"{k}=?" for k in stored)
         with self.tx() as c:
             c.execute(f"UPDATE tasks SET {cols} WHERE id=?", (*stored.values(), task.id))
-            self._event(c, task.session_id, task.id, fields.get("attempt_id", task.attempt_id),
-                        kind="task", from_state=task.state, to_state=to_state, detail=detail,
-                        at=at)
-        for key, value in fields.items():
+            c.executemany(EVENT_INSERT, events)
+        for key, value in merged.items():
             setattr(task, key, value)
 
     def update_task(self, task: TaskRow, **fields: Any) -> None:
@@ -451,11 +517,8 @@ class Store:
     def _event(self, c: sqlite3.Connection, session_id: str, task_id: str = "", attempt_id: str = "",
                *, kind: str, from_state: str = "", to_state: str = "", detail: str = "",
                at: float | None = None) -> None:
-        c.execute(
-            "INSERT INTO events (ts, session_id, task_id, attempt_id, kind, from_state, to_state,"
-            " detail) VALUES (?,?,?,?,?,?,?,?)",
-            (self.clock() if at is None else at, session_id, task_id, attempt_id, kind, from_state, to_state, detail),
-        )
+        c.execute(EVENT_INSERT, (self.clock() if at is None else at, session_id, task_id,
+                                 attempt_id, kind, from_state, to_state, detail))
 
 
 class AfterCommit:

@@ -101,6 +101,45 @@ def test_without_a_loop_every_transaction_commits_at_once(tmp_path):
     assert not store.conn.in_transaction and sessions_seen(outside(tmp_path)) == 1
 
 
+def test_a_turn_reads_a_session_once_and_sees_its_own_writes(tmp_path):
+    store = grouped_store(tmp_path)
+    store.create_session("s1", "RUN", "t", "/r", "", {}, [])
+    reads: list[str] = []
+    store.conn.set_trace_callback(lambda sql: reads.append(sql) if sql.startswith(
+        "SELECT * FROM sessions") else None)
+
+    async def go():
+        first = store.session("s1")
+        assert store.session("s1") is first and len(reads) == 1  # kept for the turn
+        store.update_session("s1", cost_usd=2.5)
+        assert store.session("s1")["cost_usd"] == 2.5  # a write drops the kept row
+        store.set_session_state("s1", "succeeded")
+        assert store.session("s1")["state"] == "succeeded"
+        with pytest.raises(RuntimeError):
+            with store.tx():
+                store.update_session("s1", cost_usd=9.0)
+                assert store.session("s1")["cost_usd"] == 9.0
+                raise RuntimeError("undone")
+        assert store.session("s1")["cost_usd"] == 2.5  # the undone write is not seen
+        store.delete_sessions(["s1"])
+        assert store.session("s1") is None
+        store.session("ghost")
+        await asyncio.sleep(0)  # wait-ok: the end of this turn commits and forgets
+        n = len(reads)
+        store.session("ghost")
+        store.session("ghost")
+        assert len(reads) == n + 1  # read again in a new turn, then kept for it
+        await asyncio.sleep(0)  # wait-ok: a turn that only read forgets too
+        store.session("ghost")
+        assert len(reads) == n + 2
+
+    asyncio.run(go())
+    assert sessions_seen(outside(tmp_path)) == 0
+    store.session("s1")
+    store.session("s1")
+    assert reads[-2:] == ["SELECT * FROM sessions WHERE id='s1'"] * 2  # no loop: none kept
+
+
 def make_peer(name: str) -> Peer:
     return Peer(name=name, kind=PeerKind.SERVICE, comm=CommunicationConfig(),
                 registry=CollectorRegistry())

@@ -241,6 +241,10 @@ def test_result_that_comes_first_still_walks_every_state(tmp_path):
         details = [e["detail"] for e in w.store.history("s1")
                    if e["kind"] == "task" and e["to_state"] in ("assigned", "running")]
         assert details == ["to agent-7", "on agent-7"]
+        told = [(b.prev_state, b.state, b.agent_id) for _, b in w.events.published
+                if getattr(b, "task_id", "") == task_id and b.state != "queued"]
+        assert told == [("queued", "assigned", "agent-7"), ("assigned", "running", "agent-7"),
+                        ("running", "succeeded", "agent-7")]
         assert w.task(task_id).agent_id == "agent-7"
         assert w.task(task_id).started_at == w.clock.now - 2.5
         assert w.peer.sent_of(TaskReleased) == [("distributor", TaskReleased(
