@@ -28,7 +28,7 @@ ROUTES: dict[str, str] = {
     "peer.heartbeat": "peer -> hub, hub -> peer (reply)",
     "peer.disconnect": "peer -> hub",
     "error": "anyone -> the sender of a bad or failed request (reply)",
-    "ack": "distributor -> orchestrator (reply to task.enqueue)",
+    "ack": "orchestrator -> agent (reply to repo.release and repo.push_chunk)",
     "bus.bundle": "any peer -> any peer: the messages it sends that peer in one turn",
     "registry.list": "any peer -> hub",
     "registry.list_reply": "hub -> peer (reply)",

@@ -22,7 +22,7 @@ from libs.config import SystemConfig
 from libs.log import EventLogger, get_logger
 from libs.peer import Peer, RequestFailed, RequestTimeout
 from protocols import ErrorCode, Message
-from protocols.peer import Ack, PeerInfo, PeerKind, RegistryList
+from protocols.peer import PeerInfo, PeerKind, RegistryList
 from protocols.task import (
     AgentStats,
     QueueStats,
@@ -111,18 +111,20 @@ class Distributor:
 
     # ---- intake -----------------------------------------------------------------------
 
-    async def on_enqueue(self, msg: Message) -> Ack:
+    async def on_enqueue(self, msg: Message) -> None:
+        """One-way: the owner tells an attempt again while it stays queued on its side, so
+        an attempt already here (queued or assigned) is not queued twice."""
         spec = msg.body.task  # type: ignore[attr-defined]
         if spec.attempt_id in self.queue:
             entry = self.queue[spec.attempt_id]
             if entry.waiting:  # the owner may have restarted: say it again
                 self._tell_waiting(entry)
-            return Ack(detail="already queued")
+            return None
         if self._holder(spec.attempt_id) is not None:
-            return Ack(detail="already queued")
+            return None
         self._put(Queued(spec, self.clock()))
         self.dispatch_soon()
-        return Ack(detail="queued")
+        return None
 
     async def on_released(self, msg: Message) -> None:
         body = msg.body

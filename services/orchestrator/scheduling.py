@@ -1,13 +1,13 @@
 """Starting ready tasks, mixed into the Orchestrator: within max_parallel_tasks overall and
-each session's max_parallel and budget, in priority order, each attempt enqueued with the
-distributor as its own task."""
+each session's max_parallel and budget, in priority order, each attempt told to the
+distributor in a one-way task.enqueue (bundled with the turn's other messages; an attempt
+still queued after the resend interval is told again, and the distributor dedupes)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from libs.peer import RequestFailed, RequestTimeout
 from protocols.events import SessionEvent
 from protocols.task import MAX_SUMMARY, TaskEnqueue, TaskSpec
 from services.orchestrator.report import session_report
@@ -25,7 +25,7 @@ class Scheduling:
         each session's max_parallel and budget.
 
         Synchronous on purpose: no other handler can interleave between reading the ready
-        tasks and moving them to queued; the distributor requests run as their own tasks."""
+        tasks and moving them to queued."""
         if self.store_problem:
             return
         now = self.clock()
@@ -64,7 +64,7 @@ class Scheduling:
                           attempt_id=attempt_id, agent_id="", enqueued_at=now)
                 room -= 1
                 active += 1
-                self.peer.spawn(self._enqueue(task))
+                self._enqueue(task)
         self.metrics.active.set(active)
 
     def _budget_exhausted(self, row: Any) -> None:
@@ -88,7 +88,7 @@ class Scheduling:
         await asyncio.sleep(delay)
         self.schedule()
 
-    async def _enqueue(self, task: TaskRow) -> None:
+    def _enqueue(self, task: TaskRow) -> None:
         session = self.store.session(task.session_id)
         base = task.base or (session["base_commit"] if session is not None else "")
         resume = task.meta.get("resume_session", "")
@@ -105,7 +105,7 @@ class Scheduling:
                         previous_summary=str((before.get("data") or {}).get("result") or "")
                         [:MAX_SUMMARY] if resume else "")
         try:
-            await self.peer.request(DISTRIBUTOR, TaskEnqueue(task=spec))
-        except (RequestFailed, RequestTimeout, ConnectionError) as exc:
-            # stays queued; the periodic tick enqueues it again (the distributor dedupes)
+            self.peer.send(DISTRIBUTOR, TaskEnqueue(task=spec))
+        except ConnectionError as exc:
+            # stays queued; reconcile tells the distributor again (which dedupes)
             self.log.warning("enqueue.failed", task=task.id, error=str(exc))

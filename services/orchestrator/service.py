@@ -331,7 +331,7 @@ class Orchestrator(Safeguards, Intake, Scheduling):
                 self._unassignable(task, now)
             elif now - task.enqueued_at > resend:
                 self.store.update_task(task, enqueued_at=now)
-                self.peer.spawn(self._enqueue(task))
+                self._enqueue(task)
         busy = self.store.tasks(states=("assigned", "running"))
         lost = self.store.tasks_with_lost_attempts()
         if busy or lost:

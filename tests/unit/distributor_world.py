@@ -12,7 +12,7 @@ from libs.config import SystemConfig
 from libs.peer import RequestFailed, RequestTimeout
 from protocols import Message, make_header
 from protocols.base import Body
-from protocols.peer import Ack, PeerInfo, RegistryList, RegistryListReply
+from protocols.peer import PeerInfo, RegistryList, RegistryListReply
 from protocols.task import (
     AgentStats,
     AgentStatsReply,
@@ -120,10 +120,9 @@ class World:
     def msg(self, body: Body) -> Message:
         return Message(make_header(body.TYPE, "orchestrator", "distributor"), body)
 
-    async def enqueue(self, s: TaskSpec) -> Ack:
-        ack = await self.d.on_enqueue(self.msg(TaskEnqueue(task=s)))
+    async def enqueue(self, s: TaskSpec) -> None:
+        assert await self.d.on_enqueue(self.msg(TaskEnqueue(task=s))) is None  # one-way
         await self.peer.settle()
-        return ack
 
     async def release(self, attempt: str, agent: str, outcome: str = "",
                       duration: float = 0.0) -> None:

@@ -73,7 +73,7 @@ class FakePeer:
 
     # -- test helpers --
     def enqueued(self) -> list[TaskSpec]:
-        return [b.task for d, b in self.requests if d == "distributor"
+        return [b.task for d, b in self.sent if d == "distributor"
                 and isinstance(b, TaskEnqueue)]
 
     def sent_of(self, type_: type) -> list[tuple[str, Body]]:

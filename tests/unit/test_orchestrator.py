@@ -135,11 +135,27 @@ def test_a_batch_with_one_bad_command_creates_nothing(tmp_path):
     scenario(tmp_path, go)
 
 
-def test_enqueue_failure_leaves_the_task_queued(tmp_path):
+def test_a_queued_attempt_is_told_to_the_distributor_again_until_it_is_dispatched(tmp_path):
+    """task.enqueue is one-way: if it is lost (the distributor restarted, say), reconcile
+    tells the same attempt again once the resend interval has passed, and not before."""
     async def go(w: World):
-        w.peer.fail_requests = True
         task_id = await w.create("s1")
-        assert w.task(task_id).state == "queued"
+        [first] = w.peer.enqueued()
+        resend = max(5.0, w.config.communication.message_timeout)
+        w.clock.now += resend / 2
+        await w.orch.reconcile()
+        assert len(w.peer.enqueued()) == 1  # too soon
+        w.clock.now += resend
+        await w.orch.reconcile()
+        [_, again] = w.peer.enqueued()
+        assert again.attempt_id == first.attempt_id and again.task_id == task_id
+        assert w.task(task_id).state == "queued" and w.task(task_id).attempt == 1
+        w.peer.alive_agents = ["agent-1"]
+        await w.orch.on_dispatched(w.msg(TaskDispatched(
+            task_id=task_id, attempt_id=first.attempt_id, agent_id="agent-1"), src="distributor"))
+        w.clock.now += 2 * resend
+        await w.orch.reconcile()
+        assert len(w.peer.enqueued()) == 2  # assigned now: nothing more to tell
     scenario(tmp_path, go)
 
 
