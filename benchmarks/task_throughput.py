@@ -268,6 +268,20 @@ class Stack:
         out["client"] = me.user + me.system
         return out
 
+    def commits(self) -> float:
+        """The orchestrator's ccaa_state_commits_total, scraped from its metrics port."""
+        import urllib.request
+
+        import psutil
+        from prometheus_client.parser import text_string_to_metric_families
+        pid = next(pid for pid, kind in self.kinds.items() if kind == "orchestrator")
+        [port] = {c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
+                  if c.status == psutil.CONN_LISTEN}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return next(sample.value for family in text_string_to_metric_families(text)
+                    for sample in family.samples if sample.name == "ccaa_state_commits_total")
+
     def __enter__(self) -> "Stack":
         self.tmp = Path(tempfile.mkdtemp(prefix="ccaa-bench-"))
         try:
@@ -311,12 +325,14 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 async def measure(stack: Stack, args: argparse.Namespace) -> dict:
     rounds: dict[str, list[dict]] = {"noop": [], "noop_batch": [], "fork": []}
     cpu: dict[str, dict[str, float]] = {name: {} for name in rounds}  # CPU s by process kind
+    commits = dict.fromkeys(rounds, 0.0)  # state database commits by workload
 
     async def timed(name: str, run) -> None:
-        before = stack.cpu()
+        before, committed = stack.cpu(), stack.commits()
         rounds[name].append(await run)
         for kind, used in stack.cpu().items():
             cpu[name][kind] = cpu[name].get(kind, 0.0) + used - before.get(kind, 0.0)
+        commits[name] += stack.commits() - committed
 
     async with Sessions(stack.comm, str(stack.tmp)) as s:
         for r in range(args.rounds):
@@ -338,6 +354,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict:
     out["cpu_ms_per_task"] = {name: {kind: round(used / done * 1000, 3)
                                      for kind, used in sorted(by_kind.items())}
                               for name, by_kind in cpu.items()}
+    out["state_commits_per_task"] = {name: round(n / done, 3) for name, n in commits.items()}
     out["seq_p50_ms"] = round(statistics.median(seq), 2)
     out["seq_p99_ms"] = round(seq[max(0, int(len(seq) * 0.99) - 1)], 2)
     out["executor_alone_tasks_per_s"] = round(await executor_alone(300), 1)
@@ -368,6 +385,8 @@ def report(out: dict) -> None:
     for name, by_kind in out["cpu_ms_per_task"].items():
         print(f"    {name:<11} total {sum(by_kind.values()):5.2f}: "
               + ", ".join(f"{kind} {ms:.2f}" for kind, ms in by_kind.items()))
+    print("  state database commits per task (a loop turn's writes commit together): "
+          + ", ".join(f"{name} {n}" for name, n in out["state_commits_per_task"].items()))
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ import sqlite3
 from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from protocols.command import SessionState
@@ -49,15 +49,21 @@ def count_states(conn: sqlite3.Connection, table: str) -> dict[str, int]:
 class StateCounts(Collector):
     """Read from the database when scraped (a restart of any service changes nothing):
     ``ccaa_sessions{state}`` and ``ccaa_tasks{state}`` (indexed on state), and for each
-    running session how much of its budget is spent and how long nothing changed in it."""
+    running session how much of its budget is spent and how long nothing changed in it;
+    and ``ccaa_state_commits_total``, the transactions committed (a loop turn's writes
+    commit as one: state changes per commit is how well they group under load)."""
 
-    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float]):
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float],
+                 commits: Callable[[], int] = lambda: 0):
         self.conn = conn
         self.clock = clock
+        self.commits = commits
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield from self._counts()
         yield from self._running()
+        yield CounterMetricFamily("ccaa_state_commits", "transactions committed to the "
+                                  "state database", value=self.commits())
 
     def _running(self) -> Iterator[GaugeMetricFamily]:
         budget = GaugeMetricFamily(
@@ -167,8 +173,9 @@ class OrchestratorMetrics:
         for verdict in REVIEW_VERDICTS:
             self.reviews.labels(verdict)
 
-    def watch_states(self, conn: sqlite3.Connection, clock: Callable[[], float]) -> None:
-        self.registry.register(StateCounts(conn, clock))
+    def watch_states(self, conn: sqlite3.Connection, clock: Callable[[], float],
+                     commits: Callable[[], int] = lambda: 0) -> None:
+        self.registry.register(StateCounts(conn, clock, commits))
 
     def task_ended(self, role: str, kind: str, state: str, seconds: float) -> None:
         if state in END_STATES:

@@ -88,7 +88,7 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         self.log = log or get_logger("orchestrator")
         self.metrics = OrchestratorMetrics(registry, roles=config.agent_hierarchy,
                                            gates=config.gates)
-        self.metrics.watch_states(store.conn, store.clock)
+        self.metrics.watch_states(store.conn, store.clock, lambda: store.commits)
         self.clock = clock
         self.templates = templates or load_templates(config.orchestrator.templates_dir)
         self._gates_cache = GatesCache(config.gates)  # see services.orchestrator.intake

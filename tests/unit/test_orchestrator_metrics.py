@@ -138,3 +138,16 @@ def test_running_sessions_show_budget_spent_and_time_since_a_change(tmp_path):
             is None
     scenario(tmp_path, go)
 
+
+
+def test_state_commits_are_counted_as_the_store_commits(tmp_path):
+    async def go(w: World):
+        before = w.registry.get_sample_value("ccaa_state_commits_total")
+        assert before == w.store.commits
+        await w.orch.on_session_create(w.msg(SessionCreate(
+            session_id="s1", command=CommandSubmit(text="run it", repo=w.repo),
+            type=CommandType.RUN)))
+        await w.settle()
+        assert w.store.commits > before
+        assert w.registry.get_sample_value("ccaa_state_commits_total") == w.store.commits
+    scenario(tmp_path, go)
