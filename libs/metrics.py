@@ -45,6 +45,11 @@ class PeerMetrics:
             "ccaa_hub_reconnects_total", "times this peer reconnected to the hub",
             registry=registry,
         )
+        self.resent = Counter(
+            "ccaa_requests_resent_total", "requests sent again after re-registering, because "
+            "the hub had refused them unrouted (this peer had been declared lost)",
+            ["type"], registry=registry,
+        )
         self.request_seconds = Histogram(
             "ccaa_request_seconds", "request round-trip time", ["type"], registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),

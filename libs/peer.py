@@ -104,6 +104,10 @@ class Peer:
         self._ctx = ctx or context()
         self._handlers: dict[str, Handler] = {}
         self._pending: dict[str, asyncio.Future[Message]] = {}
+        #: what each pending request sent (destination, frames), to send it again if the
+        #: hub refuses it unrouted; and the ids it refused so, to resend once registered
+        self._requests: dict[str, tuple[str, list[bytes], str]] = {}
+        self._refused: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pump: Pump | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -115,9 +119,11 @@ class Peer:
         #: what was queued
         self.before_flush: list[Callable[[], None]] = []
         self._last_hub = time.monotonic()
+        self._unanswered = 0  # heartbeats sent since the hub was last heard
         self._stop = asyncio.Event()
         self._registered = asyncio.Event()
         self._reregister = False
+        self._attention = asyncio.Event()  # wakes run(): stopped, or must register again
         self.hub_id = ""
         self._reclaim = ""  # the hub's key for taking this name back after a reconnect
         self.heartbeat_body: Callable[[], PeerHeartbeat] = PeerHeartbeat
@@ -156,9 +162,11 @@ class Peer:
         header = make_header(body.TYPE, self.name, dst)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[header.id] = future
+        frames = encode(header, body)
+        self._requests[header.id] = (dst, frames, body.TYPE)
         started = time.perf_counter()
         try:
-            self._send_frames(encode(header, body), dst)
+            self._send_frames(frames, dst)
             self.metrics.sent.labels(body.TYPE).inc()
             reply = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
@@ -167,6 +175,7 @@ class Peer:
             ) from None
         finally:
             self._pending.pop(header.id, None)
+            self._requests.pop(header.id, None)
         self.metrics.request_seconds.labels(body.TYPE).observe(time.perf_counter() - started)
         if isinstance(reply.body, Error):
             raise RequestFailed(reply.body.code.value, reply.body.reason, reply.body.details)
@@ -199,22 +208,29 @@ class Peer:
             if self._stop.is_set():
                 break
             while not self._stop.is_set():
-                try:
-                    await asyncio.wait_for(self._stop.wait(), interval)
-                    break
+                try:  # the next heartbeat, or at once when stopped or dropped by the hub
+                    await asyncio.wait_for(self._attention.wait(), interval)
                 except asyncio.TimeoutError:
                     pass
+                self._attention.clear()
+                if self._stop.is_set():
+                    break
                 if self._reregister:
                     self._reregister = False
                     self._registered.clear()
                     await self._register()
                     continue
+                # silent: unanswered for the budget AND after `liveness` heartbeats; a loop
+                # blocked for long (it sent nothing the hub could answer) asks once more
+                # first, rather than replacing a socket that replies are still due on
                 silent = time.monotonic() - self._last_hub
-                if silent > interval * self.comm.liveness:
+                if silent > interval * self.comm.liveness \
+                        and self._unanswered >= self.comm.liveness:
                     self.log.warning("hub.silent", seconds=round(silent, 2), hub=self.comm.router())
                     self.metrics.reconnects.inc()
                     break
                 self.send(HUB, self.heartbeat_body())
+                self._unanswered += 1
             self._registered.clear()
             if not self._stop.is_set():
                 self._disconnect_socket()
@@ -228,6 +244,7 @@ class Peer:
             except Exception:
                 pass
         self._stop.set()
+        self._attention.set()
         for task in list(self._tasks):
             task.cancel()
         self._disconnect_socket()
@@ -240,6 +257,7 @@ class Peer:
         self._pump = Pump(sock, self._on_frames)
         self._pump_task = asyncio.ensure_future(self._pump.run())
         self._last_hub = time.monotonic()
+        self._unanswered = 0
 
     def _disconnect_socket(self) -> None:
         self._outgoing.clear()
@@ -296,9 +314,24 @@ class Peer:
             self._reclaim = reply.body.reclaim
             self._registered.set()
             self.log.info("registered", hub=self.comm.router(), hub_id=self.hub_id)
+            self._resend_refused()
             for callback in self.on_registered:
                 callback()
             return
+
+    def _resend_refused(self) -> None:
+        """Send again the requests the hub refused unrouted while this peer was not
+        registered (the hub had declared it lost): they were never delivered, so sending
+        them again cannot make anything happen twice. Their deadlines are unchanged."""
+        refused, self._refused = self._refused, []
+        for request_id in refused:
+            pending = self._requests.get(request_id)
+            if pending is None:
+                continue  # answered or given up meanwhile
+            dst, frames, type_ = pending
+            self._send_frames(frames, dst)
+            self.metrics.resent.labels(type_).inc()
+            self.log.info("request.resent", dst=dst, type=type_)
 
     def _send_frames(self, frames: list[bytes], dst: str) -> None:
         if self._pump is None:
@@ -349,6 +382,7 @@ class Peer:
 
     def _on_frames(self, frames: list[bytes]) -> None:
         self._last_hub = time.monotonic()
+        self._unanswered = 0
         try:
             msg = decode(frames)
         except ProtocolError as exc:
@@ -383,6 +417,12 @@ class Peer:
             dropped = isinstance(msg.body, Error) and msg.body.code == ErrorCode.NOT_REGISTERED
             if dropped:
                 self._reregister = True  # the hub dropped us (it restarted or declared us lost)
+                self._attention.set()
+                if header.src == HUB and header.corr in self._requests \
+                        and future is not None and not future.done():
+                    # refused unrouted: sent again once registered, within its deadline
+                    self._refused.append(header.corr)
+                    return
             if future is not None and not future.done():
                 future.set_result(msg)
                 return
@@ -400,6 +440,7 @@ class Peer:
             self.metrics.protocol_errors.labels(msg.body.code.value, "received").inc()
             if msg.body.code == ErrorCode.NOT_REGISTERED:
                 self._reregister = True
+                self._attention.set()
                 return
             self.log.warning("error.received", src=header.src, code=msg.body.code.value,
                              reason=msg.body.reason)

@@ -277,3 +277,34 @@ def test_two_hosts_controllers_share_one_hub_each_with_its_own_pool(procs, bus):
         assert table[at + 1].split()[0] == f"controller@{host}"
         rows = [r.split()[0] for r in table[at + 2:at + 2 + agents]]
         assert rows == [f"agent-worker-{host}-{i}" for i in range(1, agents + 1)], table
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_whose_loop_stalled_registers_again_and_its_requests_are_answered(bus):
+    """A client whose event loop blocks past the liveness budget is declared lost by the
+    hub. Having sent no heartbeat while blocked, it must not take the hub for silent and
+    replace its socket (the replies due on it would be lost and the requests would wait
+    out their deadlines): it registers again on the same socket, and the requests the hub
+    refused meanwhile are sent again and answered."""
+    comm = bus.comm()
+    budget = bus.heartbeat * bus.liveness
+
+    async def go():
+        async with BusClient(comm) as client:
+            peer = client.peer
+            waiting = asyncio.ensure_future(client.request("hub", RegistryList(), timeout=4))
+            await asyncio.sleep(0)  # wait-ok: lets the request reach the socket's outbox
+            time.sleep(budget * 3)  # wait-ok: the stall under test (a long blocking call)
+            started = time.monotonic()
+            reply = await waiting
+            assert client.name in {p.name for p in reply.body.peers}
+            after = await client.request("hub", RegistryList(), timeout=4)
+            assert client.name in {p.name for p in after.body.peers}
+            return (time.monotonic() - started,
+                    peer.metrics.reconnects._value.get(),
+                    peer.metrics.resent.labels(RegistryList.TYPE)._value.get())
+
+    waited, reconnects, resent = asyncio.run(go())
+    assert reconnects == 0, "a stalled loop is not a silent hub"
+    assert resent >= 1, "the refused request was answered without being sent again?"
+    assert waited < 2, f"the reply took {waited:.1f}s after the stall"
