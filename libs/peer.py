@@ -11,6 +11,7 @@ sender gets an ``error`` reply (a ``ProtocolError`` keeps its code, anything els
 from __future__ import annotations
 
 import asyncio
+import collections
 import getpass
 import os
 import socket as pysocket
@@ -43,6 +44,10 @@ from protocols.peer import (
 )
 
 Handler = Callable[[Message], Awaitable[Body | None]]
+
+#: bundles holding requests whose refusal (``not_registered``) is still recognised: the
+#: hub refuses at once, so only the most recent matter
+MAX_BUNDLES_REMEMBERED = 256
 
 
 class RequestFailed(Exception):
@@ -108,6 +113,10 @@ class Peer:
         #: hub refuses it unrouted; and the ids it refused so, to resend once registered
         self._requests: dict[str, tuple[str, list[bytes], str]] = {}
         self._refused: list[str] = []
+        #: the pending request each sent frame list is (by identity), and the requests in
+        #: each recent bundle: a refused bundle refuses the requests inside it
+        self._request_of: dict[int, str] = {}
+        self._bundled: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pump: Pump | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -164,6 +173,7 @@ class Peer:
         self._pending[header.id] = future
         frames = encode(header, body)
         self._requests[header.id] = (dst, frames, body.TYPE)
+        self._request_of[id(frames)] = header.id
         started = time.perf_counter()
         try:
             self._send_frames(frames, dst)
@@ -176,6 +186,7 @@ class Peer:
         finally:
             self._pending.pop(header.id, None)
             self._requests.pop(header.id, None)
+            self._request_of.pop(id(frames), None)
         self.metrics.request_seconds.labels(body.TYPE).observe(time.perf_counter() - started)
         if isinstance(reply.body, Error):
             raise RequestFailed(reply.body.code.value, reply.body.reason, reply.body.details)
@@ -371,6 +382,12 @@ class Peer:
             self._pump.send(part[0])
             return
         header = make_header(Bundle.TYPE, self.name, dst)
+        if self._request_of:
+            inner = [r for r in map(self._request_of.get, map(id, part)) if r is not None]
+            if inner:
+                self._bundled[header.id] = inner
+                if len(self._bundled) > MAX_BUNDLES_REMEMBERED:
+                    self._bundled.popitem(last=False)
         self._pump.send(encode(header, Bundle.model_construct(
             messages=[(frames[0], frames[1]) for frames in part])))
         self.metrics.sent.labels(Bundle.TYPE).inc()
@@ -418,6 +435,9 @@ class Peer:
             if dropped:
                 self._reregister = True  # the hub dropped us (it restarted or declared us lost)
                 self._attention.set()
+                if header.src == HUB and header.corr in self._bundled:
+                    self._refused.extend(self._bundled.pop(header.corr))
+                    return
                 if header.src == HUB and header.corr in self._requests \
                         and future is not None and not future.done():
                     # refused unrouted: sent again once registered, within its deadline

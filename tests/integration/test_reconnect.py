@@ -14,6 +14,7 @@ import pytest
 from libs.client import BusClient
 from libs.config import CommunicationConfig
 from protocols.peer import PeerKind, RegistryList
+from protocols.task import QueueStats, QueueStatsReply
 from tests.conftest import _alive
 
 
@@ -308,3 +309,33 @@ def test_a_peer_whose_loop_stalled_registers_again_and_its_requests_are_answered
     assert reconnects == 0, "a stalled loop is not a silent hub"
     assert resent >= 1, "the refused request was answered without being sent again?"
     assert waited < 2, f"the reply took {waited:.1f}s after the stall"
+
+
+@pytest.mark.timeout(60)
+def test_requests_refused_inside_one_bundle_are_sent_again(procs, bus):
+    """Two requests to the same peer in one loop turn travel as one bundle; if the hub
+    refuses the bundle (the sender was declared lost while its loop stalled), the refusal
+    names the bundle, and both requests inside it must still be sent again and answered."""
+    procs.ready(procs.service("services.distributor", *bus.args()))
+    comm = bus.comm()
+    asyncio.run(wait_for_peers(comm, {"distributor"}, timeout=20))
+    budget = bus.heartbeat * bus.liveness
+
+    async def go():
+        async with BusClient(comm) as client:
+            peer = client.peer
+            both = asyncio.gather(*(client.request("distributor", QueueStats(), timeout=4)
+                                    for _ in range(2)))
+            await asyncio.sleep(0)  # wait-ok: lets both requests reach the socket's outbox
+            time.sleep(budget * 3)  # wait-ok: the stall under test (a long blocking call)
+            started = time.monotonic()
+            replies = await both
+            return (time.monotonic() - started, replies,
+                    peer.metrics.sent.labels("bus.bundle")._value.get(),
+                    peer.metrics.resent.labels(QueueStats.TYPE)._value.get())
+
+    waited, replies, bundles, resent = asyncio.run(go())
+    assert all(isinstance(r.body, QueueStatsReply) for r in replies)
+    assert bundles >= 1, "the two requests were not bundled: the test tests nothing"
+    assert resent == 2, f"{resent} of the 2 bundled requests were sent again"
+    assert waited < 2, f"the replies took {waited:.1f}s after the stall"
