@@ -186,11 +186,16 @@ class Agent:
         try:
             result = await asyncio.wait_for(executor.run(ctx), spec.timeout_s)
         except asyncio.TimeoutError:
-            result = ExecutionResult(Outcome.TIMED_OUT,
-                                     error=f"timed out after {spec.timeout_s:g}s")
+            result = ctx.finished or ExecutionResult(
+                Outcome.TIMED_OUT, error=f"timed out after {spec.timeout_s:g}s")
         except asyncio.CancelledError:
             run = self.running.get(spec.attempt_id)
-            if run is not None and run.cancel_reason:  # the owner asked (task.cancel)
+            if ctx.finished is not None:
+                # the work ended by itself as it was being stopped: that is its result
+                result = ctx.finished
+                self.log.info("task.ended_as_stopped", task=spec.task_id,
+                              outcome=result.outcome.value)
+            elif run is not None and run.cancel_reason:  # the owner asked (task.cancel)
                 result = ExecutionResult(Outcome.CANCELLED, error=run.cancel_reason)
             else:
                 result = ExecutionResult(Outcome.INTERRUPTED, error="agent stopping")

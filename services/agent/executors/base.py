@@ -80,6 +80,11 @@ class RunContext:
     code: Any = None
     #: a request to another peer over the bus (``Peer.request``); None outside an agent
     ask: Any = None
+    #: the work's result as soon as it has one (its processes ended by themselves), kept
+    #: when the attempt is stopped after (cancelled, timed out) while the executor still
+    #: tidies up or before the loop saw the exit: the work is done, so this, not
+    #: "interrupted", is the attempt's result
+    finished: ExecutionResult | None = None
 
 
 @dataclass
@@ -93,6 +98,32 @@ class Executor(Protocol):
     name: str
 
     async def run(self, ctx: RunContext) -> ExecutionResult: ...
+
+
+def exited(pid: int) -> bool:
+    """Whether child ``pid`` has ended, looked at without reaping it (asyncio's child
+    watcher still collects its status)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped already
+        return True
+
+
+async def settle(coro: Any) -> Any:
+    """Await ``coro`` to its end even if cancelled meanwhile; a cancel is raised after."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 def kill_group(pgid: int | None, sig: int = signal.SIGKILL) -> None:

@@ -16,13 +16,16 @@ import time
 from typing import Any
 
 from services.agent import isolation
-from services.agent.executors.base import ExecutionResult, RunContext, Tail, kill_group
+from services.agent.executors.base import (ExecutionResult, RunContext, Tail, exited,
+                                            kill_group, settle)
 from protocols.task import Outcome
 
 #: characters of a JSON result line's answer kept (as for a Claude Code task)
 RESULT_CHARS = 16_000
 #: seconds between SIGTERM and SIGKILL when stopping a command
 GRACE_SECONDS = 2.0
+#: seconds to read what a command that ended as it was stopped had still to say
+DRAIN_SECONDS = 1.0
 #: progress events for output lines, at most this many per second
 OUTPUT_EVENTS_PER_SECOND = 5
 
@@ -48,13 +51,16 @@ class CommandExecutor:
             ws = await isolation.prepare(ctx, self.worktree_root, self.worktree_setup)
         except RuntimeError as exc:
             return ExecutionResult(Outcome.FAILED, error=f"worktree: {exc}")
-        status = "interrupted"
         try:
-            result = await self._run(ctx, ws.run_dir)
-            status = "ok" if result.outcome == Outcome.SUCCEEDED else "failed"
-            return result
+            return await self._run(ctx, ws.run_dir)
         finally:
-            await asyncio.shield(isolation.finish(ctx, ws, status))
+            done = ctx.finished
+            status = ("interrupted" if done is None
+                      else "ok" if done.outcome == Outcome.SUCCEEDED else "failed")
+            # work that is done has its commit (and branch sent back) in its result, even
+            # when the attempt is stopped meanwhile; an interrupted one's goes on unwaited
+            await (settle if done is not None else asyncio.shield)(
+                isolation.finish(ctx, ws, status))
 
     async def _run(self, ctx: RunContext, cwd: str) -> ExecutionResult:
         spec = ctx.spec
@@ -70,17 +76,37 @@ class CommandExecutor:
         ctx.pgid = proc.pid  # start_new_session: the child leads its own group
         ctx.progress("started", f"pid {proc.pid}: {' '.join(argv)[:200]}", {"pid": proc.pid})
         limiter = _RateLimit(OUTPUT_EVENTS_PER_SECOND)
+
+        def pumps() -> asyncio.Future:
+            return asyncio.gather(_pump(proc.stdout, ctx.stdout, ctx, "stdout", limiter),
+                                  _pump(proc.stderr, ctx.stderr, ctx, "stderr", limiter))
+
+        ended_first = False
         try:
-            await asyncio.gather(
-                _pump(proc.stdout, ctx.stdout, ctx, "stdout", limiter),
-                _pump(proc.stderr, ctx.stderr, ctx, "stderr", limiter),
-            )
+            await pumps()
             code = await proc.wait()
+        except asyncio.CancelledError:
+            # stopped (cancel, timeout, the agent stopping): had the command ended by itself
+            # already, its exit not yet seen by the loop? Then its work is done; it must
+            # not be run again as an interrupted attempt.
+            ended_first = proc.returncode is not None or exited(proc.pid)
+            raise
         finally:
             if proc.returncode is None:
                 await stop_process(proc, ctx.pgid)
             else:
                 kill_group(ctx.pgid)  # anything the command left running in its group
+            if ended_first:
+                try:  # the output it wrote before it ended (a result line) is still read
+                    await asyncio.wait_for(pumps(), DRAIN_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+                ctx.finished = self._result(ctx, proc.returncode)
+        ctx.finished = self._result(ctx, code)
+        return ctx.finished
+
+    @staticmethod
+    def _result(ctx: RunContext, code: int | None) -> ExecutionResult:
         ctx.data.update(reported_usage(ctx.stdout.text()))
         if code == 0:
             return ExecutionResult(Outcome.SUCCEEDED, exit_code=0)
