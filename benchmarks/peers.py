@@ -3,7 +3,11 @@ interleaved in rounds (medians), each ratio printed on a line of its own.
 
 Every system gets ``--agents`` worker processes (ccaa: agents; Celery: a prefork worker of
 that concurrency; Dask: that many single-threaded worker processes; ipyparallel: that many
-engines), all on this machine, all started before the first round. Workloads:
+engines), all on this machine, all started before the first round. Only the system whose
+turn it is runs: the others' processes are stopped (SIGSTOP) meanwhile, for idle is not
+free (a Dask cluster's workers and nannies take ~11% of a core doing nothing: profiler,
+ticks, memory monitor), and it would be charged to whoever is measured. After its
+processes go on again (SIGCONT) a system runs ``--warm`` untimed tasks first. Workloads:
 
 - ``noop``: a task that does nothing, run in the worker's process (ccaa: the python
   executor), submitted one call at a time (``delay`` / ``submit`` / ``apply_async`` /
@@ -80,6 +84,7 @@ class Peer:
 
     name = ""
     procs: list[subprocess.Popen[bytes]]
+    pids: list[int]  # every process it started, paused while another system is measured
 
     def one_by_one(self, n: int, kind: str) -> float: ...
     def batch(self, n: int) -> float: ...
@@ -207,6 +212,51 @@ class IpyparallelPeer(Peer):
         self.cluster.stop_cluster_sync()
 
 
+def descendants(pids: list[int]) -> list[Any]:
+    """``pids`` and every process under them (psutil.Process), parents first."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            found += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def pause(pids: list[int]) -> None:
+    """Stop a system's processes (SIGSTOP) while another is measured."""
+    import psutil
+
+    for proc in descendants(pids):
+        try:
+            proc.suspend()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def resume(pids: list[int]) -> None:
+    import psutil
+
+    for proc in reversed(descendants(pids)):
+        try:
+            proc.resume()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def started_by(make: Callable[[], Any]) -> tuple[Any, list[int]]:
+    """What ``make()`` returns, and the processes it started (children of this one)."""
+    import psutil
+
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    made = make()
+    return made, [c.pid for c in me.children(recursive=True) if c.pid not in before]
+
+
 def timed(n: int, call: Callable[[int], Any]) -> list[float]:
     lat = []
     for i in range(n):
@@ -238,30 +288,50 @@ async def run(args: argparse.Namespace, stack: Stack, peers: list[Peer],
     rates: dict[str, dict[str, list[float]]] = {
         s: {w: [] for w in WORKLOADS} for s in ["ccaa", *(p.name for p in peers)]}
     seq: dict[str, list[float]] = {}
-    async with Sessions(stack.comm, str(stack.tmp)) as ccaa:
-        for r in range(args.rounds):
-            order = [None, *peers]
-            order = order[r % len(order):] + order[:r % len(order)]  # rotate who goes first
-            for peer in order:
-                name = "ccaa" if peer is None else peer.name
-                for kind in WORKLOADS:
-                    if peer is None:
-                        if kind == "noop_batch":
-                            got = await ccaa.batch(args.tasks, ROLES["noop"])
+    processes = {"ccaa": [p.pid for p in stack.procs], **{p.name: p.pids for p in peers}}
+
+    async def turn(peer: Peer | None) -> None:
+        """The system runs alone: the others' processes are stopped; it warms up first."""
+        name = "ccaa" if peer is None else peer.name
+        for other, pids in processes.items():
+            (resume if other == name else pause)(pids)
+        if peer is None:
+            await ccaa.warm(args.warm)
+        else:
+            await on_pool(peer.one_by_one, args.warm, "noop")
+            await on_pool(peer.one_by_one, args.warm, "fork")
+
+    try:
+        async with Sessions(stack.comm, str(stack.tmp)) as ccaa:
+            for r in range(args.rounds):
+                order = [None, *peers]
+                order = order[r % len(order):] + order[:r % len(order)]  # rotate who goes first
+                for peer in order:
+                    name = "ccaa" if peer is None else peer.name
+                    await turn(peer)
+                    for kind in WORKLOADS:
+                        if peer is None:
+                            if kind == "noop_batch":
+                                got = await ccaa.batch(args.tasks, ROLES["noop"])
+                            else:
+                                got = await ccaa.one_by_one(args.tasks, ROLES[kind], args.concurrency)
+                            rate = got["tasks_per_s"]
+                        elif kind == "noop_batch":
+                            rate = await on_pool(peer.batch, args.tasks)
                         else:
-                            got = await ccaa.one_by_one(args.tasks, ROLES[kind], args.concurrency)
-                        rate = got["tasks_per_s"]
-                    elif kind == "noop_batch":
-                        rate = await on_pool(peer.batch, args.tasks)
-                    else:
-                        rate = await on_pool(peer.one_by_one, args.tasks, kind)
-                    rates[name][kind].append(rate)
-            progress(f"round {r + 1}/{args.rounds}: " + "; ".join(
-                f"{s} " + "/".join(f"{v[-1]:.0f}" for v in w.values())
-                for s, w in rates.items()) + " (noop/batch/fork tasks/s)")
-        seq["ccaa"] = await ccaa.sequential(args.seq, ROLES["noop"])
-        for peer in peers:
-            seq[peer.name] = await on_pool(peer.sequential, args.seq)
+                            rate = await on_pool(peer.one_by_one, args.tasks, kind)
+                        rates[name][kind].append(rate)
+                progress(f"round {r + 1}/{args.rounds}: " + "; ".join(
+                    f"{s} " + "/".join(f"{v[-1]:.0f}" for v in w.values())
+                    for s, w in rates.items()) + " (noop/batch/fork tasks/s)")
+            await turn(None)
+            seq["ccaa"] = await ccaa.sequential(args.seq, ROLES["noop"])
+            for peer in peers:
+                await turn(peer)
+                seq[peer.name] = await on_pool(peer.sequential, args.seq)
+    finally:
+        for pids in processes.values():
+            resume(pids)  # to be stopped as usual
     out: dict[str, dict[str, Any]] = {}
     for name, by_kind in rates.items():
         out[name] = {f"{k}_tasks_per_s": round(statistics.median(v), 1)
@@ -302,6 +372,8 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=50,
                    help="ccaa: one-by-one submissions in flight")
     p.add_argument("--seq", type=int, default=200, help="sequential tasks for the latency")
+    p.add_argument("--warm", type=int, default=50,
+                   help="untimed tasks a system runs first when its turn comes")
     p.add_argument("--only", default=",".join(PEERS),
                    help=f"peers to run (default: {','.join(PEERS)})")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
@@ -317,7 +389,10 @@ def main() -> int:
         with Stack(args.agents, args.noop_capacity) as stack:
             for name in names:
                 progress(f"starting {name}")
-                peers.append(pool.submit(make_peer, name, tmp, args.agents).result())
+                peer, pids = pool.submit(started_by, lambda: make_peer(name, tmp, args.agents)
+                                         ).result()
+                peer.pids = pids
+                peers.append(peer)
             out = asyncio.run(run(args, stack, peers, pool))
     finally:
         for peer in peers:

@@ -130,17 +130,18 @@ class Sessions:
                                    self._on_event)
         self.sub.start()
         self.bus = await BusClient(self.comm).__aenter__()
-        await self._warm()
+        await self.warm()
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.bus.close()
         await self.sub.close()
 
-    async def _warm(self) -> None:
-        """One session per role, so the subscription is live and every path is warm."""
+    async def warm(self, n: int = 1) -> None:
+        """``n`` sessions per role, so the subscription is live, every agent is there and
+        every path is warm."""
         for role in ROLES.values():
-            await self.wait(await self.submit_each(1, role, 1), 30)
+            await self.wait(await self.submit_each(n, role, min(n, 10)), 60)
 
     def command(self, role: str) -> CommandSubmit:
         return CommandSubmit(text="true", repo=self.repo, type=CommandType.RUN, role=role)
