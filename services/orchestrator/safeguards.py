@@ -137,10 +137,12 @@ class Safeguards:
         if requeued:
             self.schedule()
 
-    def _keep_lost(self, task: TaskRow, attempt_id: str, agent_id: str, why: str) -> bool:
+    def _keep_lost(self, task: TaskRow, attempt_id: str, agent_id: str, why: str,
+                   done: bool = False) -> bool:
         """The agent of ``task``'s lost attempt came back with its result: if the re-run has
-        reached no agent yet, keep the lost attempt, withdraw the re-run, and return True
-        (the work runs once)."""
+        reached no agent yet, or the lost attempt's work is ``done`` (succeeded) while the
+        re-run still runs, keep the lost attempt, withdraw the re-run (stopping it on its
+        agent), and return True (the work is not done twice)."""
         lost = task.meta.get("lost") or {}
         if lost.get("attempt") != attempt_id or lost.get("agent") != agent_id:
             return False
@@ -156,6 +158,18 @@ class Safeguards:
             withdrawn = f"; attempt {task.attempt} withdrawn"
         elif task.state == "ready" and task.attempt_id == attempt_id:
             withdrawn = ""
+        elif task.state in ("assigned", "running") and done:
+            # the re-run runs already, but the work it would do again is done: it stops
+            rerun_agent = task.agent_id
+            if rerun_agent:
+                self.peer.send(rerun_agent, TaskCancel(
+                    task_id=task.id, attempt_id=task.attempt_id,
+                    reason="superseded: an earlier attempt of the task came back done"))
+                self.metrics.duplicates_stopped.inc()
+            self._release(task, withdraw=True)
+            self.store.set_attempt(task.attempt_id, state="withdrawn", ended_at=self.clock())
+            withdrawn = f"; attempt {task.attempt} withdrawn"
+            withdrawn += f" (stopped on {rerun_agent})" if rerun_agent else ""
         else:
             return False
         meta = {k: v for k, v in task.meta.items() if k not in ("lost", "waiting")}

@@ -243,7 +243,8 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         attempt = self.store.attempt(body.attempt_id)
         if not current and body.outcome not in (Outcome.INTERRUPTED, Outcome.CANCELLED) \
                 and self._keep_lost(task, body.attempt_id, body.agent_id,
-                                    f"its result ({body.outcome.value}) came after all"):
+                                    f"its result ({body.outcome.value}) came after all",
+                                    done=body.outcome == Outcome.SUCCEEDED):
             current = True
         already = attempt is not None and attempt["state"] in OUTCOMES
         if not already:

@@ -1,6 +1,7 @@
 """An agent declared lost that comes back (a partition, a host stopped for a while) with its
 attempt still running or finished: the work runs once. Kept if the re-run has reached no
-agent yet; stopped if the re-run already runs elsewhere."""
+agent yet, or if it comes back done while the re-run runs (the re-run is stopped); a lost
+attempt still running while the re-run runs elsewhere is stopped."""
 
 from __future__ import annotations
 
@@ -107,4 +108,44 @@ def test_an_agent_that_takes_a_withdrawn_attempt_is_told_to_stop(tmp_path):
                                                     agent_id="agent-2"), src="agent-2"))
         assert [(d, b.attempt_id) for d, b in w.peer.sent_of(TaskCancel)] == [("agent-2", rerun)]
         assert w.task(task_id).state == "succeeded"
+    scenario(tmp_path, go)
+
+
+def test_a_lost_attempt_that_comes_back_done_stops_the_rerun_running_elsewhere(tmp_path):
+    # its agent was cut off, not dead: the work ran to its end there while the re-run
+    # started on another agent; the re-run would do the same work a second time
+    async def go(w: World):
+        task_id, lost, rerun = await lose(w)
+        await w.run(task_id, "agent-2")
+        assert w.task(task_id).state == "running"
+        ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-1", attempt_id=lost,
+                             stdout="done once")
+        assert ack.applied is True
+        t = w.task(task_id)
+        assert t.state == "succeeded" and t.attempt_id == lost and t.agent_id == "agent-1"
+        assert w.store.attempt(rerun)["state"] == "withdrawn"
+        assert [(d, b.attempt_id) for d, b in w.peer.sent_of(TaskCancel)] == [("agent-2", rerun)]
+        assert ("distributor", TaskReleased(task_id=task_id, attempt_id=rerun,
+                                            agent_id="agent-2")) in w.peer.sent
+        assert w.metric("ccaa_attempts_kept_total") == 1
+        assert w.metric("ccaa_duplicate_attempts_stopped_total") == 1
+        # the stopped re-run's own result changes nothing
+        ack = await w.result(task_id, Outcome.CANCELLED, "agent-2", attempt_id=rerun)
+        assert ack.applied is False and w.task(task_id).state == "succeeded"
+        details = [e["detail"] for e in w.store.history("s1") if e["task_id"] == task_id]
+        assert any("came back" in d and "stopped on agent-2" in d for d in details), details
+    scenario(tmp_path, go)
+
+
+def test_a_lost_attempt_that_comes_back_failed_leaves_the_running_rerun_alone(tmp_path):
+    async def go(w: World):
+        task_id, lost, rerun = await lose(w)
+        await w.run(task_id, "agent-2")
+        ack = await w.result(task_id, Outcome.FAILED, "agent-1", attempt_id=lost,
+                             exit_code=1)
+        assert ack.applied is False
+        t = w.task(task_id)
+        assert t.state == "running" and t.attempt_id == rerun and t.agent_id == "agent-2"
+        assert not w.peer.sent_of(TaskCancel)
+        assert w.metric("ccaa_attempts_kept_total") == 0
     scenario(tmp_path, go)

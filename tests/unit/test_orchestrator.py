@@ -317,7 +317,8 @@ def test_result_for_a_superseded_attempt_is_not_applied(tmp_path):
         assert t.attempt_id != old_attempt and t.state == "queued"
         await w.run(task_id, "agent-2")
         released_before = len(w.peer.sent_of(TaskReleased))
-        ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-1", attempt_id=old_attempt,
+        # (a late success would be applied instead, and the re-run stopped: test_lost_attempts)
+        ack = await w.result(task_id, Outcome.FAILED, "agent-1", attempt_id=old_attempt,
                              stdout="late")
         assert ack == TaskResultAck(task_id=task_id, attempt_id=old_attempt, applied=False)
         t = w.task(task_id)
@@ -339,17 +340,17 @@ def test_late_result_of_a_lost_attempt_is_recorded_and_counted(tmp_path):
         await w.orch.on_agents_lost({"agent-1"})
         await w.settle()
         await w.run(task_id, "agent-2")
-        ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-1", attempt_id=old_attempt,
+        ack = await w.result(task_id, Outcome.FAILED, "agent-1", attempt_id=old_attempt,
                              stdout="late")
         assert ack.applied is False
         att = w.store.attempt(old_attempt)
-        assert att["state"] == "succeeded" and att["applied"] == 0 and att["ended_at"] > 0
+        assert att["state"] == "failed" and att["applied"] == 0 and att["ended_at"] > 0
         assert '"late"' in att["result"]
         assert w.metric("ccaa_stale_results_total") == 1
         assert any(e["kind"] == "stale_result" and e["attempt_id"] == old_attempt
                    for e in w.store.history("s1"))
         # a resend of the same stale result is not counted twice
-        ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-1", attempt_id=old_attempt)
+        ack = await w.result(task_id, Outcome.FAILED, "agent-1", attempt_id=old_attempt)
         assert ack.applied is False
         assert w.metric("ccaa_stale_results_total") == 1
     scenario(tmp_path, go)
