@@ -293,8 +293,9 @@ async def run(args: argparse.Namespace, stack: Stack, peers: list[Peer],
     async def turn(peer: Peer | None) -> None:
         """The system runs alone: the others' processes are stopped; it warms up first."""
         name = "ccaa" if peer is None else peer.name
-        for other, pids in processes.items():
-            (resume if other == name else pause)(pids)
+        if not args.all_running:
+            for other, pids in processes.items():
+                (resume if other == name else pause)(pids)
         if peer is None:
             await ccaa.warm(args.warm)
         else:
@@ -374,6 +375,9 @@ def main() -> int:
     p.add_argument("--seq", type=int, default=200, help="sequential tasks for the latency")
     p.add_argument("--warm", type=int, default=50,
                    help="untimed tasks a system runs first when its turn comes")
+    p.add_argument("--all-running", action="store_true",
+                   help="leave every system's processes running during the others' turns "
+                        "(what idle peers cost is then charged to whoever is measured)")
     p.add_argument("--only", default=",".join(PEERS),
                    help=f"peers to run (default: {','.join(PEERS)})")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
