@@ -4,8 +4,9 @@ client -> commands -> orchestrator (SQLite) -> distributor -> hub -> agent -> or
 -> session succeeded. Every service and agent is a separate real process. Workloads, run
 interleaved in rounds (medians reported; these machines are noisy):
 
-- ``noop``: the agent completes the task in its own process (the python executor calling
-  ``builtins:len``): what the orchestration itself costs per task.
+- ``noop``: the agent completes the task in its own process (the python executor awaiting
+  the coroutine ``benchmarks.noop:noop`` on its loop, as Celery's prefork child runs its
+  task inline): what the orchestration itself costs per task.
 - ``noop_batch``: the same, all submitted in one ``command.submit_batch`` per 1,000.
 - ``fork``: the agent runs ``true`` in a process group of its own (the command executor),
   so each task includes a fork/exec; compared with ``executor_alone``, the same executor
@@ -48,7 +49,7 @@ from services.agent.executors.base import watch_children_by_pidfd  # noqa: E402
 #: the role of each workload's agents and what that role runs
 ROLES = {"noop": "worker", "fork": "utility"}
 ROLE_SETTINGS = ['agent_hierarchy.worker.executor="python"',
-                 'agent_hierarchy.worker.callable="builtins:len"',
+                 'agent_hierarchy.worker.callable="benchmarks.noop:noop"',
                  'agent_hierarchy.utility.executor="command"',
                  'agent_hierarchy.utility.command=["true"]']
 
@@ -191,12 +192,16 @@ class Sessions:
         return {"tasks_per_s": n / (max(self.ended[s] for s in ids) - t0)}
 
     async def sequential(self, n: int, role: str) -> list[float]:
+        """Latencies (ms, sorted) of ``n`` sessions one at a time; each one's submit and
+        end (wall clock) are kept in ``self.walls`` for :func:`seq_stages`."""
         lat = []
+        self.walls: dict[str, tuple[float, float]] = {}
         for _ in range(n):
-            t0 = time.perf_counter()
+            wall, t0 = time.time(), time.perf_counter()
             ids = await self.submit_each(1, role, 1)
             await self.wait(ids)
             lat.append((self.ended[ids[0]] - t0) * 1000)
+            self.walls[ids[0]] = (wall, wall + self.ended[ids[0]] - t0)
         return sorted(lat)
 
     async def sustained(self, n: int, role: str, window: int = 1000,
@@ -323,6 +328,37 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(5)
 
 
+#: the steps of a session, as its history records them: (kind, from, to) -> what it means
+STAGES = {("session", "", "running"): "session created",
+          ("task", "ready", "queued"): "queued",
+          ("task", "assigned", "running"): "agent started it",
+          ("task", "running", "succeeded"): "result applied",
+          ("session", "running", "succeeded"): "session ended"}
+
+
+def seq_stages(db: Path, walls: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Where a sequential session's time goes: the median ms from its submit to each step
+    its history records (the orchestrator's clock is this machine's, as the client's), and
+    to the client seeing its end. ("agent started it" is told by the result: its end less
+    its duration.)"""
+    import sqlite3
+
+    offsets: dict[str, list[float]] = {name: [] for name in [*STAGES.values(), "client saw the end"]}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        for sid, (submitted, ended) in walls.items():
+            for ts, kind, src, dst in conn.execute(
+                    "SELECT ts, kind, from_state, to_state FROM events WHERE session_id=?",
+                    (sid,)):
+                name = STAGES.get((kind, src, dst))
+                if name is not None:
+                    offsets[name].append((ts - submitted) * 1000)
+            offsets["client saw the end"].append((ended - submitted) * 1000)
+    finally:
+        conn.close()
+    return {name: round(statistics.median(v), 2) for name, v in offsets.items() if v}
+
+
 async def measure(stack: Stack, args: argparse.Namespace) -> dict:
     rounds: dict[str, list[dict]] = {"noop": [], "noop_batch": [], "fork": []}
     cpu: dict[str, dict[str, float]] = {name: {} for name in rounds}  # CPU s by process kind
@@ -343,6 +379,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict:
             progress(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{k} {v[-1]['tasks_per_s']:.0f}/s" for k, v in rounds.items()))
         seq = await s.sequential(args.seq, ROLES["noop"])
+        stages = seq_stages(stack.tmp / "orchestrator.db", s.walls)
     out: dict = {"tasks": args.tasks, "rounds": args.rounds, "agents": args.agents,
                  "noop_capacity": args.noop_capacity, "concurrency": args.concurrency}
     for name, runs in rounds.items():
@@ -358,6 +395,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict:
     out["state_commits_per_task"] = {name: round(n / done, 3) for name, n in commits.items()}
     out["seq_p50_ms"] = round(statistics.median(seq), 2)
     out["seq_p99_ms"] = round(seq[max(0, int(len(seq) * 0.99) - 1)], 2)
+    out["seq_stages_ms"] = stages
     out["executor_alone_tasks_per_s"] = round(await executor_alone(300), 1)
     out["fork_vs_executor_alone"] = round(out["fork_tasks_per_s"]
                                           / out["executor_alone_tasks_per_s"], 3)
@@ -382,6 +420,8 @@ def report(out: dict) -> None:
     print(f"  target fork >= 90% of executor alone: {out['fork_vs_executor_alone']:.0%} {ok}")
     print(f"  sequential submit -> succeeded: p50 {out['seq_p50_ms']} ms, "
           f"p99 {out['seq_p99_ms']} ms")
+    print("  sequential, ms from submit to each step (medians): " + ", ".join(
+        f"{name} {ms}" for name, ms in out["seq_stages_ms"].items()))
     print("  CPU ms per task (user+sys, tasks' own processes in agents):")
     for name, by_kind in out["cpu_ms_per_task"].items():
         print(f"    {name:<11} total {sum(by_kind.values()):5.2f}: "

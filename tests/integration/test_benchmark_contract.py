@@ -34,5 +34,10 @@ def test_task_throughput_json_line_holds_every_target_figure(tmp_path):
         by_kind = figures["cpu_ms_per_task"][workload]
         assert {"hub", "orchestrator", "distributor", "agents"} <= set(by_kind)
         assert by_kind["orchestrator"] > 0 and by_kind["agents"] > 0
+    stages = figures["seq_stages_ms"]  # where the sequential latency goes, step by step
+    assert list(stages) == ["session created", "queued", "agent started it", "result applied",
+                            "session ended", "client saw the end"], stages
+    assert 0 < stages["session created"] <= stages["queued"] <= stages["result applied"] \
+        <= stages["session ended"] <= stages["client saw the end"], stages
     assert "target fork >= 90% of executor alone" in out.stdout  # target beside its figure
     assert not list(tmp_path.glob("ccaa-bench-*")), "the benchmark left its data behind"
