@@ -325,3 +325,41 @@ def test_auth_status_asks_the_cli_itself(tmp_path):
     assert not missing.ok and "ccaa claude login" in missing.detail
     keyed = auth_status(cli, {**bare, "ANTHROPIC_API_KEY": "sk-test"})
     assert keyed.ok and keyed.method == "api_key" and "ANTHROPIC_API_KEY" in keyed.detail
+
+
+@pytest.mark.timeout(90)
+def test_a_run_that_ended_as_it_was_cancelled_keeps_its_result_and_its_commit(
+        server, repo, tmp_path, no_leftovers, monkeypatch):
+    # the run is done and its work is being committed (a large worktree, a branch sent
+    # back over the bus) when its agent stops: the paid-for result stands, with its
+    # commit, instead of being run again as an interrupted attempt
+    from services.agent import isolation
+
+    executor = make_executor(server, tmp_path)
+    ctx, _ = make_ctx(repo, "EXEC-WRITE-EDIT: create greeting.txt, then edit it")
+    real_finish = isolation.finish
+
+    async def scenario() -> None:
+        finishing, go_on = asyncio.Event(), asyncio.Event()
+
+        async def slow_finish(*args: Any) -> None:
+            finishing.set()
+            await go_on.wait()
+            await real_finish(*args)
+
+        monkeypatch.setattr(isolation, "finish", slow_finish)
+        task = asyncio.ensure_future(executor.run(ctx))
+        await asyncio.wait_for(finishing.wait(), 60)
+        task.cancel()
+        await asyncio.sleep(0)  # the cancel is delivered while the commit waits
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert ctx.finished is not None and ctx.finished.outcome is Outcome.SUCCEEDED, ctx.finished
+    assert ctx.data["result"] == "greeting.txt now says goodbye."
+    assert git(repo, "rev-parse", "ccaa/sess1/t1") == ctx.data["commit"]
+    assert "partial work" not in git(repo, "log", "-1", "--format=%B", "ccaa/sess1/t1")
+    assert git(repo, "show", "ccaa/sess1/t1:greeting.txt") == "goodbye from the agent"
+    assert not no_leftovers()

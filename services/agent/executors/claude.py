@@ -40,9 +40,9 @@ from libs.log import get_logger
 from libs import worktree
 from services.agent import isolation
 from services.agent.executors import transcripts
-from services.agent.executors.base import ExecutionResult, RunContext
+from services.agent.executors.base import ExecutionResult, RunContext, settle
 from services.agent.executors.claude_stream import ClaudeStream
-from protocols.task import Outcome
+from protocols.task import Outcome, TaskSpec
 
 CLI_PATH_ENV = "CCAA_CLAUDE_PATH"
 #: seconds the CLI gets after SIGTERM (to save its session) before the tree is killed
@@ -293,13 +293,25 @@ class ClaudeExecutor:
         consumer = asyncio.ensure_future(self._consume(prompt, options, transport,
                                                        stream, tree))
         watcher = asyncio.ensure_future(tree.watch())
-        status = "interrupted"
         try:
             await asyncio.wait({consumer})
-            status = "ok" if stream.result and not stream.result.is_error else "failed"
         finally:
             watcher.cancel()
-            await _shielded(self._cleanup(ctx, consumer, tree, ws, status))
+            if consumer.done():
+                # the run ended by itself, even if the attempt is being stopped meanwhile:
+                # its work is committed (and sent back) before its result stands
+                status = "ok" if stream.result and not stream.result.is_error else "failed"
+                try:
+                    await settle(self._cleanup(ctx, consumer, tree, ws, status))
+                finally:
+                    ctx.finished = self._outcome(spec, consumer, transport, stream)
+            else:
+                await _shielded(self._cleanup(ctx, consumer, tree, ws, "interrupted"))
+        return ctx.finished
+
+    @staticmethod
+    def _outcome(spec: TaskSpec, consumer: asyncio.Future[None], transport: _Transport,
+                 stream: ClaudeStream) -> ExecutionResult:
         exc = None if consumer.cancelled() else consumer.exception()
         code = transport.returncode
         if isinstance(exc, ProcessError) and exc.exit_code is not None:
