@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,21 @@ def test_a_missing_tool_makes_the_gate_not_available(repo, tmp_path):
         assert not figures.available and figures.missing, figures
         assert verdict.passed and not verdict.available
         assert "not available" in verdict.detail and gate.command in verdict.detail
+
+
+def test_a_gate_whose_command_leaves_a_server_holding_its_output_ends_with_it(repo,
+                                                                             tmp_path):
+    # a test suite that starts a server in the background and forgets it: the gate's
+    # verdict is the command's exit code, not a timeout once the server is gone
+    head = git(repo, "rev-parse", "HEAD")
+    started = time.monotonic()
+    for command, passed in (("sleep 300 & echo checked", True),
+                            ("sleep 300 & echo checked; exit 1", False)):
+        gate = GateConfig(command=command, timeout=60)
+        figures, verdict = run_gate(repo, tmp_path, gate, "custom", head, "")
+        assert verdict.passed is passed and figures.available, (figures, verdict)
+        assert figures.exit_code == (0 if passed else 1) and "checked" in figures.output_head
+    assert time.monotonic() - started < 30
 
 
 def test_tests_gate_runs_pytest_on_the_commit_under_test(repo, tmp_path):

@@ -181,6 +181,44 @@ def test_background_leftovers_are_killed_after_a_normal_exit(tmp_path):
     asyncio.run(go())
 
 
+def test_a_child_left_holding_the_output_does_not_keep_the_command_running(tmp_path):
+    # a server started in the background keeps the pipes open: the command's own exit
+    # ends the attempt; what it printed is kept; the child dies with its group
+    async def go():
+        ex = CommandExecutor(["bash", "-c", "{prompt}"])
+        ctx, _ = make_ctx("sleep 60 & echo PID=$!; echo done", str(tmp_path))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await asyncio.wait_for(ex.run(ctx), 20)
+        assert loop.time() - started < 10
+        assert (result.outcome, result.exit_code) == (Outcome.SUCCEEDED, 0)
+        assert "done" in ctx.stdout.text()
+        await _wait_gone(ctx.pgid, _pids(ctx.stdout.text()))
+    asyncio.run(go())
+
+
+def test_a_process_outside_the_group_holding_the_output_is_not_waited_for(tmp_path):
+    # one that left the group (setsid) cannot be killed with it: the attempt still ends
+    # (its agent's controller sweeps such leftovers by the agent's token)
+    async def go():
+        ex = CommandExecutor(["bash", "-c", "{prompt}"])
+        ctx, _ = make_ctx("setsid sleep 60 & echo PID=$!; echo done; exit 3", str(tmp_path))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            result = await asyncio.wait_for(ex.run(ctx), 20)
+            assert loop.time() - started < 10
+            assert (result.outcome, result.exit_code) == (Outcome.FAILED, 3)
+            assert "done" in ctx.stdout.text()
+        finally:
+            for pid in _pids(ctx.stdout.text()):
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+    asyncio.run(go())
+
+
 def test_timeout_stops_the_whole_process_group(tmp_path):
     async def go():
         ex = CommandExecutor(["bash", "-c", "{prompt}"])

@@ -1,7 +1,9 @@
 """The ``command`` executor: any CLI (a shell, codex, aider, gemini, ...) through a
 command template. ``{prompt}`` and ``{cwd}`` in the template's arguments are replaced
 with the task's prompt and working directory; the command runs in the working directory
-in a process group of its own, which is killed whole on timeout or cancel.
+in a process group of its own, which is killed whole on timeout or cancel. Its exit ends
+the attempt: what it left running in its group is killed then (``child``), even if it
+still holds the output pipes open.
 
 A command that ends its output with a JSON result line, as `claude -p --output-format
 json` does (``{"type": "result", "total_cost_usd": ..., "usage": {...}, "modelUsage":
@@ -11,21 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from typing import Any
 
 from services.agent import isolation
-from services.agent.executors.base import (ExecutionResult, RunContext, Tail, exited,
-                                            kill_group, settle)
+from services.agent.executors import child
+from services.agent.executors.base import ExecutionResult, RunContext, Tail, settle
 from protocols.task import Outcome
 
 #: characters of a JSON result line's answer kept (as for a Claude Code task)
 RESULT_CHARS = 16_000
-#: seconds between SIGTERM and SIGKILL when stopping a command
-GRACE_SECONDS = 2.0
-#: seconds to read what a command that ended as it was stopped had still to say
-DRAIN_SECONDS = 1.0
 #: progress events for output lines, at most this many per second
 OUTPUT_EVENTS_PER_SECOND = 5
 
@@ -66,42 +63,35 @@ class CommandExecutor:
         spec = ctx.spec
         argv = render(self.template, spec.prompt, cwd)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, env=self.env,
-            )
+            proc = await child.start(argv, cwd, self.env)
         except OSError as exc:
             return ExecutionResult(Outcome.FAILED, error=f"cannot start {argv[0]!r}: {exc}")
         ctx.pgid = proc.pid  # start_new_session: the child leads its own group
         ctx.progress("started", f"pid {proc.pid}: {' '.join(argv)[:200]}", {"pid": proc.pid})
         limiter = _RateLimit(OUTPUT_EVENTS_PER_SECOND)
 
-        def pumps() -> asyncio.Future:
-            return asyncio.gather(_pump(proc.stdout, ctx.stdout, ctx, "stdout", limiter),
-                                  _pump(proc.stderr, ctx.stderr, ctx, "stderr", limiter))
+        def pumps() -> list[Any]:
+            return [_pump(proc.proc.stdout, ctx.stdout, ctx, "stdout", limiter),
+                    _pump(proc.proc.stderr, ctx.stderr, ctx, "stderr", limiter)]
 
         ended_first = False
         try:
-            await pumps()
-            code = await proc.wait()
+            code = await proc.run(pumps())
         except asyncio.CancelledError:
             # stopped (cancel, timeout, the agent stopping): had the command ended by itself
             # already, its exit not yet seen by the loop? Then its work is done; it must
             # not be run again as an interrupted attempt.
-            ended_first = proc.returncode is not None or exited(proc.pid)
+            ended_first = proc.ended()
             raise
         finally:
-            if proc.returncode is None:
-                await stop_process(proc, ctx.pgid)
-            else:
-                kill_group(ctx.pgid)  # anything the command left running in its group
             if ended_first:
-                try:  # the output it wrote before it ended (a result line) is still read
-                    await asyncio.wait_for(pumps(), DRAIN_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
-                ctx.finished = self._result(ctx, proc.returncode)
+                # what it wrote before it ended (a result line) is still read
+                await asyncio.shield(proc.exit_seen.wait())
+                await proc.run(pumps())
+                ctx.finished = self._result(ctx, proc.proc.returncode)
+            else:
+                await proc.stop()
+            proc.close()
         ctx.finished = self._result(ctx, code)
         return ctx.finished
 
@@ -133,17 +123,6 @@ def reported_usage(stdout: str) -> dict[str, Any]:
         if isinstance(result.get(key), dict):
             found[name] = result[key]
     return found
-
-
-async def stop_process(proc: asyncio.subprocess.Process, pgid: int | None,
-                       grace: float = GRACE_SECONDS) -> None:
-    """SIGTERM to the process's group, SIGKILL after ``grace`` seconds."""
-    kill_group(pgid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
-        pass
-    kill_group(pgid, signal.SIGKILL)
 
 
 class _RateLimit:

@@ -24,8 +24,8 @@ from libs import worktree
 from protocols.gate import GateFigures, GateRun
 from protocols.task import Outcome
 from services.agent import isolation
-from services.agent.executors.base import ExecutionResult, RunContext, kill_group
-from services.agent.executors.command import stop_process
+from services.agent.executors import child
+from services.agent.executors.base import ExecutionResult, RunContext
 
 #: bytes of each stream kept per run (findings are read from all of it)
 MAX_OUTPUT = 4 * 1024 * 1024
@@ -258,25 +258,24 @@ class GateExecutor:
     async def _exec(self, ctx: RunContext, gate: GateRun, cwd: str, tail: bool,
                     command: str = "") -> Run:
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", command or gate.command, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, env=self.env)
+        proc = await child.start(["bash", "-c", command or gate.command], cwd, self.env)
         ctx.pgid = proc.pid
+        out: list[bytes] = []
+        err: list[bytes] = []
         try:
-            out, err = await asyncio.wait_for(asyncio.gather(
-                _read(proc.stdout), _read(proc.stderr)), gate.timeout)
-            code: int | None = await proc.wait()
+            code: int | None = await asyncio.wait_for(
+                proc.run([_read(proc.proc.stdout, out), _read(proc.proc.stderr, err)]),
+                gate.timeout)
+            stdout, stderr = _text(out), _text(err)
         except asyncio.TimeoutError:
-            out, err, code = "", f"timed out after {gate.timeout:g}s", None
+            stdout, stderr, code = "", f"timed out after {gate.timeout:g}s", None
         finally:
-            if proc.returncode is None:
-                await stop_process(proc, proc.pid)
-            kill_group(proc.pid)  # whatever it left running in its group
+            await proc.stop()  # whatever it left running in its group
+            proc.close()
         if tail:
-            ctx.stdout.add(out)
-            ctx.stderr.add(err)
-        return Run(code, out, err, time.monotonic() - started)
+            ctx.stdout.add(stdout)
+            ctx.stderr.add(stderr)
+        return Run(code, stdout, stderr, time.monotonic() - started)
 
     async def _cleanup(self, ctx: RunContext, ws: isolation.Workspace) -> None:
         """A gate's worktree and branch go; it made nothing to keep."""
@@ -316,11 +315,11 @@ def _head(text: str) -> str:
     return "\n".join(text.strip().splitlines()[:HEAD_LINES])[:4000]
 
 
-async def _read(stream: asyncio.StreamReader | None) -> str:
+async def _read(stream: asyncio.StreamReader | None, chunks: list[bytes]) -> None:
+    """Read ``stream`` to its end into ``chunks``, keeping the first MAX_OUTPUT bytes."""
     if stream is None:
-        return ""
-    chunks: list[bytes] = []
-    size = 0
+        return
+    size = sum(map(len, chunks))
     while True:
         chunk = await stream.read(65536)
         if not chunk:
@@ -328,4 +327,7 @@ async def _read(stream: asyncio.StreamReader | None) -> str:
         if size < MAX_OUTPUT:
             chunks.append(chunk[:MAX_OUTPUT - size])
             size += len(chunks[-1])
+
+
+def _text(chunks: list[bytes]) -> str:
     return b"".join(chunks).decode("utf-8", errors="replace")
