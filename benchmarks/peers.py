@@ -320,7 +320,8 @@ async def run(args: argparse.Namespace, stack: Stack, peers: list[Peer],
                             if kind == "noop_batch":
                                 got = await ccaa.batch(args.tasks, ROLES["noop"])
                             else:
-                                got = await ccaa.one_by_one(args.tasks, ROLES[kind], args.concurrency)
+                                got = await ccaa.one_by_one(args.tasks, ROLES[kind],
+                                                            args.concurrency)
                             rate = got["tasks_per_s"]
                         elif kind == "noop_batch":
                             rate = await on_pool(peer.batch, args.tasks)

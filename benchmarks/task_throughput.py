@@ -343,7 +343,8 @@ def seq_stages(db: Path, walls: dict[str, tuple[float, float]]) -> dict[str, flo
     its duration.)"""
     import sqlite3
 
-    offsets: dict[str, list[float]] = {name: [] for name in [*STAGES.values(), "client saw the end"]}
+    names = [*STAGES.values(), "client saw the end"]
+    offsets: dict[str, list[float]] = {name: [] for name in names}
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         for sid, (submitted, ended) in walls.items():

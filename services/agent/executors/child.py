@@ -49,6 +49,18 @@ class Child:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def stdout(self) -> asyncio.StreamReader | None:
+        return self.proc.stdout
+
+    @property
+    def stderr(self) -> asyncio.StreamReader | None:
+        return self.proc.stderr
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
     def ended(self) -> bool:
         """Whether the process has exited, even if the loop has not seen it yet."""
         return self.exit_seen.is_set() or exited(self.pid)
@@ -67,7 +79,7 @@ class Child:
         finally:
             if not reading.done():
                 reading.cancel()
-        code = self.proc.returncode
+        code = self.returncode
         assert code is not None
         return code
 

@@ -63,35 +63,35 @@ class CommandExecutor:
         spec = ctx.spec
         argv = render(self.template, spec.prompt, cwd)
         try:
-            proc = await child.start(argv, cwd, self.env)
+            process = await child.start(argv, cwd, self.env)
         except OSError as exc:
             return ExecutionResult(Outcome.FAILED, error=f"cannot start {argv[0]!r}: {exc}")
-        ctx.pgid = proc.pid  # start_new_session: the child leads its own group
-        ctx.progress("started", f"pid {proc.pid}: {' '.join(argv)[:200]}", {"pid": proc.pid})
+        ctx.pgid = process.pid  # start_new_session: the child leads its own group
+        ctx.progress("started", f"pid {process.pid}: {' '.join(argv)[:200]}", {"pid": process.pid})
         limiter = _RateLimit(OUTPUT_EVENTS_PER_SECOND)
 
         def pumps() -> list[Any]:
-            return [_pump(proc.proc.stdout, ctx.stdout, ctx, "stdout", limiter),
-                    _pump(proc.proc.stderr, ctx.stderr, ctx, "stderr", limiter)]
+            return [_pump(process.stdout, ctx.stdout, ctx, "stdout", limiter),
+                    _pump(process.stderr, ctx.stderr, ctx, "stderr", limiter)]
 
         ended_first = False
         try:
-            code = await proc.run(pumps())
+            code = await process.run(pumps())
         except asyncio.CancelledError:
             # stopped (cancel, timeout, the agent stopping): had the command ended by itself
             # already, its exit not yet seen by the loop? Then its work is done; it must
             # not be run again as an interrupted attempt.
-            ended_first = proc.ended()
+            ended_first = process.ended()
             raise
         finally:
             if ended_first:
                 # what it wrote before it ended (a result line) is still read
-                await asyncio.shield(proc.exit_seen.wait())
-                await proc.run(pumps())
-                ctx.finished = self._result(ctx, proc.proc.returncode)
+                await asyncio.shield(process.exit_seen.wait())
+                await process.run(pumps())
+                ctx.finished = self._result(ctx, process.returncode)
             else:
-                await proc.stop()
-            proc.close()
+                await process.stop()
+            process.close()
         ctx.finished = self._result(ctx, code)
         return ctx.finished
 

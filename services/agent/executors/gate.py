@@ -264,7 +264,7 @@ class GateExecutor:
         err: list[bytes] = []
         try:
             code: int | None = await asyncio.wait_for(
-                proc.run([_read(proc.proc.stdout, out), _read(proc.proc.stderr, err)]),
+                proc.run([_read(proc.stdout, out), _read(proc.stderr, err)]),
                 gate.timeout)
             stdout, stderr = _text(out), _text(err)
         except asyncio.TimeoutError:
