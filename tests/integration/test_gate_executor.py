@@ -172,6 +172,44 @@ def test_a_gate_whose_command_leaves_a_server_holding_its_output_ends_with_it(re
     assert time.monotonic() - started < 30
 
 
+def test_a_gate_stopped_while_its_worktree_is_removed_keeps_its_verdict(repo, tmp_path,
+                                                                        monkeypatch):
+    # the verdict is reached; the agent stops while the gate's worktree is being removed:
+    # the agent reports the verdict, not an interrupted attempt to run again
+    head = git(repo, "rev-parse", "HEAD")
+    gate = GateConfig(command="echo checked", timeout=60)
+    spec = TaskSpec(task_id="gate-custom", attempt_id="a1", session_id="s1",
+                    prompt=gate_run("custom", gate, "").model_dump_json(),
+                    cwd=str(repo), base_commit=head, isolate=True, executor="gate")
+    ctx = RunContext(spec=spec, agent_id="u1", progress=lambda *a: None)
+    executor = GateExecutor(env=dict(os.environ), worktree_root=str(tmp_path / "wt"))
+    real_cleanup = executor._cleanup
+
+    async def scenario() -> None:
+        removing, go_on = asyncio.Event(), asyncio.Event()
+
+        async def slow_cleanup(*args):
+            removing.set()
+            await go_on.wait()
+            await real_cleanup(*args)
+
+        monkeypatch.setattr(executor, "_cleanup", slow_cleanup)
+        task = asyncio.ensure_future(executor.run(ctx))
+        await asyncio.wait_for(removing.wait(), 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        go_on.set()
+        for _ in range(100):  # the shielded removal goes on to its end
+            if git(repo, "worktree", "list").count("\n") == 0:
+                break
+            await asyncio.sleep(0.05)  # wait-ok: polling git under a bound
+
+    asyncio.run(scenario())
+    assert ctx.finished is not None and ctx.finished.outcome.value == "succeeded", ctx.finished
+    assert GateFigures.model_validate(ctx.data["gate"]).exit_code == 0
+
+
 def test_tests_gate_runs_pytest_on_the_commit_under_test(repo, tmp_path):
     base = git(repo, "rev-parse", "HEAD")
     tests = gates_of(repo)["tests"]

@@ -112,7 +112,9 @@ class GateExecutor:
             return ExecutionResult(Outcome.FAILED, error=f"worktree: {exc}")
         figures = GateFigures(name=gate.name, kind=gate.kind, command=gate.command)
         try:
-            return await self._gate(ctx, gate, ws, figures)
+            # a verdict reached stands even if the attempt is stopped while its worktree goes
+            ctx.finished = await self._gate(ctx, gate, ws, figures)
+            return ctx.finished
         finally:
             ctx.data["gate"] = figures.model_dump()
             await asyncio.shield(self._cleanup(ctx, ws))
