@@ -41,3 +41,18 @@ def test_task_throughput_json_line_holds_every_target_figure(tmp_path):
         <= stages["session ended"] <= stages["client saw the end"], stages
     assert "target fork >= 90% of executor alone" in out.stdout  # target beside its figure
     assert not list(tmp_path.glob("ccaa-bench-*")), "the benchmark left its data behind"
+
+
+@pytest.mark.timeout(120)
+def test_orchestrator_cost_prints_its_figures_as_one_json_line(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "orchestrator_cost.py"), "--sessions", "60",
+         "--rounds", "1", "--json"],
+        capture_output=True, text=True, timeout=110, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["us_per_session"] > 0 and figures["statements"] > 10, figures
+    assert 0 < figures["commits"] < 1, figures  # a turn's writes commit together
+    assert "us CPU per session" in out.stdout
+    assert not list(tmp_path.glob("ccaa-orch-cost-*")), "the benchmark left its data behind"
