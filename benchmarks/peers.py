@@ -229,21 +229,20 @@ def descendants(pids: list[int]) -> list[Any]:
 
 def pause(pids: list[int]) -> None:
     """Stop a system's processes (SIGSTOP) while another is measured."""
-    import psutil
-
-    for proc in descendants(pids):
-        try:
-            proc.suspend()
-        except psutil.NoSuchProcess:
-            pass
+    _each(descendants(pids), "suspend")
 
 
 def resume(pids: list[int]) -> None:
+    """Let them go on (SIGCONT), children first."""
+    _each(reversed(descendants(pids)), "resume")
+
+
+def _each(procs: Any, action: str) -> None:
     import psutil
 
-    for proc in reversed(descendants(pids)):
+    for proc in procs:
         try:
-            proc.resume()
+            getattr(proc, action)()
         except psutil.NoSuchProcess:
             pass
 

@@ -161,13 +161,10 @@ class Safeguards:
         elif task.state in ("assigned", "running") and done:
             # the re-run runs already, but the work it would do again is done: it stops
             rerun_agent = task.agent_id
-            if rerun_agent:
-                self.peer.send(rerun_agent, TaskCancel(
-                    task_id=task.id, attempt_id=task.attempt_id,
-                    reason="superseded: an earlier attempt of the task came back done"))
-                self.metrics.duplicates_stopped.inc()
             self._release(task, withdraw=True)
             self.store.set_attempt(task.attempt_id, state="withdrawn", ended_at=self.clock())
+            if rerun_agent:
+                self._stop_withdrawn(task, task.attempt_id, rerun_agent)
             withdrawn = f"; attempt {task.attempt} withdrawn"
             withdrawn += f" (stopped on {rerun_agent})" if rerun_agent else ""
         else:
