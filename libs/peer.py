@@ -50,6 +50,10 @@ Handler = Callable[[Message], Awaitable[Body | None]]
 MAX_BUNDLES_REMEMBERED = 256
 
 
+#: seconds a stopping peer's goodbye to the hub gets to leave
+GOODBYE_SECONDS = 0.5
+
+
 class RequestFailed(Exception):
     """The other side answered a request with an ``error`` message."""
 
@@ -248,17 +252,26 @@ class Peer:
         # stop(): the socket is closed there
 
     async def stop(self, reason: str = "shutdown") -> None:
-        if self._pump is not None and self._registered.is_set():
+        linger = 0
+        # also while registering again (a stalled loop, a hub that said not_registered):
+        # the hub may hold this socket registered still; if not, it answers not_registered
+        if self._pump is not None and self.hub_id:
             try:
                 self.send(HUB, PeerDisconnect(reason=reason))
-                await asyncio.sleep(0.05)  # let the pump flush the goodbye; linger is 0
+                # the goodbye handed to ZeroMQ, then given a moment to leave after the close
+                # (``zmqio.shutdown`` at the process's end): lost, it would leave this peer
+                # in the hub's registry until the liveness budget ran out
+                deadline = time.monotonic() + GOODBYE_SECONDS
+                while (self._outgoing or self._pump.pending) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                linger = int(GOODBYE_SECONDS * 1000)
             except Exception:
                 pass
         self._stop.set()
         self._attention.set()
         for task in list(self._tasks):
             task.cancel()
-        self._disconnect_socket()
+        self._disconnect_socket(linger)
 
     # ---- internals --------------------------------------------------------------------
 
@@ -270,14 +283,14 @@ class Peer:
         self._last_hub = time.monotonic()
         self._unanswered = 0
 
-    def _disconnect_socket(self) -> None:
+    def _disconnect_socket(self, linger_ms: int = 0) -> None:
         self._outgoing.clear()
         if self._flush_soon is not None:
             self._flush_soon.cancel()
             self._flush_soon = None
         if self._pump is not None:
             self._pump.close()
-            self._pump.sock.close(linger=0)
+            self._pump.sock.close(linger=linger_ms)
             self._pump = None
         if self._pump_task is not None:
             self._pump_task.cancel()

@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any, Awaitable, Callable
 
-from libs import security
+from libs import security, zmqio
 from libs.config import ConfigError, SystemConfig, flag_overrides, load_config
 from libs.log import get_logger, setup_logging
 
@@ -99,6 +99,8 @@ def run_main(setup: Callable[[argparse.Namespace, SystemConfig], Awaitable[int]]
             "bind.failed", message=str(exc), what=exc.what, address=exc.address,
             setting=exc.setting, error=exc.error)
         return EXIT_BIND
+    finally:
+        zmqio.shutdown()  # what the last sockets hold (a goodbye to the hub) goes out
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

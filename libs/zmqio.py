@@ -35,6 +35,14 @@ def context() -> zmq.Context:
     return zmq.Context.instance()
 
 
+def shutdown() -> None:
+    """At the process's end: sockets still open close at once, and those closed with a
+    linger (a peer's goodbye to the hub) get that long to deliver what they still hold.
+    Without it, ZeroMQ's I/O thread dies with the process and may take the last message
+    with it."""
+    context().destroy(linger=0)
+
+
 def socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
     """A socket with linger 0 and a limit on what it receives: a frame somewhat over the
     protocol's size limit is still read (and answered with a typed ``oversize`` error), a
@@ -66,6 +74,11 @@ class Pump:
         self._fd = sock.getsockopt(zmq.FD)
         self.dropped = 0  # messages the socket refused (HWM, unroutable)
         self.crashed = 0  # messages whose handler raised (logged; the pump goes on)
+
+    @property
+    def pending(self) -> int:
+        """Messages queued and not yet handed to ZeroMQ."""
+        return len(self._outbox)
 
     def send(self, frames: list[bytes]) -> None:
         """Queue frames; the pump's coroutine sends them."""

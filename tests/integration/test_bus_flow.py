@@ -198,3 +198,26 @@ def test_killed_agent_is_lost_in_time_and_its_task_completes_elsewhere(procs, bu
                               (task.task_id,)).fetchall()
         assert [(a["agent_id"], a["state"]) for a in attempts] == [
             ("agent-victim", "lost"), ("agent-survivor", "succeeded")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.bus(heartbeat=2.0, liveness=5)  # 10 s before the hub would drop it as silent
+def test_a_stopped_service_says_goodbye_and_is_out_of_the_registry_at_once(procs, bus):
+    # its goodbye is the last message of a process that exits right after: it must still
+    # leave (a lost one left `ccaa status` listing a node's controller after `ccaa down`)
+    name = "distributor"
+    for round_ in range(3):
+        proc = procs.service("services.distributor", *bus.args(), name=f"{name}-{round_}")
+        procs.ready(proc)
+
+        async def listed() -> set[str]:
+            async with BusClient(bus.comm()) as client:
+                reply = await client.request("hub", RegistryList())
+                return {p.name for p in reply.body.peers}
+
+        assert name in asyncio.run(listed())
+        stopped_at = time.monotonic()
+        proc.terminate()
+        assert proc.wait(20) == 0
+        assert name not in asyncio.run(listed())
+        assert time.monotonic() - stopped_at < bus.heartbeat * bus.liveness
