@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -29,12 +30,21 @@ def port_of(endpoint: str) -> int:
 
 
 async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
+    # however serve ends (a port in use, a stop), the proxy and ZAP threads stop and the
+    # sockets close before the process's context goes: none is closed under a live thread
+    with contextlib.ExitStack() as cleanup:
+        return await _serve(args, config, cleanup)
+
+
+async def _serve(args: argparse.Namespace, config: SystemConfig,
+                 cleanup: contextlib.ExitStack) -> int:
     log = get_logger("hub")
     comm = config.communication
     ctx = context()
     registry = new_registry()
 
     router = socket(ctx, zmq.ROUTER)
+    cleanup.callback(router.close, linger=0)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     router.setsockopt(zmq.SNDHWM, 100_000)
     router.setsockopt(zmq.RCVHWM, 100_000)
@@ -51,6 +61,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
     if comm.curve:
         try:
             auth = security.start_authenticator(ctx, comm.keys_dir, on_refused)
+            cleanup.callback(auth.stop)
             security.apply_server(router, comm.keys_dir)
         except security.KeyError_ as exc:
             print(f"hub: {exc}", file=sys.stderr)
@@ -70,7 +81,9 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
                         "communication.pub_port / sub_port",
                         f"{os.strerror(exc.errno)}; is another hub running?") from None
     proxy.start()
+    cleanup.callback(proxy.stop)
     events = socket(ctx, zmq.PUB)
+    cleanup.callback(events.close, linger=0)
     events.connect(INPROC)
 
     hub = Hub(comm, send=lambda f: pump.send_now(f),
@@ -133,11 +146,6 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
         task.cancel()
     await asyncio.gather(pump_task, live_task, stop_task, return_exceptions=True)
     await http.close()
-    proxy.stop()
-    events.close(linger=0)
-    router.close(linger=0)
-    if auth is not None:
-        auth.stop()
     return code
 
 
