@@ -29,7 +29,7 @@ def status_of(pids: list[int], want: str, within: float = 10.0) -> None:
 def test_a_system_and_what_it_started_stop_for_another_turn_and_go_on_after():
     # a "system": a parent that starts a child of its own (as a Dask worker its nannies)
     # (its sleeps are the processes' lifetimes, killed at the end; nothing waits on them)
-    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"  # wait-ok: lifetimes
     procs: list[subprocess.Popen[bytes]] = []
     try:
         _, pids = started_by(lambda: procs.append(
