@@ -42,7 +42,7 @@ async def sessions(w: World, n: int, prefix: str, per_turn: int) -> None:
         task_ids = [await w.create(sid) for sid in ids]
         await asyncio.sleep(0)  # the turn ends: its writes commit
         for task_id in task_ids:
-            await w.result(task_id, Outcome.SUCCEEDED, "agent-1")
+            await w.result(task_id, Outcome.SUCCEEDED, "agent-1", released=True)
         await asyncio.sleep(0)
 
 

@@ -121,6 +121,9 @@ class TaskResult(Body):
     error: str = ""
     duration_s: float = 0.0
     data: dict[str, Any] = {}  # executor-specific figures (cost, tokens, branch, ...)
+    #: the agent has told the distributor that assigned the attempt that it ended (its
+    #: own ``task.released``, with this outcome): the owner sends no release of its own
+    released: bool = False
 
 
 class TaskResultAck(Body):
@@ -142,9 +145,11 @@ class TaskReleased(Body):
     ``outcome`` and ``duration_s`` come from the agent's result when there was one: the
     distributor's performance record.
 
-    The agent itself sends one too, the moment the attempt ends, to the distributor that
-    assigned it: its slot is free at once, not only once the owner has applied the
-    result (the owner's release still follows and feeds the record)."""
+    The agent itself sends one, the moment the attempt ends, to the distributor that
+    assigned it: its slot is free at once and its outcome goes into the record. Its
+    result then says ``released`` and the owner sends none; the owner releases what the
+    agent did not (a lost agent, a cancelled or withdrawn attempt, a release that could
+    not be sent)."""
 
     TYPE = "task.released"
     task_id: str

@@ -217,13 +217,14 @@ class Agent:
         if run is not None and run.notice is not None:
             run.notice.cancel()  # ended at once: the result tells the owner everything
             run.notice = None
-        if run is not None and run.assigner and run.assigner != spec.owner:
-            self._free_slot(run, result.outcome.value)
+        released = (run is not None and bool(run.assigner) and run.assigner != spec.owner
+                    and self._free_slot(run, result.outcome.value))
         report = TaskResult(
             session_id=spec.session_id, task_id=spec.task_id, attempt_id=spec.attempt_id,
             agent_id=self.name, outcome=result.outcome, exit_code=result.exit_code,
             stdout=ctx.stdout.text(), stderr=ctx.stderr.text(), error=result.error,
             duration_s=round(time.monotonic() - started, 3), data=ctx.data,
+            released=released,
         )
         self.finished.labels(result.outcome.value).inc()
         self.unacked[spec.attempt_id] = report
@@ -233,15 +234,16 @@ class Agent:
         self._progress(spec, "finished", result.outcome.value, {"exit_code": result.exit_code})
         self._send_result(report)
 
-    def _free_slot(self, run: Running, outcome: str) -> None:
+    def _free_slot(self, run: Running, outcome: str) -> bool:
         """Tell the distributor this agent's slot is free now, not once the owner has
-        applied the result (the owner's own release follows)."""
+        applied the result; False if it could not be told (the owner's release frees it)."""
         try:
             self.peer.send(run.assigner, TaskReleased(
                 task_id=run.spec.task_id, attempt_id=run.spec.attempt_id, agent_id=self.name,
                 outcome=outcome, duration_s=round(time.monotonic() - run.started, 3)))
         except ConnectionError:
-            pass  # the owner's release frees it
+            return False
+        return True
 
     def _send_result(self, report: TaskResult) -> None:
         owner = self._owner(report.attempt_id)

@@ -140,22 +140,26 @@ class Distributor:
         # already be assigned here, and its release names no agent
         agent = self._holder(body.attempt_id)
         held_for = self._free(agent, body.attempt_id, now)
-        if body.outcome in VERDICTS:  # not the agent's doing: lost, interrupted, withdrawn
-            name = body.agent_id or (agent.name if agent else "")
-            if name:
-                self._record(name).add(body.outcome, body.duration_s or held_for)
+        # the record takes the agent's verdicts only (lost, interrupted, withdrawn are not
+        # its doing), once: an agent that freed its slot itself was recorded then
+        if agent is not None and body.outcome in VERDICTS:
+            self._record(body.agent_id or agent.name).add(body.outcome,
+                                                          body.duration_s or held_for)
         self.dispatch_soon()
         return None
 
     def _freed_by_agent(self, body: TaskReleased, now: float) -> None:
         """An agent's own word that an attempt it holds here has ended: its slot takes
-        the next task now; the owner's release that follows keeps the record (an agent
-        cannot free a slot that is not its own)."""
+        the next task now and the outcome goes into its record (an agent cannot free a
+        slot that is not its own; the owner then sends no release of its own)."""
         agent = self.agents.get(body.agent_id)
         if agent is None or body.attempt_id not in agent.inflight:
             return
-        self._free(agent, body.attempt_id, now)
+        held_for = self._free(agent, body.attempt_id, now)
+        self.attempt_task.pop(body.attempt_id, None)
         self.released_recently[body.task_id] = now
+        if body.outcome in VERDICTS:
+            self._record(agent.name).add(body.outcome, body.duration_s or held_for)
         self.dispatch_soon()
 
     def _free(self, agent: AgentSlot | None, attempt_id: str, now: float) -> float:

@@ -264,7 +264,8 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         # sends no task.accepted then); so is one whose accepted message was lost
         started = max(self.clock() - body.duration_s, task.enqueued_at or 0.0)
         self._start(task, body.agent_id, started)
-        self._release(task, outcome=body.outcome.value, duration_s=body.duration_s)
+        if not body.released:  # (the agent has told the distributor itself)
+            self._release(task, outcome=body.outcome.value, duration_s=body.duration_s)
         self._apply(task, body, result)
         self.schedule()
         return TaskResultAck(task_id=task.id, attempt_id=body.attempt_id, applied=True)

@@ -214,6 +214,16 @@ def test_dispatched_and_accepted_for_another_attempt_are_ignored(tmp_path):
 # ---- results ----------------------------------------------------------------------------
 
 
+def test_a_result_whose_agent_freed_its_slot_itself_sends_no_second_release(tmp_path):
+    async def go(w: World):
+        task_id = await w.create("s1")
+        await w.run(task_id, "agent-1")
+        ack = await w.result(task_id, Outcome.SUCCEEDED, "agent-1", released=True)
+        assert ack.applied and w.task(task_id).state == "succeeded"
+        assert w.peer.sent_of(TaskReleased) == []  # the agent told the distributor itself
+    scenario(tmp_path, go)
+
+
 def test_succeeded_result_finishes_task_and_session(tmp_path):
     async def go(w: World):
         task_id = await w.create("s1")

@@ -1,0 +1,59 @@
+"""An attempt's end frees the agent's slot in one message: the agent tells the
+distributor that assigned it, and its result says so, so the owner sends no release of
+its own; a release that could not be sent is left to the owner."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from protocols.task import Outcome, TaskReleased, TaskResult
+from services.agent.executors.command import CommandExecutor
+from services.agent.service import Agent
+from tests.unit.test_agent_stop import Events, Peer, started
+
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")]
+
+
+class UnreachablePeer(Peer):
+    """The distributor cannot be reached (the agent's link is down for it)."""
+
+    def send(self, dst: str, body: Any) -> None:
+        if dst == "distributor":
+            raise ConnectionError("not connected")
+        super().send(dst, body)
+
+
+async def finished(peer: Peer) -> list[tuple[str, Any]]:
+    agent = Agent(peer, Events(), lambda spec: CommandExecutor(["bash", "-c", "{prompt}"]),
+                  CollectorRegistry())
+    _, task = await started(agent, "echo done")
+    await asyncio.wait_for(task, 20)
+    deadline = time.monotonic() + 20
+    while not any(isinstance(b, TaskResult) for _, b in peer.sent):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)  # wait-ok: until the result is sent, under a deadline
+    return peer.sent
+
+
+def test_the_agent_frees_its_slot_itself_and_its_result_says_so():
+    # (a run that takes a moment also tells its owner it was accepted: not counted here)
+    sent = [(dst, body) for dst, body in asyncio.run(finished(Peer()))
+            if isinstance(body, (TaskReleased, TaskResult))]
+    kinds = [(dst, type(body).__name__) for dst, body in sent]
+    assert kinds == [("distributor", "TaskReleased"), ("orchestrator", "TaskResult")]
+    release, result = sent[0][1], sent[1][1]
+    assert isinstance(release, TaskReleased) and release.outcome == "succeeded"
+    assert result.outcome == Outcome.SUCCEEDED and result.released
+
+
+def test_a_release_that_could_not_be_sent_is_left_to_the_owner():
+    sent = asyncio.run(finished(UnreachablePeer()))
+    results = [body for _, body in sent if isinstance(body, TaskResult)]
+    assert len(results) == 1 and not results[0].released
