@@ -115,10 +115,19 @@ def test_sessions_ending_and_needing_attention_are_told_with_retries(procs, bus,
                        for line in hooked.read_text().splitlines()}
         assert {("succeeded", ok), ("failed", bad)} <= hook_events
 
-        # the delivery log: the 500 and its retry, each attempt one line
-        log = [json.loads(line) for line in
-               (bus.data_dir / "notifications.jsonl").read_text().splitlines()]
-        flaky = [r for r in log if r["channel"] == f"webhook 2 {receiver.url}"]
+        # the delivery log: the 500 and its retry, each attempt one line (written once
+        # the reporter has the receiver's answer, so after the receiver has the body)
+        delivery_log = bus.data_dir / "notifications.jsonl"
+
+        def flaky_attempts() -> list[dict]:
+            lines = delivery_log.read_text().splitlines() if delivery_log.exists() else []
+            return [r for r in map(json.loads, lines)
+                    if r["channel"] == f"webhook 2 {receiver.url}"]
+
+        wait_until("the flaky hook's retry in the delivery log",
+                   lambda: any(r["attempt"] == 2 for r in flaky_attempts()))
+        log = [json.loads(line) for line in delivery_log.read_text().splitlines()]
+        flaky = flaky_attempts()
         assert (flaky[0]["attempt"], flaky[0]["ok"], flaky[0]["error"]) == (1, False, "HTTP 500")
         assert any(r["attempt"] == 2 and r["ok"] for r in flaky)
         assert not any("/flaky" in r["channel"] for r in log)  # paths may be secrets
