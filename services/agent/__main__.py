@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     watch_children_by_pidfd()
     try:
-        return run_main(serve, p, argv)
+        return run_main(serve, p, argv, spawns_processes=True)
     except ConfigError as exc:
         print(f"{p.prog}: {exc}", file=sys.stderr)
         return 2

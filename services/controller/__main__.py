@@ -227,7 +227,7 @@ async def serve(args: argparse.Namespace, config: SystemConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(serve, parser(), argv)
+    return run_main(serve, parser(), argv, spawns_processes=True)
 
 
 if __name__ == "__main__":
