@@ -33,7 +33,10 @@ def test_task_throughput_json_line_holds_every_target_figure(tmp_path):
     for workload in ("noop", "noop_batch", "fork"):
         by_kind = figures["cpu_ms_per_task"][workload]
         assert {"hub", "orchestrator", "distributor", "agents"} <= set(by_kind)
-        assert by_kind["orchestrator"] > 0 and by_kind["agents"] > 0
+        assert by_kind["orchestrator"] > 0 and by_kind["agents"] >= 0
+    # the CPU figures come in clock ticks (10 ms): 60 in-process no-ops over two agents may
+    # cost less than one tick each, a process per task never does
+    assert figures["cpu_ms_per_task"]["fork"]["agents"] > 0
     stages = figures["seq_stages_ms"]  # where the sequential latency goes, step by step
     assert list(stages) == ["session created", "queued", "agent started it", "result applied",
                             "session ended", "client saw the end"], stages
