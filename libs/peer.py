@@ -136,6 +136,7 @@ class Peer:
         self._stop = asyncio.Event()
         self._registered = asyncio.Event()
         self._reregister = False
+        self._leaving = False  # stop() has begun: its goodbye is the last word to the hub
         self._attention = asyncio.Event()  # wakes run(): stopped, or must register again
         self.hub_id = ""
         self._reclaim = ""  # the hub's key for taking this name back after a reconnect
@@ -230,6 +231,10 @@ class Peer:
                 self._attention.clear()
                 if self._stop.is_set():
                     break
+                if self._leaving:
+                    # the goodbye is on its way: no heartbeat, and no registering again
+                    # when the hub answers not_registered to what was sent after it
+                    continue
                 if self._reregister:
                     self._reregister = False
                     self._registered.clear()
@@ -252,6 +257,7 @@ class Peer:
         # stop(): the socket is closed there
 
     async def stop(self, reason: str = "shutdown") -> None:
+        self._leaving = True
         linger = 0
         # also while registering again (a stalled loop, a hub that said not_registered):
         # the hub may hold this socket registered still; if not, it answers not_registered
