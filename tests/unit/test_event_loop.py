@@ -10,8 +10,8 @@ import uvloop
 from libs.runner import EVENT_LOOP_ENV, common_parser, run_main
 
 
-def loop_of(monkeypatch, tmp_path, spawns_processes: bool = False, env: str | None = None,
-            capsys=None) -> tuple[int, list[type]]:
+def loop_of(monkeypatch, tmp_path, spawns_processes: bool = False,
+            env: str | None = None) -> tuple[int, list[type]]:
     if env is None:
         monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
     else:
@@ -51,4 +51,3 @@ def test_an_unknown_loop_is_a_clear_error_and_exit_2(monkeypatch, tmp_path, caps
     assert code == 2
     assert seen == []
     assert "CCAA_EVENT_LOOP must be uvloop or asyncio, not 'tornado'" in capsys.readouterr().err
-
