@@ -81,5 +81,5 @@ class GateFigures(BaseModel):
     improvement: float | None = None  # relative, positive = better
     removed: list[str] = []  # no_removals: lines of the base's output the branch lacks
     removed_count: int = 0
-    noise: float | None = None  # relative spread of the runs (the larger side's)
+    noise: float | None = None  # relative half-range: each side's runs, the rounds' differences
     base_output_head: str = ""  # test_first: how those tests failed on the base

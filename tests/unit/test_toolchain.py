@@ -9,6 +9,7 @@ import pytest
 
 from libs.config import GateConfig
 from protocols.gate import GateFigures
+from services.agent.executors.gate import compare
 from services.orchestrator.gates import judge
 from services.orchestrator.toolchain import detect, resolve
 
@@ -122,3 +123,28 @@ def test_an_improvement_must_clear_the_minimum_and_the_noise():
     worse = judge(bench, f.model_copy(update={"improvement": -0.1, "noise": 0.01}))
     assert not worse.passed and worse.detail.startswith("regression")
     assert not judge(bench, GateFigures(name="b", kind="improvement", command="x")).passed
+
+
+def measured(base: list[float], branch: list[float], better: str = "lower") -> GateFigures:
+    f = GateFigures(name="benchmark", kind="improvement", command="make bench", exit_code=0,
+                    base_exit_code=0, samples=branch, base_samples=base)
+    compare(f, better)
+    return f
+
+
+def test_the_noise_is_what_the_runs_spread_not_how_close_two_of_them_are():
+    bench = GateConfig(kind="improvement")
+    # two of the base's three runs slowed by a load, two of the branch's not: the medians
+    # differ by 10% while the closest two runs of each side are within 1%
+    f = measured([0.266, 0.268, 0.236], [0.240, 0.238, 0.262])
+    assert f.improvement == pytest.approx(0.0977, abs=1e-4)
+    # the rounds' differences (0.026, 0.030, -0.026) spread wider than either side
+    assert f.noise == pytest.approx((0.030 + 0.026) / 2 / 0.266, abs=1e-4)
+    assert not judge(bench, f).passed
+    # each side's runs agree, but the rounds disagree on which side is faster
+    f = measured([1.0, 1.1, 1.0, 1.1], [1.1, 1.0, 1.0, 1.0])
+    assert f.noise == pytest.approx(0.1 / 1.05, abs=1e-4)
+    # a real gain, runs that agree: it passes, higher is better too
+    assert judge(bench, measured([0.20, 0.21, 0.20], [0.10, 0.11, 0.10])).passed
+    assert judge(GateConfig(kind="improvement", better="higher"),
+                 measured([100, 102, 101], [150, 149, 152], better="higher")).passed

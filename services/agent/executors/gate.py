@@ -291,7 +291,12 @@ class GateExecutor:
 
 def compare(f: GateFigures, better: str) -> None:
     """Medians, the relative gain of the branch over the base (positive: better), and the
-    noise: the larger side's median absolute deviation, relative to the base's median."""
+    noise: half the widest spread among the base's runs, the branch's runs and the rounds'
+    differences (base minus branch, each pair run side by side), relative to the base's
+    median. With a handful of runs a median absolute deviation is only as large as the two
+    closest runs are apart, so a load that slowed two of three runs of one side went
+    unseen; the half-range is what the runs did spread, and a load that moves between
+    rounds shows in the differences even where each side's runs agree."""
     base, branch = statistics.median(f.base_samples), statistics.median(f.samples)
     f.base_value, f.value = round(base, 6), round(branch, 6)
     if base == 0:
@@ -299,9 +304,9 @@ def compare(f: GateFigures, better: str) -> None:
         return
     gain = (base - branch) / abs(base)
     f.improvement = round(gain if better == "lower" else -gain, 4)
-    mad = max(statistics.median(abs(x - m) for x in xs)
-              for xs, m in ((f.base_samples, base), (f.samples, branch)))
-    f.noise = round(mad / abs(base), 4)
+    diffs = [b - x for b, x in zip(f.base_samples, f.samples)]
+    spread = max((max(xs) - min(xs)) / 2 for xs in (f.base_samples, f.samples, diffs))
+    f.noise = round(spread / abs(base), 4)
 
 
 def changed_tests(cwd: str, base: str, pattern: str) -> list[str]:
