@@ -1,6 +1,7 @@
 """An attempt's end frees the agent's slot in one message: the agent tells the
 distributor that assigned it, and its result says so, so the owner sends no release of
-its own; a release that could not be sent is left to the owner."""
+its own; a release that could not be sent is left to the owner. An attempt over its
+timeout is stopped and reported as timed out."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from protocols.task import Outcome, TaskReleased, TaskResult
+from protocols.codec import Message, make_header
+from protocols.task import Outcome, TaskAssign, TaskReleased, TaskResult, TaskSpec
+from services.agent.executors.base import exited
 from services.agent.executors.command import CommandExecutor
 from services.agent.service import Agent
 from tests.unit.test_agent_stop import Events, Peer, started
@@ -57,3 +60,26 @@ def test_a_release_that_could_not_be_sent_is_left_to_the_owner():
     sent = asyncio.run(finished(UnreachablePeer()))
     results = [body for _, body in sent if isinstance(body, TaskResult)]
     assert len(results) == 1 and not results[0].released
+
+
+def test_an_attempt_over_its_timeout_is_stopped_and_reported_timed_out():
+    async def go() -> tuple[TaskResult, int, float]:
+        peer = Peer()
+        agent = Agent(peer, Events(), lambda spec: CommandExecutor(["bash", "-c", "{prompt}"]),
+                      CollectorRegistry())
+        spec = TaskSpec(task_id="t1", attempt_id="a1", session_id="s1", prompt="sleep 30",
+                        timeout_s=0.5)
+        t0 = time.monotonic()
+        await agent.on_assign(Message(make_header(TaskAssign.TYPE, "distributor", agent.name),
+                                      TaskAssign(task=spec)))
+        run = agent.running["a1"]
+        await asyncio.wait_for(run.task, 20)
+        took = time.monotonic() - t0
+        [report] = [b for _, b in peer.sent if isinstance(b, TaskResult)]
+        assert run.ctx.pgid is not None
+        return report, run.ctx.pgid, took
+
+    report, pgid, took = asyncio.run(go())
+    assert report.outcome == Outcome.TIMED_OUT and report.error == "timed out after 0.5s"
+    assert took < 10  # not the command's own 30 s
+    assert exited(pgid)  # its process was stopped with the attempt
