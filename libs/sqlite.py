@@ -16,6 +16,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=5000")
+    # savepoints' journals (and sorts) in memory, not in temporary files: a turn's group
+    # transaction holds a savepoint per block, whose journal is written on every change
+    conn.execute("PRAGMA temp_store=MEMORY")
     return conn
 
 

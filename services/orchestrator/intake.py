@@ -37,20 +37,25 @@ class Intake:
         return SessionsCreated(session_ids=[s.session_id for s in body.sessions])
 
     def _admit(self, bodies: list[SessionCreate], src: str) -> None:
+        """Write the sessions and start their first tasks: all of it or, if anything
+        fails, nothing (one transaction)."""
+        with self.store.tx():
+            self._admit_all(bodies, src)
+
+    def _admit_all(self, bodies: list[SessionCreate], src: str) -> None:
         made: list[tuple[SessionCreate, Any]] = []
         repos = _RepoFacts(self.config, self._gates_cache)
-        with self.store.tx():
-            for i, body in enumerate(bodies):
-                if self.store.session(body.session_id) is not None:
-                    continue  # a retried request: idempotent
-                try:
-                    made.append((body, self._create(body, src, repos)))
-                except ProtocolError as exc:
-                    if len(bodies) == 1:
-                        raise
-                    raise ProtocolError(exc.code, f"command {i + 1} of {len(bodies)}: "
-                                                  f"{exc.reason}") from None
-        for body, cached in made:  # committed: now the world may hear of them
+        for i, body in enumerate(bodies):
+            if self.store.session(body.session_id) is not None:
+                continue  # a retried request: idempotent
+            try:
+                made.append((body, self._create(body, src, repos)))
+            except ProtocolError as exc:
+                if len(bodies) == 1:
+                    raise
+                raise ProtocolError(exc.code, f"command {i + 1} of {len(bodies)}: "
+                                              f"{exc.reason}") from None
+        for body, cached in made:  # (events go out once this is committed)
             self.log.info("session.created", session=body.session_id, type=body.type.value)
             self.events.publish(session_topic("running"),
                                 SessionEvent(session_id=body.session_id, state="running"))

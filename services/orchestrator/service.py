@@ -203,6 +203,11 @@ class Orchestrator(Safeguards, Intake, Scheduling):
     async def on_accepted(self, msg: Message) -> None:
         body = msg.body
         assert isinstance(body, TaskAccepted)
+        with self.store.tx():  # applied whole or not at all
+            self._accepted(body)
+        return None
+
+    def _accepted(self, body: TaskAccepted) -> None:
         task = self.store.task(body.task_id)
         if task is None:
             return None
@@ -234,6 +239,10 @@ class Orchestrator(Safeguards, Intake, Scheduling):
     async def on_result(self, msg: Message) -> TaskResultAck:
         body = msg.body
         assert isinstance(body, TaskResult)
+        with self.store.tx():  # applied whole or not at all
+            return self._result(body)
+
+    def _result(self, body: TaskResult) -> TaskResultAck:
         task = self.store.task(body.task_id)
         if task is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no task {body.task_id!r}")

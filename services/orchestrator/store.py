@@ -2,10 +2,10 @@
 change, in SQLite (WAL). Every mutation is one transaction (``Store.tx``).
 
 With group commit on (the service turns it on), the mutations of one turn of the event
-loop share one SQLite transaction, committed at the end of the turn: each ``tx`` block is
-then a savepoint (undone alone if it raises), and whatever must not happen before the
-writes are durable (replies, events) waits for ``commit`` (``after_commit``; the peer
-commits before it sends anything)."""
+loop share one SQLite transaction, committed at the end of the turn: each outermost ``tx``
+block is then a savepoint (undone alone if it raises; the blocks inside it join it), and
+whatever must not happen before the writes are durable (replies, events) waits for
+``commit`` (``after_commit``; the peer commits before it sends anything)."""
 
 from __future__ import annotations
 
@@ -157,6 +157,10 @@ def _load(text: str, empty: str, kind: type) -> Any:
     return kind() if text == empty else json.loads(text)
 
 
+class PartialWrite(RuntimeError):
+    """A transaction block went on after a block inside it failed (see ``Store.tx``)."""
+
+
 class Store:
     def __init__(self, path: str, clock: Callable[[], float] = time.time):
         self.path = path
@@ -172,6 +176,7 @@ class Store:
             self.conn.execute(index)
         self._identity = self._file_identity()
         self._tx_depth = 0
+        self._joined_failed = False  # a block joined into the open one raised
         self.group_commit = False  # see the module's docstring
         self._group_open = False
         self._after_commit: list[Callable[[], None]] = []
@@ -216,30 +221,55 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """A transaction; inside another one (or in a turn's group), a savepoint of it
-        (undone alone if its block raises; committed with the outermost transaction)."""
-        if self._tx_depth == 0 and self.group_commit and not self._group_open:
-            self._open_group()
+        """A transaction, undone whole if its block raises (with what it asked to run
+        after the commit); in a turn's group, a savepoint of the group (undone alone,
+        committed with the turn).
+
+        A block inside another one joins it: it is undone with the enclosing block, which
+        its exception passes through. So a handler that wraps its work in one block applies
+        its message whole or not at all, at the cost of one savepoint. An enclosing block
+        that catches a joined block's exception and goes on is undone all the same and
+        raises ``PartialWrite``: what the failed block wrote cannot be undone alone."""
         depth = self._tx_depth
-        if depth == 0 and not self._group_open:
-            begin, commit, rollback = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
+        if depth:
+            self._tx_depth = depth + 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._joined_failed = True
+                raise
+            finally:
+                self._tx_depth = depth
+            return
+        if self.group_commit and not self._group_open:
+            self._open_group()
+        if self._group_open:
+            begin, commit, rollback = "SAVEPOINT tx", "RELEASE tx", ("ROLLBACK TO tx",
+                                                                     "RELEASE tx")
         else:
-            begin, commit = f"SAVEPOINT tx{depth}", f"RELEASE tx{depth}"
-            rollback = (f"ROLLBACK TO tx{depth}", f"RELEASE tx{depth}")
+            begin, commit, rollback = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
         self.conn.execute(begin)
-        self._tx_depth = depth + 1
+        self._tx_depth, self._joined_failed = 1, False
+        waiting = len(self._after_commit)
         try:
             yield self.conn
+            if self._joined_failed:
+                raise PartialWrite("a block inside this transaction failed and its error was "
+                                   "caught: the whole transaction is undone")
         except BaseException:
             self._sessions.clear()
+            del self._after_commit[waiting:]
             for statement in rollback:
                 self.conn.execute(statement)
             raise
         finally:
-            self._tx_depth = depth
+            self._tx_depth = 0
         self.conn.execute(commit)
         if commit == "COMMIT":
             self.commits += 1
+            durable, self._after_commit[waiting:] = self._after_commit[waiting:], []
+            for fn in durable:
+                fn()
 
     def _open_group(self) -> None:
         try:
@@ -268,6 +298,9 @@ class Store:
             raise failed
         if not self._group_open:
             return
+        if self._tx_depth:
+            raise RuntimeError("a transaction block is open at the end of a turn: a block "
+                               "must not span an await")
         self._group_open = False
         self._sessions.clear()
         waiting, self._after_commit = self._after_commit, []
@@ -283,7 +316,7 @@ class Store:
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once what was written so far is durable (at once if it is)."""
-        if self._group_open:
+        if self._group_open or self._tx_depth:
             self._after_commit.append(fn)
         else:
             fn()

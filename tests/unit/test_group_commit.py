@@ -14,7 +14,7 @@ from libs.peer import Peer
 from protocols import decode
 from protocols.codec import encode, make_header
 from protocols.peer import Ack, Bundle, PeerKind
-from services.orchestrator.store import Store
+from services.orchestrator.store import PartialWrite, Store
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -223,3 +223,43 @@ def test_messages_to_one_peer_in_one_turn_go_as_one_bundle_and_arrive_each():
 
     asyncio.run(go())
     assert received == ["m0", "m1", "m2"]
+
+
+def test_a_block_inside_another_joins_it_and_a_caught_failure_undoes_both(tmp_path):
+    store = grouped_store(tmp_path)
+    statements: list[str] = []
+
+    async def go():
+        store.conn.set_trace_callback(statements.append)
+        with store.tx():
+            store.create_session("whole", "RUN", "t", "/r", "", {}, [])  # a block inside
+        assert not any(s.startswith("SAVEPOINT") and s != "SAVEPOINT tx" for s in statements)
+        assert statements.count("SAVEPOINT tx") == 1  # the inner block took none of its own
+        with pytest.raises(PartialWrite):
+            with store.tx():
+                store.create_session("undone", "RUN", "t", "/r", "", {}, [])
+                try:
+                    with store.tx():
+                        store.update_session("undone", cost_usd=1.0)
+                        raise RuntimeError("half done")
+                except RuntimeError:
+                    pass  # caught, and the outer block went on
+        await asyncio.sleep(0)  # wait-ok: the end of this turn commits
+
+    asyncio.run(go())
+    ids = {r[0] for r in outside(tmp_path).execute("SELECT id FROM sessions")}
+    assert ids == {"whole"}
+
+
+def test_a_block_open_at_the_end_of_a_turn_is_an_error_not_a_commit(tmp_path):
+    store = grouped_store(tmp_path)
+
+    async def go():
+        with store.tx():
+            store.create_session("s1", "RUN", "t", "/r", "", {}, [])
+            with pytest.raises(RuntimeError, match="must not span an await"):
+                store.commit()  # what the end of the turn would run, had the block awaited
+        store.commit()
+
+    asyncio.run(go())
+    assert sessions_seen(outside(tmp_path)) == 1
