@@ -50,7 +50,8 @@ def one_round(n: int, per_turn: int, profile: cProfile.Profile | None = None
               ) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="ccaa-orch-cost-") as tmp:
         async def main() -> dict[str, float]:
-            w = World(Path(tmp))
+            # room for every session of a turn, as the throughput benchmark gives
+            w = World(Path(tmp), max_parallel_tasks=max(40, 2 * per_turn))
             w.store.group_commit = True
             try:
                 await sessions(w, 100, "warm", per_turn)
@@ -66,6 +67,10 @@ def one_round(n: int, per_turn: int, profile: cProfile.Profile | None = None
                 if profile is not None:
                     profile.disable()
                 w.store.conn.set_trace_callback(None)
+                ended = w.store.conn.execute(
+                    "SELECT state, COUNT(*) FROM sessions GROUP BY state").fetchall()
+                if dict(ended) != {"succeeded": n + 100}:
+                    raise SystemExit(f"not every session succeeded: {dict(ended)}")
                 return {"us_per_session": cpu / n * 1e6, "statements": statements[0] / n,
                         "commits": (w.store.commits - commits) / n}
             finally:

@@ -376,19 +376,22 @@ class Peer:
     def _flush_outgoing(self) -> None:
         """Hand this turn's messages to the socket: alone, or several for one peer as
         bus.bundle messages (at most MAX_BUNDLE messages, about MAX_BUNDLE_BYTES each)."""
-        self._flush_soon = None
-        outgoing, self._outgoing = self._outgoing, {}
         if self._pump is None:
+            self._flush_soon, self._outgoing = None, {}
             return  # disconnected meanwhile: lost like anything unsent on a closed socket
+        # the hooks first: what they send (a commit's last writes may send) goes out now
         for hook in self.before_flush:
             try:
                 hook()
             except Exception as exc:
+                outgoing, self._outgoing, self._flush_soon = self._outgoing, {}, None
                 dropped = sum(len(m) for m in outgoing.values())
                 self.metrics.withheld.inc(dropped)
                 self.log.error("send.withheld", error=repr(exc), messages=dropped,
                                why="what they report could not be made durable")
                 return
+        self._flush_soon = None
+        outgoing, self._outgoing = self._outgoing, {}
         for dst, messages in outgoing.items():
             for part in parts(messages, lambda f: len(f[0]) + len(f[1]), MAX_BUNDLE,
                               MAX_BUNDLE_BYTES):

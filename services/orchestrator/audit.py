@@ -49,11 +49,20 @@ class AuditLog:
         self.conn = conn
         self.clock = clock
         conn.executescript(SCHEMA)
+        #: actor -> (who, ts) of its newest registration (a submit asks for it each time);
+        #: dropped as the actor registers again, and all on a prune or rollback (``forget``)
+        self._who: dict[str, tuple[str, float]] = {}
+
+    def forget(self) -> None:
+        """Drop what was read of the registrations (the writes behind it may be undone)."""
+        self._who.clear()
 
     def add(self, action: str, actor: str, who: str = "", session_id: str = "",
             detail: str = "", ts: float | None = None) -> None:
         now = self.clock() if ts is None else ts
-        if not who and action != "register":
+        if action == "register":
+            self._who.pop(actor, None)
+        elif not who:
             who = self._registered_as(actor, now)
         self.conn.execute(
             "INSERT INTO audit (ts, action, actor, who, session_id, detail) VALUES (?,?,?,?,?,?)",
@@ -117,9 +126,23 @@ class AuditLog:
         return missing
 
     def prune(self, cutoff: float) -> int:
+        self.forget()
         return self.conn.execute("DELETE FROM audit WHERE ts < ?", (cutoff,)).rowcount
 
     def _registered_as(self, actor: str, before: float) -> str:
+        """The who of ``actor``'s newest registration at or before ``before``."""
+        known = self._who.get(actor)
+        if known is not None and known[1] <= before:
+            return known[0]
+        newest = self.conn.execute(
+            "SELECT who, ts FROM audit WHERE actor = ? AND action = 'register' "
+            "ORDER BY id DESC LIMIT 1", (actor,)).fetchone()
+        if newest is None:
+            self._who[actor] = ("", float("-inf"))  # (none yet: it would be dropped)
+            return ""
+        if newest[1] <= before:  # (the usual case; else a registration dated later)
+            self._who[actor] = (newest[0], newest[1])
+            return newest[0]
         row = self.conn.execute(
             "SELECT who FROM audit WHERE actor = ? AND action = 'register' AND ts <= ? "
             "ORDER BY id DESC LIMIT 1", (actor, before)).fetchone()

@@ -127,6 +127,10 @@ class OrchestratorMetrics:
         self.duplicates_stopped = Counter("ccaa_duplicate_attempts_stopped_total",
                                           "superseded attempts found still running and "
                                           "cancelled", registry=registry)
+        self.schedule_failures = Counter(
+            "ccaa_schedule_failures_total", "turns whose starting of ready tasks failed and was "
+            "undone (the tasks stay ready; the next turn or reconcile tries again)",
+            registry=registry)
         self.active = Gauge("ccaa_tasks_active", "tasks queued, assigned or running",
                             registry=registry)
         self.store_ok = Gauge("ccaa_store_ok", "1 while the state database is still the file "

@@ -22,9 +22,22 @@ class Scheduling:
 
     def schedule(self) -> None:
         """Queue ready tasks whose backoff has passed, within max_parallel_tasks overall and
-        each session's max_parallel and budget.
+        each session's max_parallel and budget: at the end of this turn of the loop if its
+        writes are grouped (once for all the turn's messages, in the same transaction),
+        else at once."""
+        if not self.store.at_turn_end(self._schedule_at_turn_end):
+            self._schedule_now()
 
-        Synchronous on purpose: no other handler can interleave between reading the ready
+    def _schedule_at_turn_end(self) -> None:
+        try:
+            with self.store.tx():
+                self._schedule_now()
+        except Exception as exc:  # (undone; the tasks stay ready for the next schedule)
+            self.metrics.schedule_failures.inc()
+            self.log.error("schedule.failed", error=repr(exc))
+
+    def _schedule_now(self) -> None:
+        """Synchronous on purpose: no other handler can interleave between reading the ready
         tasks and moving them to queued."""
         if self.store_problem:
             return
@@ -104,8 +117,12 @@ class Scheduling:
                         resume_session=resume, prefer_agent=before.get("agent_id", ""),
                         previous_summary=str((before.get("data") or {}).get("result") or "")
                         [:MAX_SUMMARY] if resume else "")
+        # told once the attempt is durable (not at all if its writes are undone)
+        self.store.after_commit(lambda: self._send_enqueue(spec))
+
+    def _send_enqueue(self, spec: TaskSpec) -> None:
         try:
             self.peer.send(DISTRIBUTOR, TaskEnqueue(task=spec))
         except ConnectionError as exc:
             # stays queued; reconcile tells the distributor again (which dedupes)
-            self.log.warning("enqueue.failed", task=task.id, error=str(exc))
+            self.log.warning("enqueue.failed", task=spec.task_id, error=str(exc))

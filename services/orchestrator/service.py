@@ -95,6 +95,7 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         self._template_cache: dict[str, tuple[Any, str]] = {}
         self.workflow = Workflow(self)
         self.audit = AuditLog(store.conn, clock)
+        store.on_rollback.append(self.audit.forget)
         self.store_problem = ""  # set for good once the database file is gone
         guarded = self._guarded
         self.handlers = {
@@ -417,11 +418,9 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         row = self.store.session(session_id)
         if row is None or row["state"] != SessionState.RUNNING.value:
             return
-        if report is not None:
-            merged = {**json.loads(row["report"]), **report}
-            self.store.update_session(session_id, report=merged)
-        self.store.set_session_state(session_id, state, detail)
-        self.workflow.cleanup(session_id)
+        columns = {} if report is None else {"report": {**json.loads(row["report"]), **report}}
+        self.store.set_session_state(session_id, state, detail, prev=row["state"], **columns)
+        self.workflow.cleanup(session_id, row)
         self.metrics.sessions.labels(state).inc()
         self.log.info("session.finished", session=session_id, state=state, detail=detail)
         self.events.publish(session_topic(state),

@@ -180,6 +180,9 @@ class Store:
         self.group_commit = False  # see the module's docstring
         self._group_open = False
         self._after_commit: list[Callable[[], None]] = []
+        self._before_commit: list[Callable[[], None]] = []
+        #: called when writes are undone (what was cached from them is stale)
+        self.on_rollback: list[Callable[[], None]] = []
         self._commit_failed: sqlite3.Error | None = None
         self.commits = 0  # transactions committed (how the tests see the grouping)
         #: session rows read in this turn of the loop (a turn reads one several times);
@@ -261,6 +264,7 @@ class Store:
             del self._after_commit[waiting:]
             for statement in rollback:
                 self.conn.execute(statement)
+            self._rolled_back()
             raise
         finally:
             self._tx_depth = 0
@@ -301,6 +305,8 @@ class Store:
         if self._tx_depth:
             raise RuntimeError("a transaction block is open at the end of a turn: a block "
                                "must not span an await")
+        while self._before_commit:  # (one may ask for another)
+            self._before_commit.pop(0)()
         self._group_open = False
         self._sessions.clear()
         waiting, self._after_commit = self._after_commit, []
@@ -309,10 +315,26 @@ class Store:
         except sqlite3.Error:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
+            self._rolled_back()
             raise
         self.commits += 1
         for fn in waiting:
             fn()
+
+    def _rolled_back(self) -> None:
+        for fn in self.on_rollback:
+            fn()
+
+    def at_turn_end(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` once at the end of this turn's group, before it commits (its writes
+        commit with the turn's); asked for again in the same turn, it still runs once.
+        False, and nothing is kept, when no group is open (the caller acts at once).
+        ``fn`` must not raise: it runs inside ``commit``."""
+        if not self._group_open:
+            return False
+        if fn not in self._before_commit:
+            self._before_commit.append(fn)
+        return True
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once what was written so far is durable (at once if it is)."""
@@ -416,14 +438,23 @@ class Store:
             c.execute(f"DELETE FROM events WHERE session_id IN ({some})", ids)
             c.execute(f"DELETE FROM sessions WHERE id IN ({some})", ids)
 
-    def set_session_state(self, session_id: str, state: str, detail: str = "") -> None:
+    def set_session_state(self, session_id: str, state: str, detail: str = "",
+                          prev: str | None = None, **columns: Any) -> None:
+        """Move a session to ``state`` with its history entry (``prev``: its state as the
+        caller has just read it, else read here), setting other ``columns`` with it."""
         self._sessions.pop(session_id, None)
+        cols = {k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                for k, v in columns.items()}
+        cols.update(state=state, detail=detail, updated_at=self.clock())
         with self.tx() as c:
-            row = c.execute("SELECT state FROM sessions WHERE id=?", (session_id,)).fetchone()
-            c.execute("UPDATE sessions SET state=?, detail=?, updated_at=? WHERE id=?",
-                      (state, detail, self.clock(), session_id))
-            self._event(c, session_id, kind="session", from_state=row["state"] if row else "",
-                        to_state=state, detail=detail)
+            if prev is None:
+                row = c.execute("SELECT state FROM sessions WHERE id=?",
+                                (session_id,)).fetchone()
+                prev = row["state"] if row else ""
+            c.execute(f"UPDATE sessions SET {', '.join(f'{k}=?' for k in cols)} WHERE id=?",
+                      (*cols.values(), session_id))
+            self._event(c, session_id, kind="session", from_state=prev, to_state=state,
+                        detail=detail)
 
     def overdue_sessions(self, now: float) -> list[str]:
         """Running sessions whose deadline has passed."""

@@ -451,13 +451,12 @@ class Workflow(Reviews, Escalation):
             parts.append("final gates failed: " + ", ".join(t.meta["gate"] for t in gates_failed))
         self.orch.finish_session(sid, state, "; ".join(parts), report)
 
-    def cleanup(self, sid: str) -> None:
+    def cleanup(self, sid: str, row: Any) -> None:
         """The session ended: remove its worktrees (merge and agent ones on this host) and
         the branches of tasks that only read (gates, reviews, plans), merged bases, and work
         that changed nothing; the other work branches and the result branch stay. The git
         work runs in a thread, so ending a session with hundreds of tasks (a cancel)
-        answers at once."""
-        row = self.store.session(sid)
+        answers at once. (``row``: the session's, read as it ended.)"""
         if row is None or not row["base_commit"]:
             return
         tasks = self.store.tasks(sid)

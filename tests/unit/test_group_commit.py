@@ -263,3 +263,23 @@ def test_a_block_open_at_the_end_of_a_turn_is_an_error_not_a_commit(tmp_path):
 
     asyncio.run(go())
     assert sessions_seen(outside(tmp_path)) == 1
+
+
+def test_what_the_commit_sends_goes_out_with_the_turn_not_a_turn_later(tmp_path):
+    store = grouped_store(tmp_path)
+    other = outside(tmp_path)
+
+    async def go():
+        peer = make_peer("orchestrator")
+        peer._pump = FakePump()
+        peer.before_flush.append(store.commit)
+        peer.send("agent-1", Ack(detail="a reply"))  # (the flush comes first in the turn)
+        store.create_session("s1", "RUN", "t", "/r", "", {}, [])
+        # told only once durable: sent from inside the commit the flush runs first
+        store.after_commit(lambda: peer.send("agent-1", Ack(detail="sent by the commit")))
+        await asyncio.sleep(0)  # wait-ok: the end of this turn commits and sends
+        assert sessions_seen(other) == 1
+        [bundle] = [decode(f) for f in peer._pump.sent]  # both, in one bundle
+        assert bundle.header.type == "bus.bundle" and len(bundle.body.messages) == 2
+
+    asyncio.run(go())
