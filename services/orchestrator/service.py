@@ -219,23 +219,24 @@ class Orchestrator(Safeguards, Intake, Scheduling):
             return None
         # the agent tells it once it has run a while (never earlier than it was queued)
         started = max(self.clock() - body.running_s, task.enqueued_at or 0.0)
-        if self._start(task, body.agent_id, started):
+        steps = self._start_steps(task, body.agent_id, started)
+        if steps:
+            self.move_through(task, steps)
             self.store.set_attempt(body.attempt_id, agent_id=body.agent_id, state="running")
         return None
 
-    def _start(self, task: TaskRow, agent_id: str, started: float) -> bool:
-        """Record that ``agent_id`` took the task's attempt and has been running it since
-        ``started`` (queued -> assigned -> running, the steps not recorded yet, in one
-        write; task.dispatched may still be on its way). False: it was running already."""
+    @staticmethod
+    def _start_steps(task: TaskRow, agent_id: str, started: float) -> list[Step]:
+        """The steps that record that ``agent_id`` took the task's attempt and has been
+        running it since ``started`` (queued -> assigned -> running, those not recorded
+        yet; task.dispatched may still be on its way). None: it was running already."""
         steps: list[Step] = []
         if task.state == "queued":
             steps.append(("assigned", f"to {agent_id}", started, {"agent_id": agent_id}))
         if task.state in ("queued", "assigned"):
             steps.append(("running", f"on {agent_id}", started,
                           {"agent_id": agent_id, "started_at": started}))
-        if steps:
-            self.move_through(task, steps)
-        return bool(steps)
+        return steps
 
     async def on_result(self, msg: Message) -> TaskResultAck:
         body = msg.body
@@ -273,10 +274,11 @@ class Orchestrator(Safeguards, Intake, Scheduling):
         # an attempt that ended within moments is told by its result alone (its agent
         # sends no task.accepted then); so is one whose accepted message was lost
         started = max(self.clock() - body.duration_s, task.enqueued_at or 0.0)
-        self._start(task, body.agent_id, started)
+        start = self._start_steps(task, body.agent_id, started)
         if not body.released:  # (the agent has told the distributor itself)
-            self._release(task, outcome=body.outcome.value, duration_s=body.duration_s)
-        self._apply(task, body, result)
+            self._release(task, outcome=body.outcome.value, duration_s=body.duration_s,
+                          agent_id=body.agent_id)
+        self._apply(task, body, result, start)
         self.schedule()
         return TaskResultAck(task_id=task.id, attempt_id=body.attempt_id, applied=True)
 
@@ -287,8 +289,15 @@ class Orchestrator(Safeguards, Intake, Scheduling):
             self.store.update_session(task.session_id, cost_usd=row["cost_usd"] + cost)
         self.metrics.spent(task.role, body.data)
 
-    def _apply(self, task: TaskRow, body: TaskResult, result: dict[str, Any]) -> None:
+    def _apply(self, task: TaskRow, body: TaskResult, result: dict[str, Any],
+               start: list[Step]) -> None:
+        """Move the task on by its attempt's result; ``start``: the steps to running not
+        recorded yet. A success is written with them in one write; the other outcomes,
+        whose handling may record more before its move, write them first."""
         outcome = body.outcome
+        if start and (outcome != Outcome.SUCCEEDED or task.kind in NO_RETRY):
+            self.move_through(task, start)
+            start = []
         if outcome in (Outcome.INTERRUPTED, Outcome.CANCELLED):
             # the current attempt was stopped by its agent going away, not by the user (a
             # user's cancel has already ended the task, so its result is not current)
@@ -306,7 +315,8 @@ class Orchestrator(Safeguards, Intake, Scheduling):
             self.move(task, "succeeded" if verdict.passed else "failed",
                       f"gate: {verdict.detail}"[:500], result=result, meta=meta)
         elif outcome == Outcome.SUCCEEDED:
-            self.move(task, "succeeded", f"on {body.agent_id}", result=result)
+            self.move_through(task, [*start, ("succeeded", f"on {body.agent_id}", None,
+                                              {"result": result})])
         elif (body.data or {}).get("auth_failed"):
             # the agent's credentials are what failed: another attempt would fail the same
             self.store.record(task.session_id, "auth_failed", task.id, body.attempt_id,
@@ -427,13 +437,14 @@ class Orchestrator(Safeguards, Intake, Scheduling):
                             SessionEvent(session_id=session_id, state=state, detail=detail[:500]))
 
     def _release(self, task: TaskRow, withdraw: bool = False, outcome: str = "",
-                 duration_s: float = 0.0) -> None:
+                 duration_s: float = 0.0, agent_id: str = "") -> None:
         """Tell the distributor the agent's slot is free (``withdraw``: also take a task
         that is still queued out of its queue); ``outcome``/``duration_s`` feed its record
-        of the agent's performance."""
-        if task.agent_id or withdraw:
+        of the agent's performance; ``agent_id``: the agent's, if not recorded yet."""
+        agent_id = agent_id or task.agent_id
+        if agent_id or withdraw:
             self.peer.send(DISTRIBUTOR, TaskReleased(
-                task_id=task.id, attempt_id=task.attempt_id, agent_id=task.agent_id,
+                task_id=task.id, attempt_id=task.attempt_id, agent_id=agent_id,
                 outcome=outcome, duration_s=duration_s))
 
     def _stop_cancelled(self, task: TaskRow, attempt_id: str, agent_id: str) -> bool:

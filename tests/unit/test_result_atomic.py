@@ -50,3 +50,32 @@ def test_a_result_that_fails_half_way_changes_nothing_and_its_resend_applies(tmp
             w.store.close()
 
     asyncio.run(go())
+
+
+def test_a_result_that_is_the_attempts_first_word_is_one_write_of_the_task(tmp_path):
+    """An attempt over within moments sends no task.accepted: its result records the steps
+    to running and the success together, each step in the history and told, in order."""
+    async def go():
+        w = World(tmp_path)
+        statements: list[str] = []
+        try:
+            task_id = await w.create()
+            w.events.published.clear()
+            w.store.conn.set_trace_callback(statements.append)
+            await w.result(task_id, agent="agent-7")
+            w.store.conn.set_trace_callback(None)
+            assert len([s for s in statements if s.startswith("UPDATE tasks")]) == 1
+            steps = [(e["from_state"], e["to_state"]) for e in w.store.history("s1")
+                     if e["kind"] == "task"][-3:]
+            assert steps == [("queued", "assigned"), ("assigned", "running"),
+                             ("running", "succeeded")]
+            told = [t for t in w.events.topics() if t.startswith("task.")]
+            assert told == ["task.assigned", "task.running", "task.succeeded"]
+            task = w.task(task_id)
+            assert (task.state, task.agent_id) == ("succeeded", "agent-7")
+            assert w.store.session("s1")["state"] == "succeeded"
+        finally:
+            w.close()
+            w.store.close()
+
+    asyncio.run(go())
