@@ -229,7 +229,7 @@ class Orchestrator(Safeguards, Intake, Scheduling):
     def _start_steps(task: TaskRow, agent_id: str, started: float) -> list[Step]:
         """The steps that record that ``agent_id`` took the task's attempt and has been
         running it since ``started`` (queued -> assigned -> running, those not recorded
-        yet; task.dispatched may still be on its way). None: it was running already."""
+        yet; task.dispatched may still be on its way). Empty: it was running already."""
         steps: list[Step] = []
         if task.state == "queued":
             steps.append(("assigned", f"to {agent_id}", started, {"agent_id": agent_id}))

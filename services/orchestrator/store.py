@@ -157,6 +157,11 @@ def _load(text: str, empty: str, kind: type) -> Any:
     return kind() if text == empty else json.loads(text)
 
 
+def _as_stored(columns: dict[str, Any]) -> dict[str, Any]:
+    """A session's column values as stored: dicts and lists as JSON."""
+    return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in columns.items()}
+
+
 class PartialWrite(RuntimeError):
     """A transaction block went on after a block inside it failed (see ``Store.tx``)."""
 
@@ -356,7 +361,7 @@ class Store:
                 "state": "running", "detail": "", "classification": classification,
                 "request": request, "created_at": now, "updated_at": now,
                 "base_commit": base_commit, **columns}
-        cols = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in cols.items()}
+        cols = _as_stored(cols)
         self._sessions.pop(session_id, None)
         with self.tx() as c:
             c.execute(f"INSERT INTO sessions ({', '.join(cols)}) VALUES "
@@ -382,8 +387,7 @@ class Store:
                     detail=f"{row['kind']} {row['key']}".strip())
 
     def update_session(self, session_id: str, **columns: Any) -> None:
-        cols = {k: json.dumps(v) if isinstance(v, (dict, list)) else v
-                for k, v in columns.items()}
+        cols = _as_stored(columns)
         cols["updated_at"] = self.clock()
         self._sessions.pop(session_id, None)
         with self.tx() as c:
@@ -443,8 +447,7 @@ class Store:
         """Move a session to ``state`` with its history entry (``prev``: its state as the
         caller has just read it, else read here), setting other ``columns`` with it."""
         self._sessions.pop(session_id, None)
-        cols = {k: json.dumps(v) if isinstance(v, (dict, list)) else v
-                for k, v in columns.items()}
+        cols = _as_stored(columns)
         cols.update(state=state, detail=detail, updated_at=self.clock())
         with self.tx() as c:
             if prev is None:
