@@ -67,13 +67,15 @@ ROUTES: dict[str, str] = {
     "queue.stats_reply": "distributor -> controller (reply)",
     "task.assign": "distributor -> agent",
     "task.dispatched": "distributor -> task owner (orchestrator); honoured, no longer sent",
-    "task.accepted": "agent -> distributor (reply to task.assign) and -> owner (once the "
-                     "attempt has run for 50 ms; a quicker one is told by its result)",
+    "task.accepted": "agent -> distributor (reply to task.assign) and -> owner, once the "
+                     "attempt has run for 50 ms (a quicker one is told by its release and "
+                     "its result)",
     "task.progress": "agent -> event topic task.progress",
     "task.result": "agent -> owner, resent until acknowledged",
     "task.result_ack": "owner -> agent (reply)",
     "task.cancel": "owner -> agent",
-    "task.released": "orchestrator -> distributor; agent -> distributor (its slot is free)",
+    "task.released": "orchestrator -> distributor; agent -> distributor (its slot is free; "
+                     "the reply to task.assign when the attempt ended within 50 ms)",
     "task.waiting": "distributor -> task owner: no agent could take it (or one can again)",
     "agent.stats": "distributor -> orchestrator (at start: the agents' attempt record)",
     "agent.stats_reply": "orchestrator -> distributor (reply)",

@@ -146,7 +146,8 @@ class TaskReleased(Body):
     distributor's performance record.
 
     The agent itself sends one, the moment the attempt ends, to the distributor that
-    assigned it: its slot is free at once and its outcome goes into the record. Its
+    assigned it: its slot is free at once and its outcome goes into the record (an attempt
+    that ends before its agent has answered the assignment is answered so). Its
     result then says ``released`` and the owner sends none; the owner releases what the
     agent did not (a lost agent, a cancelled or withdrawn attempt, a release that could
     not be sent)."""

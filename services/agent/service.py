@@ -35,9 +35,10 @@ from services.agent.executors.base import ExecutionResult, Executor, RunContext
 
 ExecutorFactory = Callable[[TaskSpec], Executor]
 
-#: seconds an attempt runs before the agent tells its owner it took it (``task.accepted``):
-#: one that ends sooner is told by its result alone, which records the same states (one
-#: routed message and one owner transaction fewer for short work; nothing later for long)
+#: seconds an attempt runs before the agent tells its owner and its assigner it took it
+#: (``task.accepted``): one that ends sooner is told by its result alone to the owner, and
+#: by its release alone to the assigner, as the answer to the assignment (a routed message
+#: fewer each, and one owner transaction fewer, for short work; nothing later for long)
 ACCEPTED_NOTICE_DELAY = 0.05
 
 
@@ -50,6 +51,7 @@ class Running:
     cancel_reason: str = ""
     assigner: str = ""  # the distributor that assigned it: told at once when it ends
     notice: asyncio.TimerHandle | None = None  # the owner's task.accepted, not sent yet
+    assign_id: str = ""  # the assignment not answered yet (its task.accepted or release)
 
 
 class Agent:
@@ -100,7 +102,7 @@ class Agent:
 
     # ---- handlers ---------------------------------------------------------------------
 
-    async def on_assign(self, msg: Message) -> TaskAccepted:
+    async def on_assign(self, msg: Message) -> TaskAccepted | None:
         spec = msg.body.task  # type: ignore[attr-defined]
         accepted = TaskAccepted(task_id=spec.task_id, attempt_id=spec.attempt_id,
                                 agent_id=self.name)
@@ -126,20 +128,27 @@ class Agent:
         self.busy.set(len(self.running))
         self.log.info("task.started", task=spec.task_id, attempt=spec.attempt_id,
                       executor=executor.name)
-        if spec.owner != msg.header.src:
-            run.notice = asyncio.get_running_loop().call_later(
-                ACCEPTED_NOTICE_DELAY, self._tell_accepted, run, accepted)
-        return accepted
+        if spec.owner == msg.header.src:
+            return accepted  # assigned by its owner: the result tells it the rest
+        # a distributor assigned it: it is answered with the owner's notice, or by the
+        # release if the attempt ends sooner (refusals above are answered at once)
+        run.assign_id = msg.header.id
+        run.notice = asyncio.get_running_loop().call_later(
+            ACCEPTED_NOTICE_DELAY, self._tell_accepted, run, accepted)
+        return None
 
     def _tell_accepted(self, run: Running, accepted: TaskAccepted) -> None:
         run.notice = None
-        if self.running.get(run.spec.attempt_id) is run:
-            told = accepted.model_copy(update={
-                "running_s": round(time.monotonic() - run.started, 3)})
-            try:
-                self.peer.send(run.spec.owner, told)
-            except ConnectionError:
-                pass  # the result (resent until acknowledged) records it all the same
+        if self.running.get(run.spec.attempt_id) is not run:
+            return
+        try:
+            if run.assign_id:
+                self.peer.send(run.assigner, accepted, corr=run.assign_id)
+                run.assign_id = ""
+            self.peer.send(run.spec.owner, accepted.model_copy(update={
+                "running_s": round(time.monotonic() - run.started, 3)}))
+        except ConnectionError:
+            pass  # the release answers the assigner; the result (resent) tells the owner
 
     async def on_cancel(self, msg: Message) -> None:
         body = msg.body
@@ -236,13 +245,16 @@ class Agent:
 
     def _free_slot(self, run: Running, outcome: str) -> bool:
         """Tell the distributor this agent's slot is free now, not once the owner has
-        applied the result; False if it could not be told (the owner's release frees it)."""
+        applied the result (the answer to its assignment, if that is still owed); False if
+        it could not be told (the owner's release frees it)."""
         try:
             self.peer.send(run.assigner, TaskReleased(
                 task_id=run.spec.task_id, attempt_id=run.spec.attempt_id, agent_id=self.name,
-                outcome=outcome, duration_s=round(time.monotonic() - run.started, 3)))
+                outcome=outcome, duration_s=round(time.monotonic() - run.started, 3)),
+                corr=run.assign_id)
         except ConnectionError:
             return False
+        run.assign_id = ""
         return True
 
     def _send_result(self, report: TaskResult) -> None:

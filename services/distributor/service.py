@@ -1,9 +1,10 @@
 """The distributor: the ready queue (priority with aging) and the choice of agent.
 
 It learns agents from the hub (registry at start and periodically, events in between),
-counts the attempts it has assigned to each until the orchestrator releases them, and
-assigns with ``task.assign`` requests; an agent that refuses or does not answer gets the
-task taken back and queued again.
+counts the attempts it has assigned to each until they are released (by the agent, as the
+attempt ends, or by the orchestrator), and assigns with ``task.assign`` requests, answered
+``task.accepted`` once the attempt has run a moment or by its ``task.released`` if it ends
+sooner; an agent that refuses or does not answer gets the task taken back and queued again.
 """
 
 from __future__ import annotations
@@ -400,7 +401,7 @@ class Distributor:
     async def _assign(self, agent_name: str, entry: Queued) -> None:
         spec = entry.spec
         try:
-            await self.peer.request(agent_name, TaskAssign(task=spec))
+            reply = await self.peer.request(agent_name, TaskAssign(task=spec))
         except (RequestFailed, RequestTimeout, ConnectionError) as exc:
             self.refused.inc()
             self.log.warning("assign.failed", agent=agent_name, task=spec.task_id, error=str(exc))
@@ -423,6 +424,15 @@ class Distributor:
         # the agent tells the owner itself (task.accepted), so the owner hears of it one
         # routed leg sooner and this side sends nothing more
         self.log.info("assigned", agent=agent_name, task=spec.task_id, attempt=spec.attempt_id)
+        body = reply.body
+        if isinstance(body, TaskReleased):
+            # it ended before its agent answered: the answer is its release
+            if reply.header.src == body.agent_id == agent_name \
+                    and body.attempt_id == spec.attempt_id:
+                self._freed_by_agent(body, self.clock())
+            else:
+                self.log.warning("release.refused", agent=agent_name, task=spec.task_id,
+                                 why="the answer to an assignment names another attempt")
         self.dispatch_soon()
 
     async def _dispatch_after(self, delay: float) -> None:

@@ -1,6 +1,7 @@
-"""An agent tells a task's owner it took the task (task.accepted) only once the attempt
-has run for a moment: a quick attempt is told by its result alone, which records the same
-states; a longer one is seen running while it runs."""
+"""An agent tells a task's owner and its distributor it took the task (task.accepted) only
+once the attempt has run for a moment: a quick attempt is told by its result alone to the
+owner, which records the same states, and by its release alone to the distributor; a
+longer one is seen running while it runs."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def test_quick_attempts_are_told_by_their_result_long_ones_are_seen_running(
     ready = start_services(procs, bus)
     start_agent(procs, bus, "agent-a")
     orchestrator = ready["services.orchestrator"]["metrics"]
+    distributor = ready["services.distributor"]["metrics"]
     repo = tmp_path / "repo"
     repo.mkdir()
 
@@ -54,17 +56,24 @@ def test_quick_attempts_are_told_by_their_result_long_ones_are_seen_running(
                     await asyncio.wait_for(ended.setdefault(sid, asyncio.Event()).wait(), 30)
                     return sid
 
+                def told() -> tuple[float, ...]:
+                    return (received(orchestrator, "task.accepted"),
+                            received(distributor, "task.accepted"),
+                            received(distributor, "task.released"))
+
                 quick = [await run("true") for _ in range(3)]
-                told_quick = received(orchestrator, "task.accepted")
+                told_quick = told()
                 slow = await run("sleep 1")
-                told_slow = received(orchestrator, "task.accepted")
+                told_slow = told()
         finally:
             await sub.close()
         return seen, quick, slow, told_quick, told_slow
 
     seen, quick, slow, told_quick, told_slow = asyncio.run(go())
-    assert told_quick == 0  # `true` ends within the notice delay: no task.accepted at all
-    assert told_slow == 1
+    # `true` ends within the notice delay: no task.accepted at all; its assignment is
+    # answered by its release, one message
+    assert told_quick == (0, 0, 3)
+    assert told_slow == (1, 1, 4)
     topics = [t for t, sid in seen if sid == slow]
     # the long attempt was seen running while it ran, before it ended
     assert topics.index("task.running") < topics.index("task.succeeded")

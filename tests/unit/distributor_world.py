@@ -49,6 +49,9 @@ class FakePeer:
         self.accepted: list[tuple[str, str]] = []  # (attempt, agent) of assignments taken
         self.refuse: set[str] = set()  # agents that answer busy
         self.silent: set[str] = set()  # agents that never answer
+        #: agents whose attempts end before they answer: the answer is the release (the
+        #: value: the agent the release names, its own name for an honest agent)
+        self.ended: dict[str, str] = {}
         self.tasks: list[asyncio.Task] = []
         self.agents: list[PeerInfo] = []
         self.gate: asyncio.Event | None = None
@@ -72,6 +75,11 @@ class FakePeer:
             raise RequestFailed("busy", f"{dst} is at capacity")
         if dst in self.silent:
             raise RequestTimeout(f"no reply from {dst}")
+        if dst in self.ended:
+            released = TaskReleased(task_id=body.task.task_id, attempt_id=body.task.attempt_id,
+                                    agent_id=self.ended[dst], outcome="succeeded",
+                                    duration_s=0.01)
+            return Message(make_header(released.TYPE, dst, self.name), released)
         reply = TaskAccepted(task_id=body.task.task_id, attempt_id=body.task.attempt_id,
                              agent_id=dst)
         self.accepted.append((body.task.attempt_id, dst))

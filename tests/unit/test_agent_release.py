@@ -14,7 +14,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from protocols.codec import Message, make_header
-from protocols.task import Outcome, TaskAssign, TaskReleased, TaskResult, TaskSpec
+from protocols.task import (
+    Outcome,
+    TaskAccepted,
+    TaskAssign,
+    TaskReleased,
+    TaskResult,
+    TaskSpec,
+)
 from services.agent.executors.base import exited
 from services.agent.executors.command import CommandExecutor
 from services.agent.service import Agent
@@ -27,10 +34,10 @@ pytestmark = [pytest.mark.timeout(60),
 class UnreachablePeer(Peer):
     """The distributor cannot be reached (the agent's link is down for it)."""
 
-    def send(self, dst: str, body: Any) -> None:
+    def send(self, dst: str, body: Any, corr: str = "") -> None:
         if dst == "distributor":
             raise ConnectionError("not connected")
-        super().send(dst, body)
+        super().send(dst, body, corr)
 
 
 async def finished(peer: Peer) -> list[tuple[str, Any]]:
@@ -54,6 +61,67 @@ def test_the_agent_frees_its_slot_itself_and_its_result_says_so():
     release, result = sent[0][1], sent[1][1]
     assert isinstance(release, TaskReleased) and release.outcome == "succeeded"
     assert result.outcome == Outcome.SUCCEEDED and result.released
+
+
+def assign(agent: Agent, prompt: str, src: str = "distributor") -> Message:
+    return Message(make_header(TaskAssign.TYPE, src, agent.name), TaskAssign(task=TaskSpec(
+        task_id="t1", attempt_id="a1", session_id="s1", prompt=prompt)))
+
+
+def test_an_attempt_ending_at_once_answers_its_assignment_with_its_release():
+    async def go() -> tuple[Peer, Message]:
+        peer = Peer()
+        agent = Agent(peer, Events(), lambda spec: CommandExecutor(["bash", "-c", "{prompt}"]),
+                      CollectorRegistry())
+        msg = assign(agent, "true")
+        assert await agent.on_assign(msg) is None  # no answer yet
+        await asyncio.wait_for(agent.running["a1"].task, 20)
+        return peer, msg
+
+    peer, msg = asyncio.run(go())
+    # one message to the distributor: the release, as the answer; none to the owner but
+    # the result
+    assert [(dst, type(b).__name__) for dst, b in peer.sent] == [
+        ("distributor", "TaskReleased"), ("orchestrator", "TaskResult")]
+    assert [(corr, type(b).__name__) for corr, b in peer.answers] == [
+        (msg.header.id, "TaskReleased")]
+
+
+def test_a_longer_attempt_is_accepted_once_it_has_run_a_moment_then_released():
+    async def go() -> tuple[Peer, Message, list[tuple[str, Any]]]:
+        peer = Peer()
+        agent = Agent(peer, Events(), lambda spec: CommandExecutor(["bash", "-c", "{prompt}"]),
+                      CollectorRegistry())
+        msg = assign(agent, "sleep 0.5")
+        assert await agent.on_assign(msg) is None
+        run = agent.running["a1"]
+        deadline = time.monotonic() + 20
+        while not peer.answers:  # the notice delay passes while it runs
+            assert time.monotonic() < deadline and not run.task.done()
+            await asyncio.sleep(0.005)  # wait-ok: until the answer is sent, under a deadline
+        while_running = list(peer.sent)
+        await asyncio.wait_for(run.task, 20)
+        return peer, msg, while_running
+
+    peer, msg, while_running = asyncio.run(go())
+    assert sorted((dst, type(b).__name__) for dst, b in while_running) == [
+        ("distributor", "TaskAccepted"), ("orchestrator", "TaskAccepted")]
+    assert [(corr, type(b).__name__) for corr, b in peer.answers] == [
+        (msg.header.id, "TaskAccepted")]  # the later release is a message of its own
+    assert [(dst, type(b).__name__) for dst, b in peer.sent[2:]] == [
+        ("distributor", "TaskReleased"), ("orchestrator", "TaskResult")]
+
+
+def test_an_assignment_by_the_owner_itself_is_answered_at_once():
+    async def go() -> Any:
+        agent = Agent(Peer(), Events(), lambda spec: CommandExecutor(["bash", "-c", "{prompt}"]),
+                      CollectorRegistry())
+        answer = await agent.on_assign(assign(agent, "true", src="orchestrator"))
+        await asyncio.wait_for(agent.running["a1"].task, 20)
+        return answer
+
+    answer = asyncio.run(go())
+    assert isinstance(answer, TaskAccepted) and answer.attempt_id == "a1"
 
 
 def test_a_release_that_could_not_be_sent_is_left_to_the_owner():

@@ -30,11 +30,14 @@ class Peer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
+        self.answers: list[tuple[str, Any]] = []  # (corr, body) of what answered a message
         self.on_registered: list[Any] = []
         self.heartbeat_body = None
 
-    def send(self, dst: str, body: Any) -> None:
+    def send(self, dst: str, body: Any, corr: str = "") -> None:
         self.sent.append((dst, body))
+        if corr:
+            self.answers.append((corr, body))
 
     async def request(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("no requests expected")
@@ -57,7 +60,7 @@ async def started(agent: Agent, prompt: str) -> tuple[Any, Any]:
     spec = TaskSpec(task_id="t1", attempt_id="a1", session_id="s1", prompt=prompt)
     msg = Message(make_header(TaskAssign.TYPE, "distributor", agent.name),
                   TaskAssign(task=spec))
-    await agent.on_assign(msg)
+    assert await agent.on_assign(msg) is None  # answered later: accepted, or its release
     run = agent.running["a1"]
     deadline = time.monotonic() + 20
     while run.ctx.pgid is None:  # the command has started

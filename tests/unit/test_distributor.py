@@ -39,6 +39,33 @@ def test_enqueue_assigns_and_leaves_telling_the_owner_to_the_agent():
     run(go)
 
 
+def test_an_attempt_that_ended_before_its_answer_frees_the_slot_with_the_answer():
+    async def go(w: World):
+        w.d.agent_up("agent-1", "worker", [], 1)
+        w.peer.ended["agent-1"] = "agent-1"
+        for attempt in ("a1", "a2", "a3"):
+            await w.enqueue(spec(attempt))
+        # each answer (the release) freed the one slot for the next: no release came apart
+        assert [s.attempt_id for _, s in w.peer.assigns] == ["a1", "a2", "a3"]
+        slot = w.d.agents["agent-1"]
+        assert slot.inflight == set() and slot.completed == 3
+        assert w.d.records["agent-1"].attempts == 3 and w.d.attempt_task == {}
+    run(go)
+
+
+def test_an_answer_naming_another_agent_frees_nothing():
+    async def go(w: World):
+        w.d.agent_up("agent-1", "worker", [], 1)
+        w.d.agent_up("agent-2", "worker", [], 1)
+        w.peer.ended.update({"agent-1": "agent-2", "agent-2": "agent-1"})
+        await w.enqueue(spec("a1"))
+        [(agent, _)] = w.peer.assigns
+        other = "agent-2" if agent == "agent-1" else "agent-1"
+        assert w.d.agents[agent].inflight == {"a1"}  # still held: its own release is due
+        assert w.d.agents[other].completed == 0 and w.d.records[other].attempts == 0
+    run(go)
+
+
 def test_no_eligible_agent_keeps_the_task_queued():
     async def go(w: World):
         w.d.agent_up("arch-1", "architect", [], 1)
