@@ -2,10 +2,11 @@
 
 ``Pump`` owns a plain (synchronous) zmq socket and watches its ZMQ_FD with the loop's
 ``add_reader``. Its single coroutine alternates: flush the outbox, drain every ready
-message with NOBLOCK, then wait until the FD fires or something is queued. Other
-coroutines never touch the socket; they call ``send()``, which only queues. Code running
-inside the receive callback may call ``send_now()`` (same coroutine) to learn about
-delivery failures at once (the hub's ROUTER_MANDATORY).
+message with NOBLOCK, then wait until the FD fires or something is queued. Everything runs
+on the loop's one thread, so other code may call ``send()``: it sends at once when nothing
+is queued (and wakes the pump if that send consumed the FD's edge), else queues. Code
+running inside the receive callback may call ``send_now()`` to learn about delivery
+failures at once (the hub's ROUTER_MANDATORY).
 """
 
 from __future__ import annotations
@@ -81,9 +82,24 @@ class Pump:
         return len(self._outbox)
 
     def send(self, frames: list[bytes]) -> None:
-        """Queue frames; the pump's coroutine sends them."""
-        self._outbox.append(frames)
-        self._wake.set()
+        """Send now if nothing waits before these frames, else queue them (in order) for
+        the pump's coroutine: a lone reply leaves without waiting for the pump's turn."""
+        if self._outbox or self._closed:
+            self._outbox.append(frames)
+            self._wake.set()
+            return
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # full (HWM): the pump retries
+            self._outbox.append(frames)
+            self._wake.set()
+            return
+        except zmq.ZMQError:
+            self.dropped += 1  # e.g. EHOSTUNREACH; the message cannot be delivered
+        # a send may consume the edge of ZMQ_FD that announced a message received: the
+        # pump looks again rather than wait for an edge that will not come
+        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._wake.set()
 
     def send_now(self, frames: list[bytes]) -> None:
         """Send immediately. Only from inside ``on_frames`` (the pump's own coroutine)."""
@@ -106,8 +122,8 @@ class Pump:
                 if handled >= _BATCH:
                     await asyncio.sleep(0)  # let others run, then continue draining
                     continue
-                if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    continue
+                # the drain ended on EAGAIN, whose recv took in ZeroMQ's pending commands:
+                # a message arriving from now on signals the FD again
                 if self._outbox:
                     # socket full (HWM): retry shortly rather than spinning
                     try:
