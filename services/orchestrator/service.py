@@ -65,7 +65,8 @@ from services.orchestrator.report import session_report
 from services.orchestrator.intake import GatesCache, Intake
 from services.orchestrator.safeguards import TERMINAL, Safeguards
 from services.orchestrator.scheduling import DISTRIBUTOR, Scheduling
-from services.orchestrator.store import AfterCommit, Step, Store, TaskRow
+from services.orchestrator.store import Step, Store, TaskRow
+from services.orchestrator.transactions import AfterCommit
 from services.orchestrator.templates import Template, load_templates
 from services.orchestrator.workflow import Workflow
 

@@ -1,11 +1,6 @@
 """Durable orchestrator state: sessions, tasks, attempts, and an audit log of every state
-change, in SQLite (WAL). Every mutation is one transaction (``Store.tx``).
-
-With group commit on (the service turns it on), the mutations of one turn of the event
-loop share one SQLite transaction, committed at the end of the turn: each outermost ``tx``
-block is then a savepoint (undone alone if it raises; the blocks inside it join it), and
-whatever must not happen before the writes are durable (replies, events) waits for
-``commit`` (``after_commit``; the peer commits before it sends anything)."""
+change, in SQLite (WAL). Every mutation is one transaction (``Store.tx``; how a turn's
+mutations share one, and what waits for its commit: ``transactions``)."""
 
 from __future__ import annotations
 
@@ -14,12 +9,12 @@ import json
 import os
 import sqlite3
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from libs.ids import ordered_id
 from libs.sqlite import connect
+from services.orchestrator.transactions import Transactions
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -162,15 +157,11 @@ def _as_stored(columns: dict[str, Any]) -> dict[str, Any]:
     return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in columns.items()}
 
 
-class PartialWrite(RuntimeError):
-    """A transaction block went on after a block inside it failed (see ``Store.tx``)."""
-
-
-class Store:
+class Store(Transactions):
     def __init__(self, path: str, clock: Callable[[], float] = time.time):
         self.path = path
         self.clock = clock  # the timestamps in the database (created_at, updated_at, ...)
-        self.conn = connect(path)
+        super().__init__(connect(path))
         self.conn.executescript(SCHEMA)
         for table, columns in ADDED_COLUMNS.items():
             have = {r["name"] for r in self.conn.execute(f"PRAGMA table_info({table})")}
@@ -180,20 +171,12 @@ class Store:
         for index in ADDED_INDEXES:
             self.conn.execute(index)
         self._identity = self._file_identity()
-        self._tx_depth = 0
-        self._joined_failed = False  # a block joined into the open one raised
-        self.group_commit = False  # see the module's docstring
-        self._group_open = False
-        self._after_commit: list[Callable[[], None]] = []
-        self._before_commit: list[Callable[[], None]] = []
-        #: called when writes are undone (what was cached from them is stale)
-        self.on_rollback: list[Callable[[], None]] = []
-        self._commit_failed: sqlite3.Error | None = None
-        self.commits = 0  # transactions committed (how the tests see the grouping)
         #: session rows read in this turn of the loop (a turn reads one several times);
         #: dropped as a session is written, and all at the turn's end, commit or rollback
         self._sessions: dict[str, sqlite3.Row | None] = {}
         self._forget_soon = False
+        self.on_turn_end.append(self._sessions.clear)
+        self.on_rollback.append(self._sessions.clear)
 
     def _file_identity(self) -> tuple[int, int] | None:
         if self.path == ":memory:":
@@ -226,127 +209,6 @@ class Store:
             self.commit()
         finally:
             self.conn.close()
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """A transaction, undone whole if its block raises (with what it asked to run
-        after the commit); in a turn's group, a savepoint of the group (undone alone,
-        committed with the turn).
-
-        A block inside another one joins it: it is undone with the enclosing block, which
-        its exception passes through. So a handler that wraps its work in one block applies
-        its message whole or not at all, at the cost of one savepoint. An enclosing block
-        that catches a joined block's exception and goes on is undone all the same and
-        raises ``PartialWrite``: what the failed block wrote cannot be undone alone."""
-        depth = self._tx_depth
-        if depth:
-            self._tx_depth = depth + 1
-            try:
-                yield self.conn
-            except BaseException:
-                self._joined_failed = True
-                raise
-            finally:
-                self._tx_depth = depth
-            return
-        if self.group_commit and not self._group_open:
-            self._open_group()
-        if self._group_open:
-            begin, commit, rollback = "SAVEPOINT tx", "RELEASE tx", ("ROLLBACK TO tx",
-                                                                     "RELEASE tx")
-        else:
-            begin, commit, rollback = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
-        self.conn.execute(begin)
-        self._tx_depth, self._joined_failed = 1, False
-        waiting = len(self._after_commit)
-        try:
-            yield self.conn
-            if self._joined_failed:
-                raise PartialWrite("a block inside this transaction failed and its error was "
-                                   "caught: the whole transaction is undone")
-        except BaseException:
-            self._sessions.clear()
-            del self._after_commit[waiting:]
-            for statement in rollback:
-                self.conn.execute(statement)
-            self._rolled_back()
-            raise
-        finally:
-            self._tx_depth = 0
-        self.conn.execute(commit)
-        if commit == "COMMIT":
-            self.commits += 1
-            durable, self._after_commit[waiting:] = self._after_commit[waiting:], []
-            for fn in durable:
-                fn()
-
-    def _open_group(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop to end the turn: every transaction commits at once
-        self.conn.execute("BEGIN IMMEDIATE")
-        self._group_open = True
-        loop.call_soon(self._commit_turn)
-
-    def _commit_turn(self) -> None:
-        try:
-            self.commit()
-        except sqlite3.Error as exc:
-            # rolled back; the next commit() (the peer's, before it sends what this turn
-            # queued) raises it, so nothing reporting the lost writes goes out
-            self._commit_failed = exc
-
-    def commit(self) -> None:
-        """Commit this turn's writes (if a group is open), then run what waited on them.
-        Raises sqlite3.Error when the commit fails (or failed at the end of the turn
-        since the last call): the turn's writes are rolled back and what waited on them
-        is dropped."""
-        failed, self._commit_failed = self._commit_failed, None
-        if failed is not None:
-            raise failed
-        if not self._group_open:
-            return
-        if self._tx_depth:
-            raise RuntimeError("a transaction block is open at the end of a turn: a block "
-                               "must not span an await")
-        while self._before_commit:  # (one may ask for another)
-            self._before_commit.pop(0)()
-        self._group_open = False
-        self._sessions.clear()
-        waiting, self._after_commit = self._after_commit, []
-        try:
-            self.conn.execute("COMMIT")
-        except sqlite3.Error:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            self._rolled_back()
-            raise
-        self.commits += 1
-        for fn in waiting:
-            fn()
-
-    def _rolled_back(self) -> None:
-        for fn in self.on_rollback:
-            fn()
-
-    def at_turn_end(self, fn: Callable[[], None]) -> bool:
-        """Run ``fn`` once at the end of this turn's group, before it commits (its writes
-        commit with the turn's); asked for again in the same turn, it still runs once.
-        False, and nothing is kept, when no group is open (the caller acts at once).
-        ``fn`` must not raise: it runs inside ``commit``."""
-        if not self._group_open:
-            return False
-        if fn not in self._before_commit:
-            self._before_commit.append(fn)
-        return True
-
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` once what was written so far is durable (at once if it is)."""
-        if self._group_open or self._tx_depth:
-            self._after_commit.append(fn)
-        else:
-            fn()
 
     # ---- sessions ---------------------------------------------------------------------
 
@@ -586,14 +448,3 @@ class Store:
                at: float | None = None) -> None:
         c.execute(EVENT_INSERT, (self.clock() if at is None else at, session_id, task_id,
                                  attempt_id, kind, from_state, to_state, detail))
-
-
-class AfterCommit:
-    """An event publisher whose events go out once the state they announce is durable."""
-
-    def __init__(self, events: Any, store: "Store"):
-        self.inner = events
-        self.store = store
-
-    def publish(self, topic: str, body: Any) -> None:
-        self.store.after_commit(lambda: self.inner.publish(topic, body))

@@ -14,7 +14,8 @@ from libs.peer import Peer
 from protocols import decode
 from protocols.codec import encode, make_header
 from protocols.peer import Ack, Bundle, PeerKind
-from services.orchestrator.store import PartialWrite, Store
+from services.orchestrator.store import Store
+from services.orchestrator.transactions import PartialWrite
 
 pytestmark = pytest.mark.timeout(30)
 
