@@ -12,14 +12,19 @@ import zmq
 from libs.zmqio import Pump, context, socket
 
 
-@pytest.mark.timeout(20)
-@pytest.mark.parametrize("user_ids", [False, True])
-def test_a_raising_handler_does_not_stop_the_pump(tmp_path, user_ids):
+def _pair(tmp_path) -> tuple[zmq.Socket, zmq.Socket]:
     ctx = context()
     server, client = socket(ctx, zmq.ROUTER), socket(ctx, zmq.DEALER)
     endpoint = f"ipc://{tmp_path}/p.sock"
     server.bind(endpoint)
     client.connect(endpoint)
+    return server, client
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("user_ids", [False, True])
+def test_a_raising_handler_does_not_stop_the_pump(tmp_path, user_ids):
+    server, client = _pair(tmp_path)
     seen: list[tuple] = []
     done = asyncio.Event()
 
@@ -47,15 +52,6 @@ def test_a_raising_handler_does_not_stop_the_pump(tmp_path, user_ids):
     assert [s[0] for s in seen] == [b"bad", b"good"]
     assert all(len(s) == (2 if user_ids else 1) for s in seen)  # no CurveZMQ: User-Id ""
     assert pump.crashed == 1
-
-
-def _pair(tmp_path) -> tuple[zmq.Socket, zmq.Socket]:
-    ctx = context()
-    server, client = socket(ctx, zmq.ROUTER), socket(ctx, zmq.DEALER)
-    endpoint = f"ipc://{tmp_path}/p.sock"
-    server.bind(endpoint)
-    client.connect(endpoint)
-    return server, client
 
 
 def _readable(fd: int, within: float) -> bool:
